@@ -1,0 +1,219 @@
+//! What the config file says: plain serde structs, one per table, with
+//! `deny_unknown_fields` so a typo is an error rather than a silent default.
+//!
+//! Nothing here is used per request. [`crate::policy::compile`] turns a
+//! [`Config`] into the immutable [`crate::policy::Policy`] that requests read.
+//! The file and environment loading lives in [`load`].
+
+pub mod load;
+pub mod rate;
+pub mod secret;
+pub mod units;
+
+use serde::Deserialize;
+
+pub use load::{ConfigError, ConfigErrors, LoadedConfig, Source};
+pub use rate::{LimitKey, RateSpec};
+pub use secret::{SecretRef, SecretValue};
+pub use units::{ByteSize, ConfigDuration};
+
+fn default_true() -> bool {
+    true
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `production` (the default when omitted) or `development`.
+    #[serde(default)]
+    pub environment: Environment,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Production,
+    Development,
+}
+
+impl Environment {
+    pub fn is_production(self) -> bool {
+        self == Environment::Production
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Development => "development",
+        }
+    }
+}
+
+/// `[server]`: listeners and connection-level limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public listener for routed traffic.
+    #[serde(default = "ServerConfig::default_listen")]
+    pub listen: String,
+    /// Health, readiness, metrics and the admin API. Keep it on loopback or a
+    /// private network.
+    #[serde(default = "ServerConfig::default_admin_listen")]
+    pub admin_listen: String,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Open connections on the public listener; further connections wait in
+    /// the kernel's backlog until one closes.
+    #[serde(default = "ServerConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request head (slowloris guard).
+    #[serde(default = "ServerConfig::default_header_read_timeout")]
+    pub header_read_timeout: ConfigDuration,
+    /// Largest request head (request line plus headers) accepted.
+    #[serde(default = "ServerConfig::default_max_header_size")]
+    pub max_header_size: ByteSize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(default = "ServerConfig::default_drain_timeout")]
+    pub drain_timeout: ConfigDuration,
+}
+
+impl ServerConfig {
+    fn default_listen() -> String {
+        "0.0.0.0:8080".into()
+    }
+    fn default_admin_listen() -> String {
+        "127.0.0.1:9090".into()
+    }
+    fn default_max_connections() -> usize {
+        10_000
+    }
+    fn default_header_read_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(10))
+    }
+    fn default_max_header_size() -> ByteSize {
+        ByteSize(64 * 1024)
+    }
+    fn default_drain_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(30))
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: Self::default_listen(),
+            admin_listen: Self::default_admin_listen(),
+            trusted_proxies: Vec::new(),
+            max_connections: Self::default_max_connections(),
+            header_read_timeout: Self::default_header_read_timeout(),
+            max_header_size: Self::default_max_header_size(),
+            drain_timeout: Self::default_drain_timeout(),
+        }
+    }
+}
+
+/// `[log]`: the process log and the access log, both JSON lines on stdout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `portcullis=debug`.
+    #[serde(default = "LogConfig::default_level")]
+    pub level: String,
+    /// One JSON line per request.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+impl LogConfig {
+    fn default_level() -> String {
+        "info".into()
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: Self::default_level(),
+            access_log: true,
+        }
+    }
+}
+
+/// `[secrets]`: every secret the gateway uses, each `{ env = … }` or `{ file = … }`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Bearer token for `/admin/api/v1/…` on the admin listener.
+    pub admin_token: Option<SecretRef>,
+    /// Key for signing session cookies.
+    pub session_key: Option<SecretRef>,
+}
+
+/// `[[upstreams]]`: a named group of backend targets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `http://host:port` base URLs, used round-robin.
+    pub targets: Vec<String>,
+    /// Time to establish a TCP connection to a target.
+    #[serde(default = "UpstreamConfig::default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    /// Time from sending the request until the response head arrives.
+    #[serde(default = "UpstreamConfig::default_timeout")]
+    pub timeout: ConfigDuration,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "UpstreamConfig::default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+    /// Idle pooled connections kept per target.
+    #[serde(default = "UpstreamConfig::default_max_idle")]
+    pub max_idle_connections: usize,
+    /// Send the client's `Host` upstream instead of the target's authority.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+impl UpstreamConfig {
+    fn default_connect_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(5))
+    }
+    fn default_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(30))
+    }
+    fn default_idle_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(90))
+    }
+    fn default_max_idle() -> usize {
+        256
+    }
+}
+
+/// `[[routes]]`: a path prefix and what protects it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Names the route in metrics, logs and rate-limit keys; defaults to `path`.
+    pub id: Option<String>,
+    /// Prefix matched, segment by segment, against the normalised path.
+    pub path: String,
+    /// Allowed methods; all when omitted.
+    pub methods: Option<Vec<String>>,
+    /// Name of an `[[upstreams]]` entry.
+    pub upstream: String,
+    /// Authentication methods, any of which admits a request; `["none"]`
+    /// marks a public route. Required in production.
+    pub auth: Option<Vec<String>>,
+}

@@ -1,0 +1,186 @@
+//! Every error the gateway answers with itself, and the one place that turns
+//! them into RFC 9457 `application/problem+json` responses.
+//!
+//! Stages return a [`GatewayError`]; [`problem_response`] renders it with the
+//! request ID. The detail text is written for the client: it never includes
+//! a secret, a header value or an upstream's own error body.
+
+use std::borrow::Cow;
+
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::GatewayBody;
+
+/// Which side of the proxy an error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSide {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream failed, was unreachable or too slow.
+    Upstream,
+    /// The gateway itself could not do its job.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(Cow<'static, str>),
+    #[error("no route matches this path")]
+    NotFound,
+    #[error("method {method} is not allowed on this route")]
+    MethodNotAllowed {
+        method: http::Method,
+        allow: HeaderValue,
+    },
+    #[error("the upstream `{upstream}` could not be reached")]
+    UpstreamUnreachable { upstream: String },
+    #[error("the upstream `{upstream}` did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { upstream: String, timeout_ms: u128 },
+    #[error("the upstream `{upstream}` failed to handle the request")]
+    UpstreamFailed {
+        upstream: String,
+        status: StatusCode,
+        retry_after: Option<HeaderValue>,
+    },
+    #[error("{0}")]
+    Unavailable(Cow<'static, str>),
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> Self {
+        GatewayError::BadRequest(detail.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamFailed { status, .. } => *status,
+            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn side(&self) -> ErrorSide {
+        match self {
+            GatewayError::BadRequest(_) | GatewayError::NotFound | GatewayError::MethodNotAllowed { .. } => {
+                ErrorSide::Downstream
+            }
+            GatewayError::UpstreamUnreachable { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::UpstreamFailed { .. } => ErrorSide::Upstream,
+            GatewayError::Unavailable(_) | GatewayError::Internal => ErrorSide::Internal,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            // The upstream's name is configuration, not a secret, but clients
+            // need not learn the topology behind the gateway.
+            GatewayError::UpstreamUnreachable { .. } => {
+                "The service behind this route could not be reached.".into()
+            }
+            GatewayError::UpstreamTimeout { .. } => {
+                "The service behind this route did not answer in time.".into()
+            }
+            GatewayError::UpstreamFailed { .. } => {
+                "The service behind this route failed to handle the request.".into()
+            }
+            GatewayError::Internal => "The gateway failed to handle the request.".into(),
+            other => {
+                let mut text = other.to_string();
+                if let Some(first) = text.get_mut(0..1) {
+                    first.make_ascii_uppercase();
+                }
+                if !text.ends_with('.') {
+                    text.push('.');
+                }
+                text
+            }
+        }
+    }
+
+    fn extra_headers(&self, headers: &mut HeaderMap) {
+        match self {
+            GatewayError::MethodNotAllowed { allow, .. } => {
+                headers.insert(ALLOW, allow.clone());
+            }
+            GatewayError::UpstreamFailed {
+                retry_after: Some(v), ..
+            } => {
+                headers.insert(RETRY_AFTER, v.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    request_id: &'a str,
+}
+
+pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// Renders a problem document for `status` with the given detail.
+pub fn problem(status: StatusCode, detail: &str, request_id: &str) -> Response<GatewayBody> {
+    let body = serde_json::to_vec(&Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+        request_id,
+    })
+    .expect("a problem document always serialises");
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
+    response
+        .headers_mut()
+        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The one place a [`GatewayError`] becomes a response.
+pub fn problem_response(error: &GatewayError, request_id: &str) -> Response<GatewayBody> {
+    let mut response = problem(error.status(), &error.detail(), request_id);
+    error.extra_headers(response.headers_mut());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_documents_carry_status_title_detail_and_request_id() {
+        let err = GatewayError::MethodNotAllowed {
+            method: http::Method::DELETE,
+            allow: HeaderValue::from_static("GET, HEAD"),
+        };
+        let resp = problem_response(&err, "req-1");
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["status"], 405);
+        assert_eq!(doc["title"], "Method Not Allowed");
+        assert_eq!(doc["detail"], "Method DELETE is not allowed on this route.");
+        assert_eq!(doc["request_id"], "req-1");
+    }
+}

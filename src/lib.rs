@@ -1,0 +1,21 @@
+//! Portcullis: a self-hosted API security gateway.
+//!
+//! The library holds the whole gateway so tests and benchmarks can run it
+//! in-process; the `portcullis` binary is a thin command-line edge over it.
+//! ARCHITECTURE.md maps the modules to the request pipeline.
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod stage;
+
+pub use server::{Gateway, StartError};

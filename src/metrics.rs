@@ -1,0 +1,182 @@
+//! Prometheus metrics, all named `portcullis_…`.
+//!
+//! The registry lives for the whole process; a compiled policy takes handles
+//! for its routes and upstreams once, so recording a request is a few atomic
+//! additions, with no label lookup or lock on the hot path.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds, from 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub config_reloads: IntCounterVec,
+    /// For requests that matched no route.
+    pub unrouted: RouteMetrics,
+}
+
+/// Handles for one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// Requests by status class: 1xx..5xx.
+    by_class: [IntCounter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Handles for one upstream.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    duration: Histogram,
+    unreachable: IntCounter,
+    timeout: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn record_response(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+    pub fn record_unreachable(&self) {
+        self.unreachable.inc();
+    }
+    pub fn record_timeout(&self) {
+        self.timeout.inc();
+    }
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("metric definitions are valid")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("metric definitions are valid")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = counter(
+            "portcullis_requests_total",
+            "Requests answered, by route and status class.",
+            &["route", "status_class"],
+        );
+        let request_duration = histogram(
+            "portcullis_request_duration_seconds",
+            "Time from receiving a request to the end of its response, by route.",
+            &["route"],
+        );
+        let upstream_duration = histogram(
+            "portcullis_upstream_duration_seconds",
+            "Time from sending a request upstream to its response head, by upstream.",
+            &["upstream"],
+        );
+        let upstream_errors = counter(
+            "portcullis_upstream_errors_total",
+            "Upstream requests that failed, by upstream and kind (unreachable, timeout).",
+            &["upstream", "kind"],
+        );
+        let connections_open = IntGauge::new(
+            "portcullis_connections_open",
+            "Open client connections on the public listener.",
+        )
+        .expect("metric definitions are valid");
+        let config_reloads = counter(
+            "portcullis_config_reloads_total",
+            "Config reloads, by result (applied, rejected).",
+            &["result"],
+        );
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(config_reloads.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        let unrouted = Self::route_handles(&requests, &request_duration, "(none)");
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            connections_open,
+            config_reloads,
+            unrouted,
+        }
+    }
+
+    fn route_handles(requests: &IntCounterVec, duration: &HistogramVec, route: &str) -> RouteMetrics {
+        let class = |c: &str| requests.with_label_values(&[route, c]);
+        RouteMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: duration.with_label_values(&[route]),
+        }
+    }
+
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        Self::route_handles(&self.requests, &self.request_duration, route)
+    }
+
+    pub fn for_upstream(&self, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            duration: self.upstream_duration.with_label_values(&[upstream]),
+            unreachable: self.upstream_errors.with_label_values(&[upstream, "unreachable"]),
+            timeout: self.upstream_errors.with_label_values(&[upstream, "timeout"]),
+        }
+    }
+
+    /// Registers another collector (used by later subsystems: audit, limits).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding metrics to memory cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,157 @@
+//! The request pipeline: one [`Stage`] trait and an ordered list of stages.
+//!
+//! Each stage reads the immutable [`Policy`] snapshot held in the
+//! [`RequestCx`], fills in its own part of the context, and either lets the
+//! request go on ([`Flow::Continue`]) or answers it ([`Flow::Respond`] or an
+//! error). On the way back every stage that ran sees the response, in
+//! reverse order, whether it came from the upstream or from a stage.
+//!
+//! Most stages decide without waiting, so [`Stage::on_request`] returns a
+//! [`Verdict`] that is either ready or a future; only a stage that really
+//! waits (a store lookup, a Redis call) pays for boxing one.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response};
+
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::policy::Policy;
+use crate::stage::route::RouteIndex;
+
+/// What a stage decided.
+pub enum Flow {
+    /// Pass the request to the next stage.
+    Continue,
+    /// Answer now; later stages and the upstream are skipped.
+    Respond(Response<GatewayBody>),
+}
+
+pub type StageResult = Result<Flow, GatewayError>;
+
+/// A stage's decision, either made already or still to come.
+pub enum Verdict<'a> {
+    Ready(StageResult),
+    Pending(Pin<Box<dyn Future<Output = StageResult> + Send + 'a>>),
+}
+
+impl From<StageResult> for Verdict<'_> {
+    fn from(result: StageResult) -> Self {
+        Verdict::Ready(result)
+    }
+}
+
+/// One step of the pipeline.
+pub trait Stage: Send + Sync {
+    /// Short name, used in logs and docs.
+    fn name(&self) -> &'static str;
+
+    /// Looks at (and may change) the request on its way to the upstream.
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a>;
+
+    /// Looks at (and may change) the response on its way to the client.
+    fn on_response(&self, _cx: &RequestCx, _resp: &mut Response<GatewayBody>) {}
+}
+
+/// Everything known about one request as it passes the stages. Each field
+/// is filled by the stage named beside it.
+pub struct RequestCx {
+    /// The policy this request runs under, fixed at its start.
+    pub policy: Arc<Policy>,
+    pub started: Instant,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// request_id stage.
+    pub request_id: HeaderValue,
+    /// client_ip stage: the peer, or the first untrusted `X-Forwarded-For` hop.
+    pub client_ip: IpAddr,
+    /// client_ip stage: whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// route stage.
+    pub route: Option<RouteIndex>,
+    /// route stage: the normalised, encoded path when it differs from the
+    /// request's own (the upstream is sent this one).
+    pub rewritten_path: Option<String>,
+    /// proxy: time from sending upstream to the response head.
+    pub upstream_time: Option<std::time::Duration>,
+}
+
+impl RequestCx {
+    pub fn new(policy: Arc<Policy>, peer: SocketAddr, tls: bool) -> Self {
+        RequestCx {
+            policy,
+            started: Instant::now(),
+            peer,
+            tls,
+            request_id: HeaderValue::from_static("-"),
+            client_ip: peer.ip(),
+            peer_trusted: false,
+            route: None,
+            rewritten_path: None,
+            upstream_time: None,
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// The matched route, once the route stage has run.
+    pub fn route(&self) -> Option<&crate::stage::route::Route> {
+        self.route.map(|i| &self.policy.routes[i])
+    }
+}
+
+/// The ordered stages of a policy.
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+}
+
+/// How the request phase ended.
+pub enum Outcome {
+    /// Every stage passed: forward to the upstream.
+    Forward,
+    /// A stage answered, or failed with an error to render.
+    Answered(Response<GatewayBody>),
+    Failed(GatewayError),
+}
+
+impl Pipeline {
+    pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
+        Pipeline { stages }
+    }
+
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
+    }
+
+    /// Runs the request phase; returns how it ended and how many stages ran
+    /// (those see the response in [`Pipeline::respond`]).
+    pub async fn request(&self, cx: &mut RequestCx, req: &mut Request<GatewayBody>) -> (Outcome, usize) {
+        for (i, stage) in self.stages.iter().enumerate() {
+            let result = match stage.on_request(cx, req) {
+                Verdict::Ready(result) => result,
+                Verdict::Pending(future) => future.await,
+            };
+            match result {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(response)) => return (Outcome::Answered(response), i + 1),
+                Err(error) => return (Outcome::Failed(error), i + 1),
+            }
+        }
+        (Outcome::Forward, self.stages.len())
+    }
+
+    /// Runs the response phase of the first `ran` stages, last first.
+    pub fn respond(&self, ran: usize, cx: &RequestCx, resp: &mut Response<GatewayBody>) {
+        for stage in self.stages[..ran].iter().rev() {
+            stage.on_response(cx, resp);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Request framing: refuse what two HTTP parsers could read differently.
+//!
+//! hyper already rejects malformed request lines, obsolete line folding,
+//! invalid `Content-Length` values and differing duplicate lengths before a
+//! request exists. This stage refuses, with a 400 problem document, the
+//! shapes hyper tolerates but a backend or another proxy might not:
+//!
+//! - `Content-Length` together with `Transfer-Encoding` (CL.TE / TE.CL),
+//! - more than one `Content-Length` or `Transfer-Encoding` field, even with
+//!   equal values, or a `Content-Length` list,
+//! - any transfer coding other than exactly `chunked`, or any on HTTP/1.0,
+//! - a missing or repeated `Host` on HTTP/1.1,
+//! - header names spelled with `_` that a CGI/WSGI backend would read as one
+//!   of the forwarding or identity headers the gateway sets (for example
+//!   `X_Forwarded_For` or `X_Portcullis_Consumer`); those are dropped.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Request, Version};
+
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::pipeline::{Flow, RequestCx, Stage, StageResult, Verdict};
+
+pub struct FramingStage;
+
+fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), &'static str> {
+    let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
+    let codings: Vec<_> = headers.get_all(TRANSFER_ENCODING).iter().collect();
+    if lengths > 0 && !codings.is_empty() {
+        return Err("The request has both Content-Length and Transfer-Encoding.");
+    }
+    if lengths > 1 {
+        return Err("The request has more than one Content-Length.");
+    }
+    if let Some(length) = headers.get(CONTENT_LENGTH)
+        && !length.as_bytes().iter().all(u8::is_ascii_digit)
+    {
+        return Err("The request's Content-Length is not a single number.");
+    }
+    if !codings.is_empty() {
+        if version < Version::HTTP_11 {
+            return Err("Transfer-Encoding is not allowed on HTTP/1.0.");
+        }
+        if codings.len() > 1
+            || !codings[0]
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return Err("The only transfer coding accepted is a single `chunked`.");
+        }
+    }
+    if version == Version::HTTP_11 && headers.get_all(HOST).iter().count() != 1 {
+        return Err("An HTTP/1.1 request needs exactly one Host header.");
+    }
+    Ok(())
+}
+
+/// Whether `name` (lowercase, as stored) uses underscores to imitate a
+/// header the gateway controls.
+fn imitates_protected(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    dashed.starts_with("x-portcullis-")
+        || matches!(
+            dashed.as_str(),
+            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-real-ip" | "x-request-id"
+        )
+}
+
+fn drop_imitations(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| imitates_protected(k.as_str())) {
+        return;
+    }
+    let doomed: Vec<_> = headers
+        .keys()
+        .filter(|k| imitates_protected(k.as_str()))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+impl FramingStage {
+    fn check(req: &mut Request<GatewayBody>) -> StageResult {
+        if req.version() <= Version::HTTP_11 {
+            check_framing(req.version(), req.headers()).map_err(GatewayError::bad_request)?;
+        }
+        drop_imitations(req.headers_mut());
+        Ok(Flow::Continue)
+    }
+}
+
+impl Stage for FramingStage {
+    fn name(&self) -> &'static str {
+        "framing"
+    }
+
+    fn on_request<'a>(&'a self, _cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+        Verdict::Ready(Self::check(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn framing_table() {
+        let ok: &[&[(&str, &str)]] = &[
+            &[("host", "a")],
+            &[("host", "a"), ("content-length", "10")],
+            &[("host", "a"), ("transfer-encoding", "chunked")],
+            &[("host", "a"), ("transfer-encoding", " Chunked ")],
+        ];
+        for h in ok {
+            assert_eq!(check_framing(Version::HTTP_11, &headers(h)), Ok(()), "{h:?}");
+        }
+        let bad: &[&[(&str, &str)]] = &[
+            &[
+                ("host", "a"),
+                ("content-length", "10"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("host", "a"), ("content-length", "10"), ("content-length", "10")],
+            &[("host", "a"), ("content-length", "10, 10")],
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("host", "a"), ("transfer-encoding", "gzip, chunked")],
+            &[("host", "a"), ("transfer-encoding", "chunked, identity")],
+            &[("host", "a"), ("transfer-encoding", "xchunked")],
+            &[],
+            &[("host", "a"), ("host", "b")],
+        ];
+        for h in bad {
+            assert!(check_framing(Version::HTTP_11, &headers(h)).is_err(), "{h:?}");
+        }
+        assert!(check_framing(Version::HTTP_10, &headers(&[("transfer-encoding", "chunked")])).is_err());
+        assert_eq!(check_framing(Version::HTTP_10, &headers(&[])), Ok(()));
+    }
+
+    #[test]
+    fn underscore_spellings_of_protected_headers_are_dropped() {
+        let mut h = headers(&[
+            ("x_portcullis_consumer", "admin"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_custom_thing", "kept"),
+            ("x-forwarded-for", "kept-for-client-ip-stage"),
+        ]);
+        drop_imitations(&mut h);
+        assert!(h.get("x_portcullis_consumer").is_none());
+        assert!(h.get("x_forwarded_for").is_none());
+        assert_eq!(h["x_custom_thing"], "kept");
+        assert!(h.get("x-forwarded-for").is_some());
+    }
+}

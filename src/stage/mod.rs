@@ -1,0 +1,18 @@
+//! The pipeline stages, one module each, in pipeline order:
+//!
+//! | stage | module | does |
+//! | --- | --- | --- |
+//! | request id | [`request_id`] | keeps a well-formed `X-Request-Id` or makes one; echoes it back |
+//! | framing | [`framing`] | refuses request-smuggling shapes and spoofable header spellings |
+//! | client IP | [`client_ip`] | the peer, or the first untrusted `X-Forwarded-For` hop behind trusted proxies |
+//! | route | [`route`] | normalises the path, finds the longest-prefix route, checks the method |
+//! | upstream headers | [`upstream_headers`] | strips identity and forwarding headers a client could forge, sets `X-Forwarded-*` and `X-Request-Id` |
+//!
+//! The proxy itself ([`crate::proxy`]) runs after the last stage.
+
+pub mod authn;
+pub mod client_ip;
+pub mod framing;
+pub mod request_id;
+pub mod route;
+pub mod upstream_headers;

@@ -1,0 +1,81 @@
+//! Request IDs: keep a well-formed incoming `X-Request-Id` (1 to 64
+//! characters from `A-Z a-z 0-9 - _ . :`), otherwise generate one. The ID
+//! goes upstream (upstream headers stage), back to the client (here), into
+//! every problem document, log line and audit event.
+
+use std::fmt::Write;
+
+use http::{HeaderName, HeaderValue, Request, Response};
+
+use crate::body::GatewayBody;
+use crate::pipeline::{Flow, RequestCx, Stage, Verdict};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+pub struct RequestIdStage;
+
+/// Whether an incoming ID is safe to keep: short, and only characters that
+/// cannot break a log line, a header or a JSON string.
+pub fn is_acceptable(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID_LEN
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new random ID: 128 bits as 32 lowercase hex digits.
+pub fn generate() -> HeaderValue {
+    let bits: u128 = rand::random();
+    let mut text = String::with_capacity(32);
+    write!(text, "{bits:032x}").expect("writing to a String cannot fail");
+    HeaderValue::try_from(text).expect("hex digits are a valid header value")
+}
+
+impl Stage for RequestIdStage {
+    fn name(&self) -> &'static str {
+        "request_id"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+        let mut incoming = req.headers().get_all(&X_REQUEST_ID).iter();
+        cx.request_id = match (incoming.next(), incoming.next()) {
+            (Some(id), None) if is_acceptable(id.as_bytes()) => id.clone(),
+            _ => generate(),
+        };
+        Verdict::Ready(Ok(Flow::Continue))
+    }
+
+    fn on_response(&self, cx: &RequestCx, resp: &mut Response<GatewayBody>) {
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), cx.request_id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptable_ids() {
+        assert!(is_acceptable(b"abc-123_x.y:z"));
+        assert!(is_acceptable(&[b'a'; 64]));
+        assert!(!is_acceptable(&[b'a'; 65]));
+        assert!(!is_acceptable(b""));
+        assert!(!is_acceptable(b"a b"));
+        assert!(!is_acceptable(b"a\"b"));
+        assert!(!is_acceptable(b"<script>"));
+        assert!(!is_acceptable("caf\u{e9}".as_bytes()));
+    }
+
+    #[test]
+    fn generated_ids_are_unique_hex() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(is_acceptable(a.as_bytes()));
+    }
+}

@@ -1,0 +1,107 @@
+//! Headers the upstream can believe.
+//!
+//! Everything a client could forge about who it is or how it arrived is
+//! removed and set again by the gateway:
+//!
+//! - `X-Portcullis-*` identity headers are always stripped (the auth stages
+//!   add the real ones later);
+//! - `X-Forwarded-For` becomes the incoming chain plus the peer when the peer
+//!   is a trusted proxy, and just the peer otherwise;
+//! - `X-Forwarded-Proto` and `X-Forwarded-Host` are kept from a trusted proxy
+//!   and set from this connection otherwise; `Forwarded` from an untrusted
+//!   peer is dropped;
+//! - `X-Real-IP` is the client IP the client IP stage settled on;
+//! - `X-Request-Id` is the request's ID.
+
+use http::header::{FORWARDED, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+
+use crate::body::GatewayBody;
+use crate::pipeline::{Flow, RequestCx, Stage, Verdict};
+use crate::stage::client_ip::X_FORWARDED_FOR;
+use crate::stage::request_id::X_REQUEST_ID;
+
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const IDENTITY_PREFIX: &str = "x-portcullis-";
+
+pub struct UpstreamHeadersStage;
+
+/// Removes every `X-Portcullis-*` header.
+pub fn strip_identity(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().starts_with(IDENTITY_PREFIX)) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(IDENTITY_PREFIX))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is valid header text")
+}
+
+fn set_forwarding(cx: &RequestCx, req: &mut Request<GatewayBody>) {
+    let peer = ip_header(crate::stage::client_ip::canonical(cx.peer.ip()));
+    let authority_host = req.uri().authority().map(|a| a.as_str().to_owned());
+    let headers = req.headers_mut();
+
+    let chain = if cx.peer_trusted {
+        let existing: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if existing.is_empty() {
+            peer
+        } else {
+            let joined = format!("{}, {}", existing.join(", "), peer.to_str().unwrap_or_default());
+            HeaderValue::try_from(joined).unwrap_or(peer)
+        }
+    } else {
+        peer
+    };
+    headers.insert(&X_FORWARDED_FOR, chain);
+
+    if !(cx.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        let proto = if cx.tls { "https" } else { "http" };
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(cx.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        let host = headers
+            .get(HOST)
+            .cloned()
+            .or_else(|| authority_host.and_then(|a| HeaderValue::try_from(a).ok()));
+        match host {
+            Some(host) => {
+                headers.insert(&X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !cx.peer_trusted {
+        headers.remove(FORWARDED);
+    }
+    headers.insert(&X_REAL_IP, ip_header(cx.client_ip));
+}
+
+impl Stage for UpstreamHeadersStage {
+    fn name(&self) -> &'static str {
+        "upstream_headers"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+        strip_identity(req.headers_mut());
+        set_forwarding(cx, req);
+        req.headers_mut().insert(&X_REQUEST_ID, cx.request_id.clone());
+        Verdict::Ready(Ok(Flow::Continue))
+    }
+}
