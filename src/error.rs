@@ -28,8 +28,15 @@ pub enum ErrorSide {
 pub enum GatewayError {
     #[error("{0}")]
     BadRequest(Cow<'static, str>),
+    /// A request whose framing cannot be trusted; the connection is closed
+    /// after the answer, since where the next request starts is unknown.
+    #[error("{0}")]
+    Malformed(Cow<'static, str>),
     #[error("no route matches this path")]
     NotFound,
+    /// A CORS preflight that the policy does not allow.
+    #[error("{0}")]
+    CorsRefused(&'static str),
     #[error("method {method} is not allowed on this route")]
     MethodNotAllowed {
         method: http::Method,
@@ -56,10 +63,15 @@ impl GatewayError {
         GatewayError::BadRequest(detail.into())
     }
 
+    pub fn malformed(detail: impl Into<Cow<'static, str>>) -> Self {
+        GatewayError::Malformed(detail.into())
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::CorsRefused(_) => StatusCode::FORBIDDEN,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -71,9 +83,11 @@ impl GatewayError {
 
     pub fn side(&self) -> ErrorSide {
         match self {
-            GatewayError::BadRequest(_) | GatewayError::NotFound | GatewayError::MethodNotAllowed { .. } => {
-                ErrorSide::Downstream
-            }
+            GatewayError::BadRequest(_)
+            | GatewayError::Malformed(_)
+            | GatewayError::NotFound
+            | GatewayError::CorsRefused(_)
+            | GatewayError::MethodNotAllowed { .. } => ErrorSide::Downstream,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamTimeout { .. }
             | GatewayError::UpstreamFailed { .. } => ErrorSide::Upstream,
@@ -95,6 +109,7 @@ impl GatewayError {
                 "The service behind this route failed to handle the request.".into()
             }
             GatewayError::Internal => "The gateway failed to handle the request.".into(),
+            GatewayError::CorsRefused(detail) => (*detail).into(),
             other => {
                 let mut text = other.to_string();
                 if let Some(first) = text.get_mut(0..1) {
@@ -117,6 +132,9 @@ impl GatewayError {
                 retry_after: Some(v), ..
             } => {
                 headers.insert(RETRY_AFTER, v.clone());
+            }
+            GatewayError::Malformed(_) => {
+                headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

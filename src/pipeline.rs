@@ -57,12 +57,35 @@ pub trait Stage: Send + Sync {
     fn on_response(&self, _cx: &RequestCx, _resp: &mut Response<GatewayBody>) {}
 }
 
+/// What is known about a client connection, shared by its requests.
+#[derive(Debug)]
+pub struct Connection {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// How each HTTP/1 request head was framed on the wire.
+    pub heads: Arc<crate::stage::framing::inspect::HeadLog>,
+}
+
+impl Connection {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        Connection {
+            peer,
+            tls,
+            heads: Default::default(),
+        }
+    }
+}
+
 /// Everything known about one request as it passes the stages. Each field
 /// is filled by the stage named beside it.
 pub struct RequestCx {
     /// The policy this request runs under, fixed at its start.
     pub policy: Arc<Policy>,
     pub started: Instant,
+    /// The client connection.
+    pub connection: Arc<Connection>,
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Whether the client connection is TLS.
@@ -78,15 +101,19 @@ pub struct RequestCx {
     /// route stage: the normalised, encoded path when it differs from the
     /// request's own (the upstream is sent this one).
     pub rewritten_path: Option<String>,
+    /// cors stage: the allowed origin of a cross-origin request.
+    pub cors_origin: Option<HeaderValue>,
     /// proxy: time from sending upstream to the response head.
     pub upstream_time: Option<std::time::Duration>,
 }
 
 impl RequestCx {
-    pub fn new(policy: Arc<Policy>, peer: SocketAddr, tls: bool) -> Self {
+    pub fn new(policy: Arc<Policy>, connection: Arc<Connection>) -> Self {
+        let (peer, tls) = (connection.peer, connection.tls);
         RequestCx {
             policy,
             started: Instant::now(),
+            connection,
             peer,
             tls,
             request_id: HeaderValue::from_static("-"),
@@ -94,6 +121,7 @@ impl RequestCx {
             peer_trusted: false,
             route: None,
             rewritten_path: None,
+            cors_origin: None,
             upstream_time: None,
         }
     }

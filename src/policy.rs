@@ -19,6 +19,7 @@ use crate::pipeline::{Pipeline, Stage};
 use crate::proxy::Upstream;
 use crate::stage::authn::{AuthMethod, AuthPolicy};
 use crate::stage::client_ip::{ClientIpStage, TrustedProxies};
+use crate::stage::cors::{CorsPolicy, CorsStage};
 use crate::stage::framing::FramingStage;
 use crate::stage::request_id::RequestIdStage;
 use crate::stage::route::{PrefixTree, Route, RouteStage, allow_header, normalise};
@@ -50,6 +51,7 @@ pub struct Policy {
     pub log_level: String,
     pub secrets: Secrets,
     pub upstreams: Vec<Arc<Upstream>>,
+    pub cors: Option<CorsPolicy>,
     pub routes: Vec<Route>,
     pub tree: PrefixTree,
     pub pipeline: Pipeline,
@@ -83,6 +85,11 @@ pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Policy, Confi
     let server = compile_server(config, &mut problems);
     let secrets = compile_secrets(loaded, &mut problems, &mut warnings);
     let upstreams = compile_upstreams(config, metrics, &mut problems);
+    let cors = config.cors.as_ref().and_then(|c| {
+        CorsPolicy::compile(c, config.environment.is_production())
+            .map_err(|errors| errors.into_iter().for_each(|(key, e)| problems.at(&key, e)))
+            .ok()
+    });
     let (routes, tree) = compile_routes(config, &upstreams, metrics, &mut problems);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         problems.at("log.level", format!("invalid log filter: {e}"));
@@ -100,6 +107,7 @@ pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Policy, Confi
         server,
         secrets,
         upstreams,
+        cors,
         routes,
         tree,
         pipeline,
@@ -116,6 +124,9 @@ fn build_pipeline(server: &ServerPolicy) -> Pipeline {
         Box::new(ClientIpStage {
             trusted: server.trusted_proxies.clone(),
         }),
+        // CORS before routing: its policy is global, and a page must be able
+        // to read a 404 or 405 as well as a 200.
+        Box::new(CorsStage),
         Box::new(RouteStage),
         Box::new(UpstreamHeadersStage),
     ];

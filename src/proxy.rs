@@ -222,6 +222,13 @@ pub async fn forward(
                 timeout_ms: upstream.timeout.as_millis(),
             });
         }
+        Ok(Err(error)) if caused_by_client_body(&error) => {
+            // The client's body broke off or was malformed mid-stream; the
+            // upstream saw an aborted request, never a reframed one.
+            return Err(GatewayError::malformed(
+                "the request body was malformed or incomplete",
+            ));
+        }
         Ok(Err(error)) => {
             upstream.metrics.record_unreachable();
             tracing::warn!(
@@ -275,6 +282,24 @@ async fn mask(
         status: head.status,
         retry_after: head.headers.get(header::RETRY_AFTER).cloned(),
     }
+}
+
+/// Whether an upstream request failed because the client's own body did:
+/// hyper reports that as a user-body error wrapping the inbound one.
+fn caused_by_client_body(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut saw_user_body = false;
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                saw_user_body = true;
+            } else if saw_user_body {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -27,8 +27,9 @@ use crate::body::GatewayBody;
 use crate::config::{ConfigErrors, LoadedConfig, Source, load};
 use crate::error::{GatewayError, problem_response};
 use crate::metrics::Metrics;
-use crate::pipeline::{Outcome, RequestCx};
+use crate::pipeline::{Connection, Outcome, RequestCx};
 use crate::policy::{Policy, compile};
+use crate::stage::framing::inspect::Tapped;
 use crate::{admin, proxy};
 
 /// What every connection and the admin listener share.
@@ -205,10 +206,10 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, mut shutdown: 
         };
         let _ = stream.set_nodelay(true);
         let conn_shared = shared.clone();
-        let service = service_fn(move |req| handle(conn_shared.clone(), peer, false, req));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = Arc::new(Connection::new(peer, false));
+        let io = TokioIo::new(Tapped::new(stream, conn.heads.clone()));
+        let service = service_fn(move |req| handle(conn_shared.clone(), conn.clone(), req));
+        let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         let open = shared.metrics.connections_open.clone();
         open.inc();
@@ -233,12 +234,11 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, mut shutdown: 
 /// Runs one request through the pipeline and the proxy.
 pub async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
-    tls: bool,
+    connection: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<CompletionBody>, Infallible> {
     let policy = shared.policy.load_full();
-    let mut cx = RequestCx::new(policy.clone(), peer, tls);
+    let mut cx = RequestCx::new(policy.clone(), connection);
     let method = req.method().clone();
     let uri = req.uri().clone();
     let mut req = req.map(GatewayBody::Streamed);

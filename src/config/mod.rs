@@ -36,6 +36,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    pub cors: Option<CorsConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -216,4 +217,55 @@ pub struct RouteConfig {
     /// Authentication methods, any of which admits a request; `["none"]`
     /// marks a public route. Required in production.
     pub auth: Option<Vec<String>>,
+}
+
+/// `[cors]`: the browser origins allowed to call routed APIs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `["*"]` for any origin
+    /// (never together with `credentials`).
+    pub origins: Vec<String>,
+    /// Allow cookies and `Authorization` on cross-origin calls.
+    #[serde(default)]
+    pub credentials: bool,
+    /// Methods a cross-origin call may use.
+    #[serde(default = "CorsConfig::default_methods")]
+    pub methods: Vec<String>,
+    /// Request headers a cross-origin call may send.
+    #[serde(default = "CorsConfig::default_headers")]
+    pub headers: Vec<String>,
+    /// Response headers the calling page may read.
+    #[serde(default = "CorsConfig::default_expose")]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default = "CorsConfig::default_max_age")]
+    pub max_age: ConfigDuration,
+}
+
+impl CorsConfig {
+    fn default_methods() -> Vec<String> {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .map(String::from)
+            .to_vec()
+    }
+    fn default_headers() -> Vec<String> {
+        [
+            "Content-Type",
+            "Authorization",
+            "X-API-Key",
+            "X-Request-Id",
+            "X-CSRF-Token",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn default_expose() -> Vec<String> {
+        ["X-Request-Id", "Retry-After", "RateLimit", "RateLimit-Policy"]
+            .map(String::from)
+            .to_vec()
+    }
+    fn default_max_age() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(600))
+    }
 }

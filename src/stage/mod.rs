@@ -5,6 +5,7 @@
 //! | request id | [`request_id`] | keeps a well-formed `X-Request-Id` or makes one; echoes it back |
 //! | framing | [`framing`] | refuses request-smuggling shapes and spoofable header spellings |
 //! | client IP | [`client_ip`] | the peer, or the first untrusted `X-Forwarded-For` hop behind trusted proxies |
+//! | CORS | [`cors`] | answers preflights from the origin allow-list; marks allowed cross-origin requests |
 //! | route | [`route`] | normalises the path, finds the longest-prefix route, checks the method |
 //! | upstream headers | [`upstream_headers`] | strips identity and forwarding headers a client could forge, sets `X-Forwarded-*` and `X-Request-Id` |
 //!
@@ -12,6 +13,7 @@
 
 pub mod authn;
 pub mod client_ip;
+pub mod cors;
 pub mod framing;
 pub mod request_id;
 pub mod route;

@@ -8,7 +8,8 @@
 //! Several routes may share a path with different methods; the first in
 //! config order that allows the method wins. A route that lists `GET` also
 //! allows `HEAD`. A route without `methods` allows every method except
-//! `TRACE` and `CONNECT`, which a gateway has no business forwarding.
+//! `TRACE` and `CONNECT`, which a gateway has no business forwarding. (CORS
+//! preflights are answered before routing, by the CORS stage.)
 
 pub mod normalise;
 pub mod tree;

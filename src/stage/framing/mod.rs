@@ -3,7 +3,9 @@
 //! hyper already rejects malformed request lines, obsolete line folding,
 //! invalid `Content-Length` values and differing duplicate lengths before a
 //! request exists. This stage refuses, with a 400 problem document, the
-//! shapes hyper tolerates but a backend or another proxy might not:
+//! shapes hyper tolerates but a backend or another proxy might not (the
+//! framing headers as they were on the wire come from [`inspect`], since
+//! hyper hides some of them):
 //!
 //! - `Content-Length` together with `Transfer-Encoding` (CL.TE / TE.CL),
 //! - more than one `Content-Length` or `Transfer-Encoding` field, even with
@@ -14,12 +16,15 @@
 //!   of the forwarding or identity headers the gateway sets (for example
 //!   `X_Forwarded_For` or `X_Portcullis_Consumer`); those are dropped.
 
+pub mod inspect;
+
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Request, Version};
 
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::pipeline::{Flow, RequestCx, Stage, StageResult, Verdict};
+use inspect::RawFraming;
 
 pub struct FramingStage;
 
@@ -84,10 +89,24 @@ fn drop_imitations(headers: &mut HeaderMap) {
     }
 }
 
+/// Rules on the framing headers as they were on the wire.
+fn check_raw(raw: RawFraming) -> Result<(), &'static str> {
+    if raw.content_lengths > 0 && raw.transfer_encodings > 0 {
+        return Err("The request has both Content-Length and Transfer-Encoding.");
+    }
+    if raw.content_lengths > 1 {
+        return Err("The request has more than one Content-Length.");
+    }
+    Ok(())
+}
+
 impl FramingStage {
-    fn check(req: &mut Request<GatewayBody>) -> StageResult {
+    fn check(cx: &RequestCx, req: &mut Request<GatewayBody>) -> StageResult {
         if req.version() <= Version::HTTP_11 {
-            check_framing(req.version(), req.headers()).map_err(GatewayError::bad_request)?;
+            if let Some(raw) = cx.connection.heads.next_request() {
+                check_raw(raw).map_err(GatewayError::malformed)?;
+            }
+            check_framing(req.version(), req.headers()).map_err(GatewayError::malformed)?;
         }
         drop_imitations(req.headers_mut());
         Ok(Flow::Continue)
@@ -99,8 +118,8 @@ impl Stage for FramingStage {
         "framing"
     }
 
-    fn on_request<'a>(&'a self, _cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
-        Verdict::Ready(Self::check(req))
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+        Verdict::Ready(Self::check(cx, req))
     }
 }
 

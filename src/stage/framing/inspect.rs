@@ -1,0 +1,400 @@
+//! A read-side tap on each HTTP/1 connection that notes how every request
+//! head was framed on the wire, before hyper parses it.
+//!
+//! hyper resolves some ambiguous framings on its own, and in doing so hides
+//! them: with both `Content-Length` and `Transfer-Encoding` it drops the
+//! length (and closes the connection afterwards), and it folds repeated equal
+//! `Content-Length` lines into one. That is safe, but the gateway's policy is
+//! to refuse such requests outright, so this tap counts the framing headers
+//! in the raw bytes and queues one [`RawFraming`] per request head; the
+//! framing stage takes them in order, one per request.
+//!
+//! To find where each head starts, the tap follows message framing itself:
+//! fixed-length and chunked bodies are skipped using `httparse`, the parser
+//! hyper uses. Anything it cannot follow (HTTP/2, an upgrade, a malformed
+//! head, which hyper then refuses) switches it off for the rest of the
+//! connection, and requests it has no record for get hyper's own handling.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How many framing headers one request head carried on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawFraming {
+    pub content_lengths: u8,
+    pub transfer_encodings: u8,
+}
+
+/// Records waiting for their requests; at most this many (pipelining depth).
+const MAX_PENDING: usize = 128;
+/// Largest head, chunk-size line or trailer section the tap will buffer.
+const MAX_BUFFERED: usize = 1024 * 1024;
+const MAX_HEADERS: usize = 128;
+
+/// The per-connection queue of framing records.
+#[derive(Debug, Default)]
+pub struct HeadLog {
+    pending: Mutex<VecDeque<RawFraming>>,
+}
+
+impl HeadLog {
+    /// The record for the next request, if the tap has one.
+    pub fn next_request(&self) -> Option<RawFraming> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+
+    fn push(&self, record: RawFraming) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_PENDING {
+            return false;
+        }
+        pending.push_back(record);
+        true
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reading a request head (bytes buffered so far).
+    Head(Vec<u8>),
+    /// Skipping a body of known length.
+    Fixed(u64),
+    /// Reading a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Skipping chunk data.
+    ChunkData(u64),
+    /// Skipping the CRLF after chunk data.
+    ChunkEnd(u8),
+    /// Reading the trailer section after the last chunk.
+    Trailers(Vec<u8>),
+    /// Not following this connection any more.
+    Off,
+}
+
+/// Follows HTTP/1 message boundaries over a byte stream.
+#[derive(Debug)]
+pub struct Tracker {
+    state: State,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            state: State::Head(Vec::new()),
+        }
+    }
+}
+
+/// What a complete head says about the message that follows.
+fn inspect_head(buf: &[u8]) -> Result<Option<(usize, RawFraming, State)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let mut record = RawFraming::default();
+    let mut length = None;
+    let mut last_coding: &[u8] = b"";
+    let mut upgrade = request.method == Some("CONNECT");
+    for h in request.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            record.content_lengths = record.content_lengths.saturating_add(1);
+            length = length.or_else(|| std::str::from_utf8(h.value).ok()?.trim().parse::<u64>().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            record.transfer_encodings = record.transfer_encodings.saturating_add(1);
+            last_coding = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    let next = if upgrade {
+        State::Off
+    } else if record.transfer_encodings > 0 {
+        if last_coding.eq_ignore_ascii_case(b"chunked") {
+            State::ChunkSize(Vec::new())
+        } else {
+            State::Off
+        }
+    } else if record.content_lengths > 0 {
+        match length {
+            Some(0) => State::Head(Vec::new()),
+            Some(n) => State::Fixed(n),
+            None => State::Off,
+        }
+    } else {
+        State::Head(Vec::new())
+    };
+    Ok(Some((len, record, next)))
+}
+
+/// Where the trailer section (after the `0` chunk line) ends, if it has.
+fn trailers_end(buf: &[u8]) -> Option<usize> {
+    if buf.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    if buf.starts_with(b"\n") {
+        return Some(1);
+    }
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+impl Tracker {
+    /// Feeds bytes read from the client; queues a record per request head.
+    pub fn feed(&mut self, mut data: &[u8], log: &HeadLog) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head(buf) => {
+                    if buf.is_empty() && data.starts_with(b"PRI ") {
+                        // The HTTP/2 connection preface.
+                        self.state = State::Off;
+                        return;
+                    }
+                    let (parsed, from_buffer) = if buf.is_empty() {
+                        (inspect_head(data), false)
+                    } else {
+                        buf.extend_from_slice(data);
+                        (inspect_head(buf), true)
+                    };
+                    match parsed {
+                        Ok(Some((len, record, next))) => {
+                            if !log.push(record) {
+                                self.state = State::Off;
+                                return;
+                            }
+                            if from_buffer {
+                                // All of `data` went into the buffer; what
+                                // follows the head is the start of the body.
+                                let rest = std::mem::take(buf).split_off(len);
+                                self.state = next;
+                                self.feed(&rest, log);
+                                return;
+                            } else {
+                                self.state = next;
+                                data = &data[len..];
+                            }
+                        }
+                        Ok(None) => {
+                            if !from_buffer {
+                                buf.extend_from_slice(data);
+                            }
+                            if buf.len() > MAX_BUFFERED {
+                                self.state = State::Off;
+                            }
+                            return;
+                        }
+                        Err(()) => {
+                            self.state = State::Off;
+                            return;
+                        }
+                    }
+                }
+                State::Fixed(left) => {
+                    let take = (*left).min(data.len() as u64);
+                    *left -= take;
+                    data = &data[take as usize..];
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(data);
+                    match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            let rest = used - before;
+                            data = &data[rest..];
+                            self.state = if size == 0 {
+                                State::Trailers(Vec::new())
+                            } else {
+                                State::ChunkData(size)
+                            };
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() <= 4096 => return,
+                        _ => {
+                            self.state = State::Off;
+                            return;
+                        }
+                    }
+                }
+                State::ChunkData(left) => {
+                    let take = (*left).min(data.len() as u64);
+                    *left -= take;
+                    data = &data[take as usize..];
+                    if *left == 0 {
+                        self.state = State::ChunkEnd(2);
+                    }
+                }
+                State::ChunkEnd(left) => {
+                    let take = (*left as usize).min(data.len());
+                    *left -= take as u8;
+                    data = &data[take..];
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailers(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(data);
+                    match trailers_end(buf) {
+                        Some(end) => {
+                            data = &data[end - before..];
+                            self.state = State::Head(Vec::new());
+                        }
+                        None if buf.len() <= MAX_BUFFERED => return,
+                        None => {
+                            self.state = State::Off;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A client connection with the tap on its read side.
+pub struct Tapped<T> {
+    inner: T,
+    tracker: Tracker,
+    log: std::sync::Arc<HeadLog>,
+}
+
+impl<T> Tapped<T> {
+    pub fn new(inner: T, log: std::sync::Arc<HeadLog>) -> Self {
+        Tapped {
+            inner,
+            tracker: Tracker::default(),
+            log,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tapped<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &poll {
+            this.tracker.feed(&buf.filled()[before..], &this.log);
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tapped<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(stream: &[u8], split_every: usize) -> Vec<RawFraming> {
+        let log = HeadLog::default();
+        let mut tracker = Tracker::default();
+        for piece in stream.chunks(split_every) {
+            tracker.feed(piece, &log);
+        }
+        std::iter::from_fn(|| log.next_request()).collect()
+    }
+
+    const CLEAN: RawFraming = RawFraming {
+        content_lengths: 0,
+        transfer_encodings: 0,
+    };
+
+    #[test]
+    fn follows_pipelined_requests_of_every_framing_however_split() {
+        let stream = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nworld\r\n3\r\nGET\r\n0\r\nX-Trailer: 1\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+GET /e HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n\
+GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
+        let want = vec![
+            CLEAN,
+            RawFraming {
+                content_lengths: 1,
+                transfer_encodings: 0,
+            },
+            RawFraming {
+                content_lengths: 0,
+                transfer_encodings: 1,
+            },
+            RawFraming {
+                content_lengths: 1,
+                transfer_encodings: 1,
+            },
+            RawFraming {
+                content_lengths: 2,
+                transfer_encodings: 0,
+            },
+            CLEAN,
+        ];
+        for split in [1, 2, 3, 7, 16, 64, 4096] {
+            assert_eq!(records(stream, split), want, "split every {split}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_look_like_requests_are_skipped() {
+        let inner =
+            b"GET /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut stream = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            inner.len()
+        )
+        .into_bytes();
+        stream.extend_from_slice(inner);
+        stream.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+        let got = records(&stream, 5);
+        assert_eq!(
+            got,
+            vec![
+                RawFraming {
+                    content_lengths: 1,
+                    transfer_encodings: 0
+                },
+                CLEAN
+            ]
+        );
+    }
+
+    #[test]
+    fn switches_off_for_http2_upgrades_and_garbage() {
+        assert!(records(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4).is_empty());
+        let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(records(upgrade, 9), vec![CLEAN]);
+        assert!(records(b"\x16\x03\x01 not http\r\n\r\n", 3).is_empty());
+    }
+}

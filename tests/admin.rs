@@ -1,0 +1,94 @@
+//! The admin listener: health, readiness, metrics.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_readyz_and_metrics() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config("development", &upstream.url(), PUBLIC_ROOT)).await;
+    let admin = format!("http://{}", gw.admin_addr());
+
+    let resp = client().get(format!("{admin}/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client().get(format!("{admin}/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["checks"]["upstream:app"]["status"], "ok");
+
+    let base = format!("http://{}", gw.public_addr());
+    for _ in 0..3 {
+        client().get(format!("{base}/x")).send().await.unwrap();
+    }
+    client().get(format!("{base}/status/503")).send().await.unwrap();
+    client().get(format!("{base}/%2f")).send().await.unwrap();
+
+    // Counts are recorded when each response ends; give the last one a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let text = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{text}"))
+    };
+    assert_eq!(
+        value("portcullis_requests_total{route=\"/\",status_class=\"2xx\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("portcullis_requests_total{route=\"/\",status_class=\"5xx\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_requests_total{route=\"(none)\",status_class=\"4xx\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_request_duration_seconds_count{route=\"/\"}"),
+        4.0
+    );
+    assert!(text.contains("portcullis_request_duration_seconds_bucket{route=\"/\",le=\"0.005\"}"));
+    assert!(text.contains("portcullis_upstream_duration_seconds_count{upstream=\"app\"} 4"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_503_with_the_failing_upstream() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = start_gateway(&config(
+        "development",
+        &format!("http://127.0.0.1:{port}"),
+        PUBLIC_ROOT,
+    ))
+    .await;
+    let resp = client()
+        .get(format!("http://{}/readyz", gw.admin_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let doc = json(resp).await;
+    assert_eq!(doc["status"], "not_ready");
+    assert_eq!(doc["checks"]["upstream:app"]["status"], "unreachable");
+    // Liveness does not depend on upstreams.
+    let resp = client()
+        .get(format!("http://{}/healthz", gw.admin_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    gw.shutdown().await;
+}

@@ -1,0 +1,362 @@
+//! Shared test harness: a recording upstream, the gateway started
+//! in-process or as the real binary, and raw-socket helpers.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use portcullis::Gateway;
+use portcullis::config::Source;
+use portcullis::config::load::load;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP server on an ephemeral port that records what it receives.
+///
+/// Paths it understands:
+/// - `/status/<code>`: answers with that status and a body that looks like a
+///   stack trace (`Traceback ... SECRET_STACK_DETAIL`);
+/// - `/delay/<ms>`: answers after that many milliseconds;
+/// - `/hop`: answers with hop-by-hop headers that must not reach the client;
+/// - `/echo-stream`: streams the request body back as it arrives (records
+///   the request with an empty body);
+/// - anything else: `200` with JSON `{"path": …, "method": …}`.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(req, log.clone()));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TestUpstream { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Received {
+        self.received().pop().expect("the upstream received a request")
+    }
+}
+
+type AnyBody = BoxBody<Bytes, hyper::Error>;
+
+fn full(bytes: impl Into<Bytes>) -> AnyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    log: Arc<Mutex<Vec<Received>>>,
+) -> Result<Response<AnyBody>, Infallible> {
+    if req.uri().path() == "/echo-stream" {
+        let (head, body) = req.into_parts();
+        log.lock().unwrap().push(Received {
+            method: head.method.to_string(),
+            target: head.uri.to_string(),
+            headers: head.headers.clone(),
+            body: Bytes::new(),
+        });
+        return Ok(Response::new(body.boxed()));
+    }
+    let (head, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let target = head
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    log.lock().unwrap().push(Received {
+        method: head.method.to_string(),
+        target: target.clone(),
+        headers: head.headers.clone(),
+        body: body.clone(),
+    });
+    let path = head.uri.path().to_string();
+    let mut response = Response::new(full(Bytes::new()));
+    if let Some(code) = path.strip_prefix("/status/") {
+        *response.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
+        *response.body_mut() = full(Bytes::from_static(
+            b"Traceback (most recent call last):\n  File \"app.py\", line 7\nSECRET_STACK_DETAIL db=postgres://admin:hunter2@db\n",
+        ));
+        response.headers_mut().insert("retry-after", "7".parse().unwrap());
+        return Ok(response);
+    }
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if path == "/hop" {
+        let h = response.headers_mut();
+        h.insert("connection", "x-upstream-hop".parse().unwrap());
+        h.insert("x-upstream-hop", "secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-authenticate", "Basic".parse().unwrap());
+        h.insert("x-upstream-kept", "yes".parse().unwrap());
+    }
+    let doc = serde_json::json!({ "path": path, "method": head.method.as_str(), "body_len": body.len() });
+    *response.body_mut() = full(doc.to_string());
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(response)
+}
+
+/// Config text with both listeners on ephemeral loopback ports and one
+/// upstream named `app`, followed by `extra` (routes and other tables).
+pub fn config(environment: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"environment = "{environment}"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+drain_timeout = "5s"
+
+[log]
+access_log = false
+
+[[upstreams]]
+name = "app"
+targets = ["{upstream}"]
+timeout = "2s"
+connect_timeout = "1s"
+
+{extra}
+"#
+    )
+}
+
+/// A public catch-all route to `app`.
+pub const PUBLIC_ROOT: &str = r#"
+[[routes]]
+path = "/"
+upstream = "app"
+auth = ["none"]
+"#;
+
+/// Starts the gateway in this process.
+pub async fn start_gateway(text: &str) -> Gateway {
+    let loaded = load(
+        &Source::Text {
+            name: "test.toml".into(),
+            text: text.into(),
+        },
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    Gateway::start(loaded)
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub async fn json(response: reqwest::Response) -> serde_json::Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// Asserts a response is an RFC 9457 problem document with this status and
+/// a request ID matching the `X-Request-Id` header; returns the document.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let doc = json(response).await;
+    assert_eq!(doc["status"], status, "{doc}");
+    assert!(doc["title"].as_str().is_some_and(|t| !t.is_empty()), "{doc}");
+    assert!(doc["detail"].as_str().is_some_and(|t| !t.is_empty()), "{doc}");
+    assert_eq!(doc["request_id"], request_id.as_str(), "{doc}");
+    doc
+}
+
+/// Sends raw bytes and returns everything the server sends back until it
+/// closes the connection or goes quiet for a second.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in a raw answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+/// The real binary, started with `args`, stdout and stderr captured.
+pub struct Binary {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    stdout: Arc<Mutex<String>>,
+}
+
+pub fn binary_path() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+impl Binary {
+    /// Starts `portcullis serve --config <path>` and waits for its
+    /// "listening" log line to learn the ephemeral ports.
+    pub fn serve(config: &Path, envs: &[(&str, &str)]) -> Binary {
+        let mut cmd = Command::new(binary_path());
+        cmd.arg("serve").arg("--config").arg(config);
+        Self::spawn(cmd, envs)
+    }
+
+    pub fn spawn(mut cmd: Command, envs: &[(&str, &str)]) -> Binary {
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("the binary starts");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sink = stdout.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("portcullis is listening") {
+                        let _ = tx.send(line.clone());
+                    }
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "the binary did not start listening; output:\n{}",
+                    stdout.lock().unwrap()
+                );
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).expect("the listening line is JSON");
+        Binary {
+            child,
+            public: v["public"].as_str().unwrap().parse().unwrap(),
+            admin: v["admin"].as_str().unwrap().parse().unwrap(),
+            stdout,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (up to `limit`) and returns its status.
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if self.output().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

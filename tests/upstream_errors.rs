@@ -1,0 +1,102 @@
+//! Upstream failures: 502 when unreachable, 504 on timeout, 5xx bodies
+//! masked in production (status kept) and passed through in development.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_upstream_is_a_502_problem() {
+    // Bind and drop a listener to get a port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = start_gateway(&config(
+        "development",
+        &format!("http://127.0.0.1:{port}"),
+        PUBLIC_ROOT,
+    ))
+    .await;
+    let resp = client()
+        .get(format!("http://{}/x", gw.public_addr()))
+        .send()
+        .await
+        .unwrap();
+    let doc = assert_problem(resp, 502).await;
+    assert!(
+        !doc.to_string().contains(&port.to_string()),
+        "the problem leaks the upstream address: {doc}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_a_504_problem() {
+    let upstream = TestUpstream::start().await;
+    let text = config("development", &upstream.url(), PUBLIC_ROOT)
+        .replace("timeout = \"2s\"", "timeout = \"300ms\"");
+    let gw = start_gateway(&text).await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .get(format!("http://{}/delay/3000", gw.public_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 504).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "the timeout was not applied"
+    );
+    // A fast request on the same upstream still works.
+    let resp = client()
+        .get(format!("http://{}/delay/10", gw.public_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn production_masks_upstream_5xx_bodies_and_keeps_the_status() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config("production", &upstream.url(), PUBLIC_ROOT)).await;
+    for code in [500u16, 502, 503] {
+        let resp = client()
+            .get(format!("http://{}/status/{code}", gw.public_addr()))
+            .send()
+            .await
+            .unwrap();
+        let retry_after = resp.headers().get("retry-after").cloned();
+        let doc = assert_problem(resp, code).await;
+        let text = doc.to_string();
+        assert!(!text.contains("Traceback"), "{text}");
+        assert!(!text.contains("SECRET_STACK_DETAIL"), "{text}");
+        assert_eq!(retry_after.unwrap(), "7", "Retry-After survives masking");
+    }
+    // 4xx bodies are the application's own and pass through.
+    let resp = client()
+        .get(format!("http://{}/status/404", gw.public_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().await.unwrap().contains("Traceback"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn development_passes_upstream_5xx_bodies_through() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config("development", &upstream.url(), PUBLIC_ROOT)).await;
+    let resp = client()
+        .get(format!("http://{}/status/500", gw.public_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(resp.text().await.unwrap().contains("SECRET_STACK_DETAIL"));
+    gw.shutdown().await;
+}
