@@ -34,6 +34,14 @@ pub enum GatewayError {
     Malformed(Cow<'static, str>),
     #[error("no route matches this path")]
     NotFound,
+    /// Authentication failed; `challenge` goes in `WWW-Authenticate`.
+    #[error("{detail}")]
+    Unauthorized {
+        detail: &'static str,
+        challenge: HeaderValue,
+    },
+    #[error("{0}")]
+    Forbidden(String),
     /// A CORS preflight that the policy does not allow.
     #[error("{0}")]
     CorsRefused(&'static str),
@@ -71,7 +79,8 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) | GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
-            GatewayError::CorsRefused(_) => StatusCode::FORBIDDEN,
+            GatewayError::CorsRefused(_) | GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -87,6 +96,8 @@ impl GatewayError {
             | GatewayError::Malformed(_)
             | GatewayError::NotFound
             | GatewayError::CorsRefused(_)
+            | GatewayError::Unauthorized { .. }
+            | GatewayError::Forbidden(_)
             | GatewayError::MethodNotAllowed { .. } => ErrorSide::Downstream,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamTimeout { .. }
@@ -109,7 +120,8 @@ impl GatewayError {
                 "The service behind this route failed to handle the request.".into()
             }
             GatewayError::Internal => "The gateway failed to handle the request.".into(),
-            GatewayError::CorsRefused(detail) => (*detail).into(),
+            GatewayError::CorsRefused(detail) | GatewayError::Unauthorized { detail, .. } => (*detail).into(),
+            GatewayError::Forbidden(detail) => detail.clone(),
             other => {
                 let mut text = other.to_string();
                 if let Some(first) = text.get_mut(0..1) {
@@ -132,6 +144,9 @@ impl GatewayError {
                 retry_after: Some(v), ..
             } => {
                 headers.insert(RETRY_AFTER, v.clone());
+            }
+            GatewayError::Unauthorized { challenge, .. } => {
+                headers.insert(http::header::WWW_AUTHENTICATE, challenge.clone());
             }
             GatewayError::Malformed(_) => {
                 headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -6,16 +6,20 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod runtime;
 pub mod server;
 pub mod stage;
+pub mod store;
 
 pub use server::{Gateway, StartError};

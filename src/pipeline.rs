@@ -101,6 +101,8 @@ pub struct RequestCx {
     /// route stage: the normalised, encoded path when it differs from the
     /// request's own (the upstream is sent this one).
     pub rewritten_path: Option<String>,
+    /// authn stage: who the request authenticated as.
+    pub principal: Option<crate::stage::authn::Principal>,
     /// cors stage: the allowed origin of a cross-origin request.
     pub cors_origin: Option<HeaderValue>,
     /// proxy: time from sending upstream to the response head.
@@ -122,6 +124,7 @@ impl RequestCx {
             route: None,
             rewritten_path: None,
             cors_origin: None,
+            principal: None,
             upstream_time: None,
         }
     }

@@ -11,13 +11,16 @@ use std::sync::Arc;
 
 use http::Method;
 
+use crate::config::RouteConfig;
 use crate::config::{
     Config, ConfigError, ConfigErrors, Environment, LoadedConfig, SecretRef, SecretValue, secret,
 };
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pipeline::{Pipeline, Stage};
 use crate::proxy::Upstream;
-use crate::stage::authn::{AuthMethod, AuthPolicy};
+use crate::runtime::Runtime;
+use crate::stage::authn::{AuthMethod, AuthPolicy, AuthnStage};
+use crate::stage::authz::AuthzStage;
 use crate::stage::client_ip::{ClientIpStage, TrustedProxies};
 use crate::stage::cors::{CorsPolicy, CorsStage};
 use crate::stage::framing::FramingStage;
@@ -73,9 +76,12 @@ impl Problems<'_> {
     }
 }
 
-/// Compiles a loaded config into a policy, or lists every problem.
-pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Policy, ConfigErrors> {
+/// Compiles a loaded config into a policy, or lists every problem. The
+/// runtime supplies the services stages use; [`Runtime::offline`] is enough
+/// to check a config.
+pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, ConfigErrors> {
     let config = &loaded.config;
+    let metrics = &runtime.metrics;
     let mut problems = Problems {
         loaded,
         errors: Vec::new(),
@@ -98,8 +104,21 @@ pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Policy, Confi
     if !problems.errors.is_empty() {
         return Err(ConfigErrors(problems.errors));
     }
+    let key_headers = compile_key_headers(config, &mut problems);
+    if !(0.0..=1.0).contains(&config.audit.auth_success_sample) {
+        problems.at("audit.auth_success_sample", "must be between 0.0 and 1.0");
+    }
+    if config.audit.queue == 0 || config.audit.queue > 10_000_000 {
+        problems.at("audit.queue", "must be between 1 and 10000000");
+    }
+    if config.store.max_connections == 0 || config.store.max_connections > 1000 {
+        problems.at("store.max_connections", "must be between 1 and 1000");
+    }
+    if !problems.errors.is_empty() {
+        return Err(ConfigErrors(problems.errors));
+    }
     let server = server.expect("no errors means the server section compiled");
-    let pipeline = build_pipeline(&server);
+    let pipeline = build_pipeline(&server, runtime, config, key_headers);
     Ok(Policy {
         environment: config.environment,
         access_log: config.log.access_log,
@@ -116,8 +135,47 @@ pub fn compile(loaded: &LoadedConfig, metrics: &Metrics) -> Result<Policy, Confi
     })
 }
 
+fn compile_key_headers(config: &Config, problems: &mut Problems) -> Vec<http::HeaderName> {
+    let mut names = Vec::new();
+    for name in &config.api_keys.headers {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if h == http::header::AUTHORIZATION || h == http::header::COOKIE => problems.at(
+                "api_keys.headers",
+                format!("`{name}` cannot carry keys; use `bearer = true` for Authorization"),
+            ),
+            Ok(h) => names.push(h),
+            Err(_) => problems.at("api_keys.headers", format!("`{name}` is not a header name")),
+        }
+    }
+    if names.is_empty() && !config.api_keys.bearer {
+        problems.at("api_keys", "keys need a header or `bearer = true`");
+    }
+    names
+}
+
+/// The `WWW-Authenticate` challenge for API-key routes.
+fn key_challenge(config: &Config) -> http::HeaderValue {
+    let header = config
+        .api_keys
+        .headers
+        .first()
+        .map(String::as_str)
+        .unwrap_or("Authorization");
+    let mut text = format!("ApiKey realm=\"portcullis\", header=\"{header}\"");
+    if config.api_keys.bearer {
+        text.push_str(", Bearer realm=\"portcullis\"");
+    }
+    http::HeaderValue::try_from(text)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("ApiKey realm=\"portcullis\""))
+}
+
 /// The stages, in order. This is the one place the order is decided.
-fn build_pipeline(server: &ServerPolicy) -> Pipeline {
+fn build_pipeline(
+    server: &ServerPolicy,
+    runtime: &Runtime,
+    config: &Config,
+    key_headers: Vec<http::HeaderName>,
+) -> Pipeline {
     let stages: Vec<Box<dyn Stage>> = vec![
         Box::new(RequestIdStage),
         Box::new(FramingStage),
@@ -128,6 +186,16 @@ fn build_pipeline(server: &ServerPolicy) -> Pipeline {
         // to read a 404 or 405 as well as a 200.
         Box::new(CorsStage),
         Box::new(RouteStage),
+        Box::new(AuthnStage {
+            keys: runtime.keys.clone(),
+            audit: runtime.audit.clone(),
+            key_headers,
+            bearer: config.api_keys.bearer,
+            challenge: key_challenge(config),
+        }),
+        Box::new(AuthzStage {
+            audit: runtime.audit.clone(),
+        }),
         Box::new(UpstreamHeadersStage),
     ];
     Pipeline::new(stages)
@@ -283,51 +351,77 @@ fn compile_methods(problems: &mut Problems, key: &str, names: &Option<Vec<String
     Some(methods)
 }
 
-fn compile_auth(
-    problems: &mut Problems,
-    key: &str,
-    names: &Option<Vec<String>>,
-    production: bool,
-) -> AuthPolicy {
-    let Some(names) = names else {
-        if production {
-            problems.at(
-                key.trim_end_matches(".auth"),
-                "the route has no `auth`; production requires one (write auth = [\"none\"] for a public route)",
-            );
-        }
-        return AuthPolicy {
-            methods: vec![AuthMethod::None],
-        };
+fn compile_auth(problems: &mut Problems, key: &str, route: &RouteConfig, production: bool) -> AuthPolicy {
+    let auth_key = format!("{key}.auth");
+    let mut policy = AuthPolicy {
+        methods: Vec::new(),
+        scopes: route.scopes.clone(),
+        key_query: route.api_key_query.clone(),
     };
-    if names.is_empty() {
-        problems.at(key, "list at least one method, e.g. [\"api_key\"] or [\"none\"]");
-    }
-    let mut methods = Vec::new();
-    for name in names {
-        match AuthMethod::parse(name) {
-            Some(m) => methods.push(m),
-            None => {
-                let hint = crate::config::load::nearest(name, AuthMethod::NAMES)
-                    .map(|n| format!("; did you mean `{n}`?"))
-                    .unwrap_or_default();
+    match &route.auth {
+        None => {
+            if production {
                 problems.at(
                     key,
-                    format!(
-                        "`{name}` is not an authentication method this version offers ({}){hint}",
-                        AuthMethod::NAMES.join(", ")
-                    ),
+                    "the route has no `auth`; production requires one (write auth = [\"none\"] for a public route)",
                 );
+            }
+            policy.methods.push(AuthMethod::None);
+        }
+        Some(names) => {
+            if names.is_empty() {
+                problems.at(
+                    &auth_key,
+                    "list at least one method, e.g. [\"api_key\"] or [\"none\"]",
+                );
+            }
+            for name in names {
+                match AuthMethod::parse(name) {
+                    Some(m) => policy.methods.push(m),
+                    None => {
+                        let hint = crate::config::load::nearest(name, AuthMethod::NAMES)
+                            .map(|n| format!("; did you mean `{n}`?"))
+                            .unwrap_or_default();
+                        problems.at(
+                            &auth_key,
+                            format!(
+                                "`{name}` is not an authentication method this version offers ({}){hint}",
+                                AuthMethod::NAMES.join(", ")
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
-    if methods.contains(&AuthMethod::None) && methods.len() > 1 {
+    if policy.methods.contains(&AuthMethod::None) && policy.methods.len() > 1 {
         problems.at(
-            key,
+            &auth_key,
             "\"none\" makes a route public; it cannot be combined with other methods",
         );
     }
-    AuthPolicy { methods }
+    let authenticated = policy.methods.iter().any(|m| *m != AuthMethod::None);
+    if !policy.scopes.is_empty() && !authenticated {
+        problems.at(
+            &format!("{key}.scopes"),
+            "scopes need an authenticated route (auth = [\"api_key\"])",
+        );
+    }
+    for scope in &policy.scopes {
+        if crate::keys::manage::validate_scope(scope).is_err() {
+            problems.at(
+                &format!("{key}.scopes"),
+                format!("`{scope}` is not a valid scope"),
+            );
+        }
+    }
+    if policy.key_query.is_some() && !policy.methods.contains(&AuthMethod::ApiKey) {
+        problems.at(
+            &format!("{key}.api_key_query"),
+            "only routes with auth = [\"api_key\"] read keys",
+        );
+    }
+    policy
 }
 
 fn compile_routes(
@@ -357,7 +451,7 @@ fn compile_routes(
             );
         }
         let methods = compile_methods(problems, &format!("{key}.methods"), &r.methods);
-        let auth = compile_auth(problems, &format!("{key}.auth"), &r.auth, production);
+        let auth = compile_auth(problems, &key, r, production);
         let Some(upstream) = upstreams.iter().find(|u| u.name == r.upstream).cloned() else {
             let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
             let hint = crate::config::load::nearest(&r.upstream, &names)

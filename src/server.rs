@@ -23,19 +23,25 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::access_log::{Completion, CompletionBody};
+use crate::audit::writer::AuditTask;
+use crate::audit::{Event, Severity};
 use crate::body::GatewayBody;
 use crate::config::{ConfigErrors, LoadedConfig, Source, load};
 use crate::error::{GatewayError, problem_response};
+use crate::keys::KeyCache;
 use crate::metrics::Metrics;
 use crate::pipeline::{Connection, Outcome, RequestCx};
 use crate::policy::{Policy, compile};
+use crate::runtime::Runtime;
 use crate::stage::framing::inspect::Tapped;
+use crate::store::{Store, StoreError};
 use crate::{admin, proxy};
 
 /// What every connection and the admin listener share.
 pub struct Shared {
     pub policy: ArcSwap<Policy>,
     pub metrics: Arc<Metrics>,
+    pub runtime: Runtime,
     source: Source,
     reload_lock: std::sync::Mutex<()>,
 }
@@ -49,6 +55,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the store is not usable: {0}")]
+    Store(#[from] StoreError),
 }
 
 pub struct Gateway {
@@ -58,6 +66,37 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     public_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    audit_task: AuditTask,
+    key_maintenance: Option<JoinHandle<()>>,
+}
+
+/// Connects the store, migrates it if asked, starts the audit writer and
+/// the key cache.
+async fn start_services(
+    loaded: &LoadedConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(Runtime, AuditTask, JoinHandle<()>), StoreError> {
+    let config = &loaded.config;
+    let store = Store::connect(&config.store, &loaded.base_dir).await?;
+    if config.store.migrate {
+        store.migrate().await?;
+    }
+    let (audit, audit_task) =
+        crate::audit::start(&config.audit, &loaded.base_dir, Some(store.clone()), &metrics);
+    let keys = KeyCache::new(
+        store.clone(),
+        config.api_keys.cache_size,
+        config.api_keys.cache_ttl.0,
+        &metrics,
+    );
+    let maintenance = keys.spawn_maintenance(config.api_keys.usage_flush.0);
+    let runtime = Runtime {
+        metrics,
+        store: Some(store),
+        keys: Some(keys),
+        audit,
+    };
+    Ok((runtime, audit_task, maintenance))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -70,7 +109,10 @@ impl Gateway {
     /// Compiles the config, binds the listeners and starts serving.
     pub async fn start(loaded: LoadedConfig) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let policy = compile(&loaded, &metrics).map_err(StartError::Config)?;
+        // Report config problems before touching the store.
+        compile(&loaded, &Runtime::offline(metrics.clone())).map_err(StartError::Config)?;
+        let (runtime, audit_task, key_maintenance) = start_services(&loaded, metrics.clone()).await?;
+        let policy = compile(&loaded, &runtime).map_err(StartError::Config)?;
         for warning in &policy.warnings {
             tracing::warn!("{warning}");
         }
@@ -87,6 +129,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             policy: ArcSwap::from_pointee(policy),
             metrics,
+            runtime,
             source: loaded.source.clone(),
             reload_lock: std::sync::Mutex::new(()),
         });
@@ -106,6 +149,8 @@ impl Gateway {
             shutdown,
             public_task,
             admin_task,
+            audit_task,
+            key_maintenance: Some(key_maintenance),
         })
     }
 
@@ -130,10 +175,20 @@ impl Gateway {
 
     /// Stops accepting, lets in-flight requests finish for up to the drain
     /// timeout, then returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = self.public_task.await;
         let _ = self.admin_task.await;
+        if let Some(task) = self.key_maintenance.take() {
+            task.abort();
+        }
+        if let Some(keys) = &self.shared.runtime.keys {
+            keys.flush_usage().await;
+        }
+        self.audit_task.shutdown().await;
+        if let Some(store) = &self.shared.runtime.store {
+            store.close().await;
+        }
     }
 }
 
@@ -141,7 +196,7 @@ impl Shared {
     pub fn reload(&self) -> Result<(), ConfigErrors> {
         let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let env = crate::config::load::config_env_vars();
-        let result = load::load(&self.source, &env).and_then(|loaded| compile(&loaded, &self.metrics));
+        let result = load::load(&self.source, &env).and_then(|loaded| compile(&loaded, &self.runtime));
         match result {
             Ok(policy) => {
                 let old = self.policy.load();
@@ -156,6 +211,10 @@ impl Shared {
                 }
                 self.policy.store(Arc::new(policy));
                 self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                self.runtime.audit.emit(
+                    Event::new("config.reloaded", Severity::Notice)
+                        .detail("routes", self.policy.load().routes.len()),
+                );
                 tracing::info!("config reloaded");
                 Ok(())
             }
@@ -164,6 +223,12 @@ impl Shared {
                 for e in &errors.0 {
                     tracing::error!(problem = %e, "config reload rejected; the previous config keeps serving");
                 }
+                let problems: Vec<String> = errors.0.iter().take(20).map(|e| e.to_string()).collect();
+                self.runtime.audit.emit(
+                    Event::new("config.rejected", Severity::Warning)
+                        .detail("problems", problems)
+                        .detail("count", errors.0.len()),
+                );
                 Err(errors)
             }
         }

@@ -21,6 +21,9 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 drain_timeout = "5s"
 
+[store]
+url = "sqlite://portcullis.db"
+
 [[upstreams]]
 name = "app"
 targets = ["{upstream}"]

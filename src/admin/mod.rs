@@ -2,9 +2,13 @@
 //! metrics. It serves operators and orchestrators, never routed traffic.
 //!
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 when every upstream has a reachable target, else 503
-//!   with the failing parts.
+//! - `GET /readyz`: 200 when the store answers and every upstream has a
+//!   reachable target, else 503 with the failing parts.
 //! - `GET /metrics`: Prometheus text format.
+//! - `/admin/api/v1/…`: the admin REST API ([`api`]), with its OpenAPI
+//!   document at `/admin/api/v1/openapi.json`.
+
+pub mod api;
 
 use std::sync::Arc;
 
@@ -20,11 +24,36 @@ use tokio::sync::watch;
 use crate::server::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    let (api, doc) = api::routes(shared.clone());
+    let doc = Arc::new(doc);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/admin/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
+        .merge(api)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(shared)
+}
+
+async fn not_found() -> Response {
+    let id = crate::stage::request_id::generate();
+    let mut response = crate::error::problem(
+        StatusCode::NOT_FOUND,
+        "No such admin endpoint.",
+        id.to_str().unwrap_or("-"),
+    );
+    response
+        .headers_mut()
+        .insert(crate::stage::request_id::X_REQUEST_ID.clone(), id);
+    response.into_response()
 }
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
@@ -32,6 +61,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
     let stop = async move {
         let _ = shutdown.changed().await;
     };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
         tracing::error!(%error, "admin listener failed");
     }
@@ -50,6 +80,16 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let results = futures_util::future::join_all(probes).await;
     let mut checks = serde_json::Map::new();
     let mut ready = true;
+    if let Some(store) = &shared.runtime.store {
+        let value = match store.ping(std::time::Duration::from_secs(2)).await {
+            Ok(()) => json!({ "status": "ok" }),
+            Err(why) => {
+                ready = false;
+                json!({ "status": "unavailable", "detail": why })
+            }
+        };
+        checks.insert("store".into(), value);
+    }
     for (name, result) in results {
         let value = match result {
             Ok(()) => json!({ "status": "ok" }),

@@ -33,6 +33,12 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
+    #[serde(default)]
     pub secrets: SecretsConfig,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -217,6 +223,12 @@ pub struct RouteConfig {
     /// Authentication methods, any of which admits a request; `["none"]`
     /// marks a public route. Required in production.
     pub auth: Option<Vec<String>>,
+    /// Scopes a key must hold, all of them, to use this route.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A query parameter that may carry the API key on this route (off by
+    /// default: URLs end up in logs and browser history).
+    pub api_key_query: Option<String>,
 }
 
 /// `[cors]`: the browser origins allowed to call routed APIs.
@@ -267,5 +279,139 @@ impl CorsConfig {
     }
     fn default_max_age() -> ConfigDuration {
         ConfigDuration(std::time::Duration::from_secs(600))
+    }
+}
+
+/// `[store]`: where consumers, keys and the audit log live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (relative paths resolve against the config file's
+    /// folder; the file is created on first start) or `postgres://…`.
+    #[serde(default = "StoreConfig::default_url")]
+    pub url: String,
+    /// The size of the process's one connection pool.
+    #[serde(default = "StoreConfig::default_max_connections")]
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection.
+    #[serde(default = "StoreConfig::default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    /// Apply pending migrations when `serve` starts.
+    #[serde(default = "default_true")]
+    pub migrate: bool,
+}
+
+impl StoreConfig {
+    fn default_url() -> String {
+        "sqlite://portcullis.db".into()
+    }
+    fn default_max_connections() -> u32 {
+        10
+    }
+    fn default_connect_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(5))
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: Self::default_url(),
+            max_connections: Self::default_max_connections(),
+            connect_timeout: Self::default_connect_timeout(),
+            migrate: true,
+        }
+    }
+}
+
+/// `[audit]`: the one audit log, in the store and optionally a JSON-lines file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A JSON-lines copy of every event, hash-chained on its own.
+    pub file: Option<std::path::PathBuf>,
+    /// Events older than this are deleted from the store (hourly).
+    pub retention: Option<ConfigDuration>,
+    /// Where events wait while the store is unavailable.
+    #[serde(default = "AuditConfig::default_spill_file")]
+    pub spill_file: std::path::PathBuf,
+    /// Events that may wait in memory for the writer.
+    #[serde(default = "AuditConfig::default_queue")]
+    pub queue: usize,
+    /// Fraction of successful authentications recorded (0.0 to 1.0).
+    #[serde(default = "AuditConfig::default_sample")]
+    pub auth_success_sample: f64,
+}
+
+impl AuditConfig {
+    fn default_spill_file() -> std::path::PathBuf {
+        "audit-spill.jsonl".into()
+    }
+    fn default_queue() -> usize {
+        10_000
+    }
+    fn default_sample() -> f64 {
+        0.01
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            file: None,
+            retention: None,
+            spill_file: Self::default_spill_file(),
+            queue: Self::default_queue(),
+            auth_success_sample: Self::default_sample(),
+        }
+    }
+}
+
+/// `[api_keys]`: how keys are presented and cached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// Headers a key may arrive in.
+    #[serde(default = "ApiKeysConfig::default_headers")]
+    pub headers: Vec<String>,
+    /// Also accept `Authorization: Bearer <key>`.
+    #[serde(default = "default_true")]
+    pub bearer: bool,
+    /// Keys (found or not) kept in memory.
+    #[serde(default = "ApiKeysConfig::default_cache_size")]
+    pub cache_size: usize,
+    /// How long a cached key is trusted before it is read again. Changes made
+    /// anywhere reach every instance within about a second regardless.
+    #[serde(default = "ApiKeysConfig::default_cache_ttl")]
+    pub cache_ttl: ConfigDuration,
+    /// How often batched usage counts are written.
+    #[serde(default = "ApiKeysConfig::default_usage_flush")]
+    pub usage_flush: ConfigDuration,
+}
+
+impl ApiKeysConfig {
+    fn default_headers() -> Vec<String> {
+        vec!["X-API-Key".into()]
+    }
+    fn default_cache_size() -> usize {
+        100_000
+    }
+    fn default_cache_ttl() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(300))
+    }
+    fn default_usage_flush() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(5))
+    }
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        ApiKeysConfig {
+            headers: Self::default_headers(),
+            bearer: true,
+            cache_size: Self::default_cache_size(),
+            cache_ttl: Self::default_cache_ttl(),
+            usage_flush: Self::default_usage_flush(),
+        }
     }
 }

@@ -7,11 +7,14 @@
 //! | client IP | [`client_ip`] | the peer, or the first untrusted `X-Forwarded-For` hop behind trusted proxies |
 //! | CORS | [`cors`] | answers preflights from the origin allow-list; marks allowed cross-origin requests |
 //! | route | [`route`] | normalises the path, finds the longest-prefix route, checks the method |
-//! | upstream headers | [`upstream_headers`] | strips identity and forwarding headers a client could forge, sets `X-Forwarded-*` and `X-Request-Id` |
+//! | authentication | [`authn`] | API keys from headers (or a route's query parameter), checked against the cached store |
+//! | authorisation | [`authz`] | a route's `scopes` must all be held, else 403 |
+//! | upstream headers | [`upstream_headers`] | strips identity and forwarding headers a client could forge, sets `X-Forwarded-*`, `X-Request-Id` and `X-Portcullis-Consumer`/`-Key-Id`/`-Scopes` |
 //!
 //! The proxy itself ([`crate::proxy`]) runs after the last stage.
 
 pub mod authn;
+pub mod authz;
 pub mod client_ip;
 pub mod cors;
 pub mod framing;

@@ -11,7 +11,9 @@
 //!   and set from this connection otherwise; `Forwarded` from an untrusted
 //!   peer is dropped;
 //! - `X-Real-IP` is the client IP the client IP stage settled on;
-//! - `X-Request-Id` is the request's ID.
+//! - `X-Request-Id` is the request's ID;
+//! - `X-Portcullis-Consumer`, `-Key-Id` and `-Scopes` (space-separated)
+//!   describe the authenticated key, when there is one.
 
 use http::header::{FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -25,6 +27,9 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const IDENTITY_PREFIX: &str = "x-portcullis-";
+pub static X_PORTCULLIS_CONSUMER: HeaderName = HeaderName::from_static("x-portcullis-consumer");
+pub static X_PORTCULLIS_KEY_ID: HeaderName = HeaderName::from_static("x-portcullis-key-id");
+pub static X_PORTCULLIS_SCOPES: HeaderName = HeaderName::from_static("x-portcullis-scopes");
 
 pub struct UpstreamHeadersStage;
 
@@ -102,6 +107,14 @@ impl Stage for UpstreamHeadersStage {
         strip_identity(req.headers_mut());
         set_forwarding(cx, req);
         req.headers_mut().insert(&X_REQUEST_ID, cx.request_id.clone());
+        if let Some(crate::stage::authn::Principal::ApiKey(key)) = &cx.principal
+            && let crate::keys::CachedKey::Known { headers, .. } = &**key
+        {
+            let h = req.headers_mut();
+            h.insert(&X_PORTCULLIS_CONSUMER, headers.consumer.clone());
+            h.insert(&X_PORTCULLIS_KEY_ID, headers.key_id.clone());
+            h.insert(&X_PORTCULLIS_SCOPES, headers.scopes.clone());
+        }
         Verdict::Ready(Ok(Flow::Continue))
     }
 }

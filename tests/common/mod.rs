@@ -150,9 +150,37 @@ async fn answer(
     Ok(response)
 }
 
-/// Config text with both listeners on ephemeral loopback ports and one
-/// upstream named `app`, followed by `extra` (routes and other tables).
+/// A fresh folder for one test's files (SQLite store, audit file, spill).
+pub fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("scratch")
+        .join(portcullis::keys::random_alnum(12));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `[store]` and `[audit]` tables that keep a test's files in `dir`.
+pub fn store_tables(dir: &std::path::Path, store_url: Option<&str>) -> String {
+    let url = store_url
+        .map(String::from)
+        .unwrap_or_else(|| format!("sqlite://{}/portcullis.db", dir.display()));
+    format!(
+        r#"[store]
+url = "{url}"
+
+[audit]
+file = "{dir}/audit.jsonl"
+spill_file = "{dir}/audit-spill.jsonl"
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Config text with both listeners on ephemeral loopback ports, a SQLite
+/// store in a fresh folder, and one upstream named `app`, followed by
+/// `extra` (routes and other tables).
 pub fn config(environment: &str, upstream: &str, extra: &str) -> String {
+    let stores = store_tables(&scratch_dir(), None);
     format!(
         r#"environment = "{environment}"
 [server]
@@ -162,6 +190,8 @@ drain_timeout = "5s"
 
 [log]
 access_log = false
+
+{stores}
 
 [[upstreams]]
 name = "app"

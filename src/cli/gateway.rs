@@ -1,79 +1,25 @@
-//! Subcommands. Each parses its flags with clap, calls into the library and
-//! turns the result into output and an exit code.
+//! `serve`, `check` and `quickstart`: the gateway itself.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
 
 use portcullis::config::load::{config_env_vars, load};
-use portcullis::config::{ConfigErrors, Source, secret};
+use portcullis::config::{ConfigErrors, Source};
 use portcullis::metrics::Metrics;
+use portcullis::runtime::Runtime;
 use portcullis::{Gateway, StartError, demo, logging, policy};
 
-#[derive(Parser)]
-#[command(name = "portcullis", version, about = "A self-hosted API security gateway")]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Args, Clone)]
-struct ConfigArg {
-    /// The config file.
-    #[arg(long, short, env = "PORTCULLIS_CONFIG", default_value = "portcullis.toml")]
-    config: PathBuf,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gateway.
-    Serve {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Validate a config and list every problem; exit 1 if there are any.
-    Check {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Run a demo: the gateway in development mode in front of a built-in
-    /// upstream that echoes what it receives.
-    Quickstart {
-        /// Public listener.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Admin listener (health, metrics).
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin_listen: SocketAddr,
-    },
-    /// Secret helpers.
-    Secret {
-        #[command(subcommand)]
-        command: SecretCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum SecretCommand {
-    /// Print a new random 256-bit secret, URL-safe base64.
-    Generate,
-}
-
-pub async fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Serve { config } => serve(Source::File(config.config)).await,
-        Command::Check { config } => Ok(check(&config.config)),
-        Command::Quickstart { listen, admin_listen } => quickstart(listen, admin_listen).await,
-        Command::Secret {
-            command: SecretCommand::Generate,
-        } => {
-            println!("{}", secret::generate());
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+#[derive(clap::Args)]
+pub struct QuickstartArgs {
+    /// Public listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin listener (health, metrics, admin API).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
 }
 
 fn print_problems(errors: &ConfigErrors) {
@@ -84,9 +30,10 @@ fn print_problems(errors: &ConfigErrors) {
     eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+pub fn check(path: &std::path::Path) -> ExitCode {
+    let offline = Runtime::offline(Arc::new(Metrics::new()));
     let result = load(&Source::File(path.to_path_buf()), &config_env_vars())
-        .and_then(|loaded| policy::compile(&loaded, &Metrics::new()).map(|p| (loaded, p)));
+        .and_then(|loaded| policy::compile(&loaded, &offline).map(|p| (loaded, p)));
     match result {
         Ok((_, policy)) => {
             for w in &policy.warnings {
@@ -110,7 +57,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(source: Source) -> Result<ExitCode> {
+pub async fn serve(source: Source) -> Result<ExitCode> {
     let loaded = match load(&source, &config_env_vars()) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -152,28 +99,53 @@ async fn run_until_stopped(gateway: Gateway) -> Result<()> {
     Ok(())
 }
 
-async fn quickstart(listen: SocketAddr, admin_listen: SocketAddr) -> Result<ExitCode> {
+pub async fn quickstart(args: QuickstartArgs) -> Result<ExitCode> {
+    let QuickstartArgs { listen, admin_listen } = args;
     let demo_addr = demo::start("127.0.0.1:0".parse().expect("a valid address"))
         .await
         .context("starting the demo upstream")?;
+    // A fresh embedded store for this run, removed on exit.
+    let dir = std::env::temp_dir().join(format!("portcullis-quickstart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("creating the quickstart folder")?;
+    let admin_token = portcullis::config::secret::generate();
     let text = format!(
-        r#"# The quickstart config: development mode, one public route to the demo upstream.
+        r#"# The quickstart config: development mode, a public route and an API-key
+# route to the demo upstream, an embedded SQLite store in a temporary folder.
 environment = "development"
 
 [server]
 listen = "{listen}"
 admin_listen = "{admin_listen}"
 
+[store]
+url = "sqlite://{dir}/quickstart.db"
+
+[audit]
+file = "{dir}/audit.jsonl"
+spill_file = "{dir}/audit-spill.jsonl"
+auth_success_sample = 1.0
+
+[secrets]
+admin_token = "{admin_token}"
+
 [[upstreams]]
 name = "demo"
 targets = ["http://{demo_addr}"]
+
+[[routes]]
+id = "api"
+path = "/api"
+upstream = "demo"
+auth = ["api_key"]
+scopes = ["demo:read"]
 
 [[routes]]
 id = "public"
 path = "/"
 upstream = "demo"
 auth = ["none"]
-"#
+"#,
+        dir = dir.display()
     );
     let loaded = load(
         &Source::Text {
@@ -185,6 +157,17 @@ auth = ["none"]
     .map_err(|e| anyhow::anyhow!("the quickstart config is invalid:\n{e}"))?;
     let _log = logging::init("warn,access=info");
     let gateway = Gateway::start(loaded).await?;
+    let runtime = &gateway.shared().runtime;
+    let store = runtime.store.as_ref().context("the quickstart store")?;
+    let actor = portcullis::keys::manage::Actor::CLI;
+    portcullis::keys::manage::create_consumer(store, &runtime.audit, "demo", &serde_json::json!({}), actor)
+        .await?;
+    let request = portcullis::keys::manage::KeyRequest {
+        consumer: "demo".into(),
+        scopes: vec!["demo:read".into()],
+        ..Default::default()
+    };
+    let key = portcullis::keys::manage::create_key(store, &runtime.audit, &request, actor).await?;
     let public = gateway.public_addr();
     let admin = gateway.admin_addr();
     println!(
@@ -192,17 +175,28 @@ auth = ["none"]
 portcullis quickstart: the gateway is on http://{public}, in front of a demo upstream
 that answers with JSON describing the request it received. Admin: http://{admin}
 
+A demo consumer `demo` has the API key (scope demo:read):
+  {key}
+
 Try, in another terminal:
-  curl -i http://{public}/hello?name=world          # proxied; note X-Request-Id and X-Forwarded-* in the echo
-  curl -i --path-as-is http://{public}/api/../admin  # normalised to /admin before routing
+  curl -i http://{public}/hello?name=world          # public route; note X-Request-Id and X-Forwarded-* in the echo
+  curl -i http://{public}/api/tasks                 # API-key route without a key: 401 problem+json
+  curl -i -H 'X-API-Key: {key}' http://{public}/api/tasks
+                                                    # with the key: 200, and X-Portcullis-Consumer in the echo
+  curl -i --path-as-is http://{public}/api/../admin  # normalised to /admin (the public route) before routing
   curl -i http://{public}/files%2fsecret            # encoded slash: 400 problem+json
   curl -i -X TRACE http://{public}/                 # 405 with Allow
   curl -s http://{admin}/readyz
   curl -s http://{admin}/metrics | grep portcullis_requests_total
+  curl -s -H 'Authorization: Bearer {admin_token}' http://{admin}/admin/api/v1/audit
+                                                    # the audit log, via the admin API
 
 Access log lines appear below. Ctrl-C stops.
-"#
+"#,
+        key = key.key,
     );
-    run_until_stopped(gateway).await?;
+    let result = run_until_stopped(gateway).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,178 @@
+//! The store: consumers, API keys and the audit log, in SQLite (the embedded
+//! default) or PostgreSQL (for many instances), through one sqlx `Any` pool
+//! per process and the same schema, migrated from `migrations/<backend>/`.
+//!
+//! All SQL lives in this module's files; callers get typed records and
+//! [`StoreError`]. Times are Unix milliseconds (`BIGINT`), which both
+//! backends and the `Any` driver handle identically.
+
+pub mod audit;
+pub mod consumers;
+pub mod keys;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+use crate::config::StoreConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store URL `{0}` is not supported; use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The one connection pool of a process.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A SQLite URL with its relative path resolved against `base_dir` and
+/// `mode=rwc`, so the file is created on first start.
+fn sqlite_url(url: &str, base_dir: &Path) -> String {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path == ":memory:" {
+        return url.to_string();
+    }
+    let full = if Path::new(path).is_absolute() {
+        path.to_string()
+    } else {
+        base_dir.join(path).display().to_string()
+    };
+    let query = if query.contains("mode=") {
+        query.to_string()
+    } else if query.is_empty() {
+        "mode=rwc".to_string()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    format!("sqlite://{full}?{query}")
+}
+
+impl Store {
+    /// Opens the pool (creating a SQLite file if needed). Does not migrate.
+    pub async fn connect(config: &StoreConfig, base_dir: &Path) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let (backend, url) = if config.url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(&config.url, base_dir))
+        } else if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
+            (Backend::Postgres, config.url.clone())
+        } else {
+            return Err(StoreError::UnsupportedUrl(config.url.clone()));
+        };
+        let mut options = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.connect_timeout.0);
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // Writers wait for each other instead of failing at once;
+                    // WAL lets readers run beside the one writer.
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self, limit: Duration) -> Result<(), String> {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(limit, query).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" => Ok(Backend::Postgres),
+            other => Err(format!("unknown backend {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_resolve_against_the_config_folder() {
+        let base = Path::new("/etc/portcullis");
+        assert_eq!(
+            sqlite_url("sqlite://portcullis.db", base),
+            "sqlite:///etc/portcullis/portcullis.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("sqlite:///var/lib/p.db", base),
+            "sqlite:///var/lib/p.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("sqlite://p.db?mode=ro", base),
+            "sqlite:///etc/portcullis/p.db?mode=ro"
+        );
+    }
+}
