@@ -30,6 +30,9 @@ pub enum AuditCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Delete events older than `[audit] retention` now (a running gateway
+    /// does this hourly); the chain still verifies afterwards.
+    Prune,
     /// Print events since a time, oldest first, as JSON lines.
     Export {
         /// RFC 3339 (2026-11-01T00:00:00Z) or an age such as 24h or 30d.
@@ -79,6 +82,18 @@ pub async fn run(config: &Path, command: AuditCommand) -> Result<ExitCode> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Prune => {
+            let loaded = read_config(config)?;
+            let keep = loaded
+                .config
+                .audit
+                .retention
+                .context("[audit] retention is not set; nothing to prune")?;
+            let store = open_store(config).await?;
+            let deleted = portcullis::audit::writer::apply_retention(&store, keep.0).await?;
+            println!("deleted {deleted} audit events older than {keep}");
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Export { since } => {

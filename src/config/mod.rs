@@ -296,6 +296,10 @@ pub struct StoreConfig {
     /// How long to wait for a pooled connection.
     #[serde(default = "StoreConfig::default_connect_timeout")]
     pub connect_timeout: ConfigDuration,
+    /// The longest a statement may wait or run (SQLite's busy timeout,
+    /// PostgreSQL's `statement_timeout`), so an unavailable store is noticed.
+    #[serde(default = "StoreConfig::default_statement_timeout")]
+    pub statement_timeout: ConfigDuration,
     /// Apply pending migrations when `serve` starts.
     #[serde(default = "default_true")]
     pub migrate: bool,
@@ -311,6 +315,9 @@ impl StoreConfig {
     fn default_connect_timeout() -> ConfigDuration {
         ConfigDuration(std::time::Duration::from_secs(5))
     }
+    fn default_statement_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(10))
+    }
 }
 
 impl Default for StoreConfig {
@@ -319,6 +326,7 @@ impl Default for StoreConfig {
             url: Self::default_url(),
             max_connections: Self::default_max_connections(),
             connect_timeout: Self::default_connect_timeout(),
+            statement_timeout: Self::default_statement_timeout(),
             migrate: true,
         }
     }

@@ -93,21 +93,29 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(config.url.clone()));
         };
-        let mut options = AnyPoolOptions::new()
+        let timeout_ms = config.statement_timeout.0.as_millis().max(1);
+        let options = AnyPoolOptions::new()
             .max_connections(config.max_connections)
-            .acquire_timeout(config.connect_timeout.0);
-        if backend == Backend::Sqlite {
-            options = options.after_connect(|conn, _meta| {
+            .acquire_timeout(config.connect_timeout.0)
+            .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    // Writers wait for each other instead of failing at once;
-                    // WAL lets readers run beside the one writer.
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    match backend {
+                        Backend::Sqlite => {
+                            // Writers wait for each other, up to the statement
+                            // timeout; WAL lets readers run beside the writer.
+                            conn.execute(format!("PRAGMA busy_timeout = {timeout_ms}").as_str())
+                                .await?;
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        }
+                        Backend::Postgres => {
+                            conn.execute(format!("SET statement_timeout = {timeout_ms}").as_str())
+                                .await?;
+                        }
+                    }
                     Ok(())
                 })
             });
-        }
         let pool = options.connect(&url).await?;
         Ok(Store { pool, backend })
     }

@@ -167,6 +167,8 @@ pub fn store_tables(dir: &std::path::Path, store_url: Option<&str>) -> String {
     format!(
         r#"[store]
 url = "{url}"
+statement_timeout = "1s"
+connect_timeout = "1s"
 
 [audit]
 file = "{dir}/audit.jsonl"
@@ -389,4 +391,179 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A strong admin token for tests.
+pub const ADMIN_TOKEN: &str = "Jq3vX9rT0pLm4WcZ8yHs2NbF6gKd1QaE5uRiO7tVxYw";
+
+/// A fresh PostgreSQL schema owned by a fresh role, for one test. The role
+/// can be locked out and let back in to simulate a store outage.
+pub struct PgDatabase {
+    pub url: String,
+    base: String,
+    role: String,
+}
+
+async fn pg_admin(base: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(base)
+        .await
+        .expect("PostgreSQL is reachable")
+}
+
+impl PgDatabase {
+    /// `None` (and a note in the output) when `PORTCULLIS_TEST_DATABASE_URL`
+    /// is not set.
+    pub async fn create(test: &str) -> Option<PgDatabase> {
+        use sqlx::Row;
+        let Ok(base) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
+            eprintln!("SKIPPED {test} on PostgreSQL: PORTCULLIS_TEST_DATABASE_URL is not set");
+            return None;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!("t_{now}_{}", portcullis::keys::random_alnum(8));
+        let mut conn = pg_admin(&base).await;
+        // Schemas and roles from earlier runs (t_<unix seconds>_…) go after an hour.
+        let old = sqlx::query("SELECT rolname FROM pg_roles WHERE rolname LIKE 't\\_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        for row in old {
+            let old: String = row.get(0);
+            let born: u64 = old.split('_').nth(1).and_then(|t| t.parse().ok()).unwrap_or(now);
+            if now.saturating_sub(born) > 3600 {
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {old} CASCADE"))
+                    .execute(&mut conn)
+                    .await;
+                let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {old}"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+        sqlx::query(&format!("CREATE ROLE {name} LOGIN"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {name} AUTHORIZATION {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (_, rest) = base.split_once("://").expect("a postgres:// URL");
+        let host_and_db = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+        let sep = if host_and_db.contains('?') { '&' } else { '?' };
+        let url = format!("postgres://{name}@{host_and_db}{sep}options=-c%20search_path%3D{name}");
+        Some(PgDatabase {
+            url,
+            base,
+            role: name,
+        })
+    }
+
+    /// Locks the role out and ends its sessions: the store is unavailable.
+    pub async fn stop(&self) {
+        let mut conn = pg_admin(&self.base).await;
+        sqlx::query(&format!("ALTER ROLE {} NOLOGIN", self.role))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+            .bind(&self.role)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// Lets the role back in.
+    pub async fn start(&self) {
+        let mut conn = pg_admin(&self.base).await;
+        sqlx::query(&format!("ALTER ROLE {} LOGIN", self.role))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// The PostgreSQL URL for a test (see [`PgDatabase`]).
+pub async fn postgres_url(test: &str) -> Option<String> {
+    PgDatabase::create(test).await.map(|db| db.url)
+}
+
+/// Gateway config with a store at `store_url` (SQLite in a scratch folder
+/// when `None`), the admin token set, and `extra` tables.
+pub fn config_with_store(environment: &str, upstream: &str, store_url: Option<&str>, extra: &str) -> String {
+    let dir = scratch_dir();
+    let stores = store_tables(&dir, store_url);
+    let token_file = dir.join("admin_token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    format!(
+        r#"environment = "{environment}"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+drain_timeout = "5s"
+
+[log]
+access_log = false
+
+{stores}
+[secrets]
+admin_token = {{ file = "{token}" }}
+
+[[upstreams]]
+name = "app"
+targets = ["{upstream}"]
+timeout = "2s"
+connect_timeout = "1s"
+
+{extra}
+"#,
+        token = token_file.display()
+    )
+}
+
+/// The store a running in-process gateway uses.
+pub fn store_of(gw: &portcullis::Gateway) -> portcullis::store::Store {
+    gw.shared()
+        .runtime
+        .store
+        .clone()
+        .expect("the gateway has a store")
+}
+
+/// Creates a consumer (if needed) and a key through the library.
+pub async fn make_key(
+    gw: &portcullis::Gateway,
+    consumer: &str,
+    scopes: &[&str],
+    expires_in: Option<Duration>,
+) -> portcullis::keys::manage::CreatedKey {
+    use portcullis::keys::manage::{self, Actor, KeyRequest};
+    let store = store_of(gw);
+    let audit = gw.shared().runtime.audit.clone();
+    if store.find_consumer(consumer).await.unwrap().is_none() {
+        manage::create_consumer(&store, &audit, consumer, &serde_json::json!({}), Actor::CLI)
+            .await
+            .unwrap();
+    }
+    let request = KeyRequest {
+        consumer: consumer.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_in,
+        rate_limit: None,
+    };
+    manage::create_key(&store, &audit, &request, Actor::CLI)
+        .await
+        .unwrap()
+}
+
+/// The value of one sample in a Prometheus text page.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
