@@ -1,0 +1,789 @@
+#!/usr/bin/env python3
+"""Throughput and latency of portcullis against nginx, on one machine.
+
+Started by bench/run.sh, which builds the binary; see docs/benchmarks.md.
+Python 3.11 standard library only.
+
+One run starts three servers in a private temp directory, all on loopback:
+
+  upstream    nginx answering every request with a fixed 200 "ok\\n"
+  nginx       nginx as a reverse proxy to the upstream (the reference)
+  portcullis  the gateway, one public route to the upstream
+
+then, for each round, runs wrk once per scenario in bench/scenarios.toml
+(order rotated every round), reads the CPU time the proxy under test used
+from /proc, and prints the medians as a markdown table.
+
+CPU placement (2-core default): the upstream and wrk share --load-cpu (0);
+each proxy under test gets --proxy-cpu (1) to itself, so both proxies are
+compared on exactly one core. A benchmark, not a test: nothing here passes
+or fails on the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = ("upstream", "nginx", "portcullis")
+CPU_OWNERS = ("none", "nginx", "portcullis")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def env_default(name: str, default, kind=int):
+    value = os.environ.get(name)
+    return kind(value) if value not in (None, "") else default
+
+
+# --------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass
+class Scenario:
+    name: str
+    target: str
+    path: str = "/"
+    headers: list[str] = field(default_factory=list)
+    cpu: str = "none"
+    expect_status: int = 200
+
+
+@dataclass
+class Comparison:
+    subject: str
+    baseline: str
+
+
+def load_scenarios(path: Path, only: list[str] | None):
+    data = tomllib.loads(path.read_text())
+    scenarios = []
+    for raw in data.get("scenario", []):
+        unknown = set(raw) - {"name", "target", "path", "headers", "cpu", "expect_status"}
+        if unknown:
+            sys.exit(f"{path}: scenario {raw.get('name')!r}: unknown keys {sorted(unknown)}")
+        s = Scenario(**raw)
+        if s.target not in TARGETS:
+            sys.exit(f"{path}: scenario {s.name!r}: target must be one of {TARGETS}")
+        if s.cpu not in CPU_OWNERS:
+            sys.exit(f"{path}: scenario {s.name!r}: cpu must be one of {CPU_OWNERS}")
+        if not s.path.startswith("/"):
+            sys.exit(f"{path}: scenario {s.name!r}: path must start with /")
+        scenarios.append(s)
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        sys.exit(f"{path}: scenario names must be unique")
+    if only:
+        missing = set(only) - set(names)
+        if missing:
+            sys.exit(f"--only: no such scenario {sorted(missing)}; have {names}")
+        scenarios = [s for s in scenarios if s.name in only]
+    comparisons = [Comparison(**c) for c in data.get("comparison", [])]
+    selected = {s.name for s in scenarios}
+    comparisons = [c for c in comparisons if c.subject in selected and c.baseline in selected]
+    portcullis_env = {k: str(v) for k, v in data.get("portcullis", {}).get("env", {}).items()}
+    return scenarios, comparisons, portcullis_env
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Replaces ${VAR} with env[VAR]; an unknown variable is an error."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in env:
+            sys.exit(f"scenario header refers to ${{{name}}}, which is not set")
+        return env[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, text)
+
+
+# --------------------------------------------------------------------------
+# Processes
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], logfile: Path, env=None):
+        self.name = name
+        self.logfile = logfile
+        self.out = open(logfile, "ab")
+        # Own session: a Ctrl-C on the terminal reaches only the harness,
+        # which then stops the servers itself.
+        self.proc = subprocess.Popen(
+            argv, stdout=self.out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.pid = self.proc.pid  # taskset execs the program: same pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.alive():
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            lines = self.logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0) -> int:
+    """Waits until the listener answers; returns the status of a GET."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} exited early:\n{server.tail()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path, headers=headers or {})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            return resp.status
+        except OSError as e:
+            last = e
+            time.sleep(0.1)
+    raise RuntimeError(f"{server.name} did not answer on port {port} within {timeout}s: {last}")
+
+
+def parse_header(h: str) -> tuple[str, str]:
+    name, _, value = h.partition(":")
+    return name.strip(), value.strip()
+
+
+# --------------------------------------------------------------------------
+# CPU accounting from /proc
+
+
+def proc_stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, utime, stime) in clock ticks; utime/stime cover all threads."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    return int(rest[1]), int(rest[11]), int(rest[12])
+
+
+def process_tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st:
+                parents.setdefault(st[0], []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
+def tree_cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        st = proc_stat(pid)
+        if st:
+            total += st[1] + st[2]
+    return total
+
+
+def system_cpu() -> dict[str, tuple[int, int, int]]:
+    """Per CPU: (total ticks, busy ticks, busy ticks in process context)."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if re.match(r"cpu\d+ ", line):
+            name, *vals = line.split()
+            v = [int(x) for x in vals[:8]]
+            user, nice, system, idle, iowait, irq, softirq, steal = v
+            out[name] = (sum(v), sum(v) - idle - iowait, user + nice + system)
+    return out
+
+
+def thread_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+# --------------------------------------------------------------------------
+# wrk
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"cannot parse wrk time {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict:
+    res: dict = {}
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if not m:
+        raise ValueError(f"no Requests/sec in wrk output:\n{out}")
+    res["rps"] = float(m.group(1))
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        if not m:
+            raise ValueError(f"no {pct}% latency in wrk output (was --latency given?):\n{out}")
+        res[f"p{pct}_ms"] = to_ms(m.group(1))
+    m = re.search(r"^\s+(\d+) requests in ([\d.]+\w+)", out, re.M)
+    res["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    return res
+
+
+# --------------------------------------------------------------------------
+# The run
+
+
+class Bench:
+    def __init__(self, args, scenarios, comparisons, portcullis_env):
+        self.args = args
+        self.scenarios = scenarios
+        self.comparisons = comparisons
+        self.portcullis_env = portcullis_env
+        self.tmp = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
+        os.chmod(self.tmp, 0o755)  # nginx workers run as nobody when we are root
+        self.servers: dict[str, Server] = {}
+        self.ports: dict[str, int] = {}
+
+    # -- servers ----------------------------------------------------------
+
+    def render(self, template: str, out_name: str) -> Path:
+        text = (BENCH_DIR / template).read_text()
+        values = {"prefix": str(self.tmp), **{f"{k}_port": v for k, v in self.ports.items()}}
+        try:
+            text = text.format(**values)
+        except (KeyError, IndexError, ValueError) as e:
+            sys.exit(f"bench/{template}: bad placeholder {e} (literal braces must be doubled)")
+        path = self.tmp / out_name
+        path.write_text(text)
+        return path
+
+    def start_nginx(self, name: str, template: str, cpu: str) -> Server:
+        conf = self.render(template, f"{name}.conf")
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.tmp / f"{name}-tmp" / sub).mkdir(parents=True, exist_ok=True)
+        argv = ["taskset", "-c", cpu, self.args.nginx, "-p", str(self.tmp), "-c", str(conf),
+                "-e", str(self.tmp / f"{name}-error.log"), "-g", "daemon off;"]
+        return Server(name, argv, self.tmp / f"{name}.log")
+
+    def start_portcullis(self) -> Server:
+        conf = self.render("portcullis.toml", "portcullis.toml")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+        env.pop("RUST_LOG", None)
+        env.update(self.portcullis_env)
+        if self.args.tokio_workers > 0:
+            env["TOKIO_WORKER_THREADS"] = str(self.args.tokio_workers)
+        else:
+            env.pop("TOKIO_WORKER_THREADS", None)
+        argv = ["taskset", "-c", self.args.proxy_cpu, self.args.bin, "serve", "--config", str(conf)]
+        return Server("portcullis", argv, self.tmp / "portcullis.log", env=env)
+
+    def start(self) -> None:
+        a = self.args
+        names = ["upstream", "nginx", "portcullis", "portcullis_admin"]
+        self.ports = dict(zip(names, free_ports(len(names))))
+        needed = {s.target for s in self.scenarios} | {s.cpu for s in self.scenarios} | {"upstream"}
+
+        self.servers["upstream"] = self.start_nginx("upstream", "nginx-upstream.conf", a.load_cpu)
+        status = wait_http(self.ports["upstream"], self.servers["upstream"])
+        if status != 200:
+            raise RuntimeError(f"the upstream answered {status}")
+        if "nginx" in needed:
+            self.servers["nginx"] = self.start_nginx("nginx", "nginx-proxy.conf", a.proxy_cpu)
+            wait_http(self.ports["nginx"], self.servers["nginx"])
+        if "portcullis" in needed:
+            self.servers["portcullis"] = self.start_portcullis()
+            wait_http(self.ports["portcullis"], self.servers["portcullis"])
+
+        # Every scenario must get the status it expects before anything is measured.
+        for s in self.scenarios:
+            headers = dict(parse_header(expand(h, self.header_env())) for h in s.headers)
+            status = wait_http(self.ports[s.target], self.servers[s.target], s.path, headers)
+            if status != s.expect_status:
+                raise RuntimeError(
+                    f"scenario {s.name}: GET {s.path} answered {status}, expected {s.expect_status}\n"
+                    f"{self.servers[s.target].tail()}"
+                )
+
+    def header_env(self) -> dict[str, str]:
+        return {**os.environ, **self.portcullis_env}
+
+    def stop(self) -> None:
+        for name in reversed(list(self.servers)):
+            # nginx: SIGTERM is a fast shutdown; portcullis: SIGTERM drains.
+            self.servers[name].stop()
+        self.servers.clear()
+
+    # -- one wrk run ------------------------------------------------------
+
+    def url(self, s: Scenario) -> str:
+        return f"http://127.0.0.1:{self.ports[s.target]}{s.path}"
+
+    def wrk_argv(self, s: Scenario, duration: int) -> list[str]:
+        a = self.args
+        argv = ["taskset", "-c", a.load_cpu, a.wrk, f"-t{a.threads}", f"-c{a.connections}",
+                f"-d{duration}s", "--timeout", "5s", "--latency"]
+        for h in s.headers:
+            argv += ["-H", expand(h, self.header_env())]
+        return argv + [self.url(s)]
+
+    def run_once(self, s: Scenario, duration: int) -> dict:
+        for name, server in self.servers.items():
+            if not server.alive():
+                raise RuntimeError(f"{name} died:\n{server.tail()}")
+        proxy_tree = process_tree(self.servers[s.cpu].pid) if s.cpu != "none" else []
+        upstream_tree = process_tree(self.servers["upstream"].pid)
+        known_trees = [process_tree(srv.pid) for srv in self.servers.values()]
+        all_known = sorted({p for t in known_trees for p in t})
+
+        proxy0 = tree_cpu_ticks(proxy_tree)
+        up0 = tree_cpu_ticks(upstream_tree)
+        known0 = tree_cpu_ticks(all_known)
+        sys0 = system_cpu()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        proc = subprocess.run(self.wrk_argv(s, duration), capture_output=True, text=True)
+        wall = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sys1 = system_cpu()
+        proxy1 = tree_cpu_ticks(proxy_tree)
+        up1 = tree_cpu_ticks(upstream_tree)
+        known1 = tree_cpu_ticks(all_known)
+        if proc.returncode != 0:
+            raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+        res = parse_wrk(proc.stdout)
+        res.update(scenario=s.name, wall_s=wall)
+        res["proxy_cpu_s"] = (proxy1 - proxy0) / CLK_TCK if s.cpu != "none" else None
+        res["upstream_cpu_s"] = (up1 - up0) / CLK_TCK
+        res["wrk_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        res["req_per_proxy_cpu_s"] = (
+            res["rps"] * duration / res["proxy_cpu_s"] if res["proxy_cpu_s"] else None
+        )
+        # Whole-CPU utilisation and an estimate of CPU used by processes that
+        # are not part of the benchmark (other jobs on the machine = noise).
+        util = {}
+        in_process_ctx = 0
+        for cpu, (tot1, busy1, ctx1) in sys1.items():
+            tot0, busy0, ctx0 = sys0[cpu]
+            util[cpu] = round((busy1 - busy0) / max(1, tot1 - tot0), 3)
+            in_process_ctx += ctx1 - ctx0
+        res["cpu_util"] = util
+        bench_ticks = (known1 - known0) + res["wrk_cpu_s"] * CLK_TCK
+        res["foreign_cpu_s"] = round(max(0.0, (in_process_ctx - bench_ticks) / CLK_TCK), 2)
+        return res
+
+    # -- the rounds -------------------------------------------------------
+
+    def known_pids(self) -> list[int]:
+        return sorted({p for srv in self.servers.values() for p in process_tree(srv.pid)})
+
+    def foreign_load(self, seconds: float = 1.0) -> float:
+        """CPUs' worth of process time used outside the benchmark, sampled now."""
+        pids = self.known_pids()
+        k0, s0, t0 = tree_cpu_ticks(pids), system_cpu(), time.monotonic()
+        time.sleep(seconds)
+        k1, s1, t1 = tree_cpu_ticks(pids), system_cpu(), time.monotonic()
+        ctx = sum(s1[c][2] - s0[c][2] for c in s1)
+        return max(0.0, (ctx - (k1 - k0)) / CLK_TCK / (t1 - t0))
+
+    def wait_for_quiet(self) -> None:
+        """Other jobs on the machine skew the numbers: wait (within the
+        budget) until they use less than --noise-threshold CPUs."""
+        a = self.args
+        waited = 0.0
+        while self.noise_budget > 0:
+            load = self.foreign_load()
+            if load <= a.noise_threshold:
+                break
+            if waited == 0:
+                log(f"other processes are using {load:.2f} CPUs; waiting for a quieter machine")
+            time.sleep(1.0)
+            waited += 2.0
+            self.noise_budget -= 2.0
+        if waited:
+            log(f"waited {waited:.0f}s (noise budget left: {max(0, self.noise_budget):.0f}s)")
+
+    def measured_run(self, s: Scenario) -> dict:
+        """One run; repeated (within the budget) if other processes were busy."""
+        a = self.args
+        attempt = 0
+        while True:
+            self.wait_for_quiet()
+            res = self.run_once(s, a.duration)
+            res["noisy"] = res["foreign_cpu_s"] / a.duration > a.noise_threshold
+            res["attempt"] = attempt + 1
+            if not res["noisy"] or self.noise_budget < a.duration:
+                return res
+            log(f"{s.name}: other processes used {res['foreign_cpu_s']}s of CPU during the run; repeating it")
+            self.noise_budget -= a.duration
+            attempt += 1
+
+    def run(self) -> list[dict]:
+        a = self.args
+        self.noise_budget = float(a.noise_budget)
+        if a.warmup > 0:
+            for s in self.scenarios:
+                log(f"warm-up {s.name} ({a.warmup}s)")
+                self.run_once(s, a.warmup)
+        runs = []
+        n = len(self.scenarios)
+        for r in range(a.rounds):
+            order = self.scenarios[r % n :] + self.scenarios[: r % n]
+            for s in order:
+                res = self.measured_run(s)
+                res["round"] = r + 1
+                runs.append(res)
+                cpu = f"{res['proxy_cpu_s']:.2f}s" if res["proxy_cpu_s"] is not None else "n/a"
+                log(
+                    f"round {r + 1}/{a.rounds} {s.name:<14} {res['rps']:>10.0f} req/s  "
+                    f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  proxy CPU {cpu}  "
+                    f"errors {res['non_2xx'] + res['socket_errors']}  "
+                    f"other CPU {res['foreign_cpu_s']}s"
+                )
+        return runs
+
+    def profile(self, name: str, out_dir: Path, stamp: str) -> Path | None:
+        """One extra, unmeasured run of a scenario under perf record."""
+        s = next((x for x in self.scenarios if x.name == name), None)
+        if s is None or s.cpu == "none":
+            log(f"--perf {name}: no such scenario with a proxy process; skipped")
+            return None
+        perf = shutil.which("perf")
+        if not perf:
+            log("--perf: perf not found; skipped")
+            return None
+        data = self.tmp / "perf.data"
+        pid = self.servers[s.cpu].pid
+        rec = subprocess.Popen(
+            [perf, "record", "-F", "499", "-g", "--call-graph", "dwarf,16384", "-o", str(data),
+             "-p", str(pid), "--", "sleep", str(self.args.duration)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(0.5)
+        log(f"profiling {name} (pid {pid}) with perf for {self.args.duration}s")
+        self.run_once(s, self.args.duration)
+        _, err = rec.communicate()
+        if rec.returncode != 0:
+            log(f"perf record failed: {err.strip()}")
+            return None
+        sections = []
+        for title, extra in (
+            ("Self time by binary", ["--no-children", "--sort", "dso", "--percent-limit", "0.1"]),
+            ("Self time by function", ["--no-children", "--sort", "dso,symbol", "--percent-limit", "0.4"]),
+            ("Inclusive time (self + callees) by function",
+             ["--children", "--sort", "symbol", "--percent-limit", "1"]),
+        ):
+            out = subprocess.run(
+                [perf, "report", "-i", str(data), "--stdio", "-g", "none", *extra],
+                capture_output=True, text=True,
+            ).stdout
+            rows = [re.sub(r"\s+-\s+-\s*$", "", ln).rstrip() for ln in out.splitlines()]
+            rows = [ln for ln in rows if ln and not ln.startswith("#")]
+            sections.append(f"== {title} ==\n" + "\n".join(rows))
+        path = out_dir / f"{stamp}-perf-{name}.txt"
+        path.write_text(
+            f"perf record -F 499 --call-graph dwarf -p <{name} pid>, {self.args.duration} s of wrk load; "
+            f"full data: perf report -i {data} (kept with --keep-tmp)\n\n" + "\n\n".join(sections) + "\n"
+        )
+        return path
+
+
+# --------------------------------------------------------------------------
+# Report
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec="{:.0f}", na="n/a"):
+    return na if x is None else spec.format(x)
+
+
+def machine_info() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    m = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    return {
+        "cpu_model": m.group(1).strip() if m else platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "kernel": f"{platform.system()} {platform.release()}",
+    }
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    text = (p.stdout + p.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def summarise(bench: Bench, runs: list[dict]) -> dict:
+    out = {}
+    for s in bench.scenarios:
+        rs = [r for r in runs if r["scenario"] == s.name]
+        dur = bench.args.duration
+        out[s.name] = {
+            "rps": median([r["rps"] for r in rs]),
+            "rps_min": min(r["rps"] for r in rs),
+            "rps_max": max(r["rps"] for r in rs),
+            "p50_ms": median([r["p50_ms"] for r in rs]),
+            "p99_ms": median([r["p99_ms"] for r in rs]),
+            "p99_min": min(r["p99_ms"] for r in rs),
+            "p99_max": max(r["p99_ms"] for r in rs),
+            "req_per_cpu_s": median([r["req_per_proxy_cpu_s"] for r in rs]),
+            "proxy_util": median(
+                [r["proxy_cpu_s"] / dur if r["proxy_cpu_s"] is not None else None for r in rs]
+            ),
+            "load_util": median([(r["upstream_cpu_s"] + r["wrk_cpu_s"]) / dur for r in rs]),
+            # wrk counts non-2xx/3xx responses; they are errors only when the
+            # scenario expects a success (a rate-limit scenario may expect 429).
+            "errors": sum(
+                r["socket_errors"] + (r["non_2xx"] if s.expect_status < 400 else 0) for r in rs
+            ),
+            "foreign_max": max(r["foreign_cpu_s"] for r in rs),
+            "noisy": sum(1 for r in rs if r.get("noisy")),
+        }
+    return out
+
+
+def ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def report(bench: Bench, runs: list[dict], meta: dict) -> str:
+    a = bench.args
+    summary = summarise(bench, runs)
+    m = meta["machine"]
+    lines = [
+        f"## portcullis benchmark, {meta['started']}",
+        "",
+        f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['kernel']}",
+        f"- portcullis: {meta['portcullis']}; {meta['nginx']}; {meta['wrk']}",
+        f"- Load: wrk -t{a.threads} -c{a.connections} (keep-alive), {a.duration} s per run, "
+        f"{a.rounds} interleaved rounds after a {a.warmup} s warm-up per scenario; medians shown",
+        f"- CPUs: upstream nginx + wrk on CPU {a.load_cpu}; each proxy alone on CPU {a.proxy_cpu} "
+        f"(nginx: 1 worker; portcullis: TOKIO_WORKER_THREADS={a.tokio_workers or 'unset'}, "
+        f"{meta.get('portcullis_threads', '?')} threads)",
+        f"- Command: `{meta['command']}`",
+        "",
+        "| scenario | req/s | p50 | p99 | req per proxy CPU-s | proxy CPU | load-side CPU | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in bench.scenarios:
+        r = summary[s.name]
+        lines.append(
+            f"| {s.name} | {fmt(r['rps'])} | {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms "
+            f"| {fmt(r['req_per_cpu_s'])} | {fmt(r['proxy_util'], '{:.0%}')} "
+            f"| {r['load_util']:.0%} | {r['errors']} |"
+        )
+    if bench.comparisons:
+        lines += [
+            "",
+            "| comparison | throughput ratio | p99 ratio | req per CPU-s ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for c in bench.comparisons:
+            s, b = summary[c.subject], summary[c.baseline]
+            lines.append(
+                f"| {c.subject} / {c.baseline} | {fmt(ratio(s['rps'], b['rps']), '{:.2f}x')} "
+                f"| {fmt(ratio(s['p99_ms'], b['p99_ms']), '{:.2f}x')} "
+                f"| {fmt(ratio(s['req_per_cpu_s'], b['req_per_cpu_s']), '{:.2f}x')} |"
+            )
+    lines += [
+        "",
+        "Spread over the rounds (min - max):",
+        "",
+        "| scenario | req/s | p99 |",
+        "|---|---:|---:|",
+    ]
+    for s in bench.scenarios:
+        r = summary[s.name]
+        lines.append(
+            f"| {s.name} | {r['rps_min']:.0f} - {r['rps_max']:.0f} "
+            f"| {r['p99_min']:.3f} - {r['p99_max']:.3f} ms |"
+        )
+    foreign = max(r["foreign_max"] for r in summary.values())
+    noisy = sum(r["noisy"] for r in summary.values())
+    lines += [
+        "",
+        "proxy CPU = CPU-seconds used by the proxy process (all threads) per wall second; "
+        "load-side CPU = upstream nginx + wrk, which share one CPU. "
+        "req per proxy CPU-s = requests / (utime + stime) of the proxy, from /proc/<pid>/stat. "
+        "errors = socket errors + non-2xx/3xx responses (when the scenario expects a success) "
+        "over all rounds.",
+        f"Other processes on the machine: at most {foreign:.1f} CPU-s during one {a.duration} s run; "
+        f"{noisy} of {len(runs)} kept runs were disturbed (over {a.noise_threshold} CPUs) "
+        f"after waiting/repeating within the {a.noise_budget} s noise budget.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", default=os.environ.get("PORTCULLIS_BIN"), help="portcullis binary")
+    p.add_argument("--duration", type=int, default=env_default("BENCH_DURATION", 10),
+                   help="seconds per measured run (env BENCH_DURATION, default 10)")
+    p.add_argument("--warmup", type=int, default=env_default("BENCH_WARMUP", 3),
+                   help="seconds of warm-up per scenario, 0 for none (env BENCH_WARMUP, default 3)")
+    p.add_argument("--rounds", type=int, default=env_default("BENCH_ROUNDS", 5),
+                   help="interleaved rounds (env BENCH_ROUNDS, default 5)")
+    p.add_argument("--connections", type=int, default=env_default("BENCH_CONNECTIONS", 64),
+                   help="wrk keep-alive connections (env BENCH_CONNECTIONS, default 64)")
+    p.add_argument("--threads", type=int, default=env_default("BENCH_WRK_THREADS", 1),
+                   help="wrk threads (env BENCH_WRK_THREADS, default 1)")
+    p.add_argument("--load-cpu", default=os.environ.get("BENCH_LOAD_CPU", "0"),
+                   help="CPU list for wrk and the upstream (taskset -c syntax, default 0)")
+    p.add_argument("--proxy-cpu", default=os.environ.get("BENCH_PROXY_CPU", "1"),
+                   help="CPU list for the proxy under test (default 1)")
+    p.add_argument("--tokio-workers", type=int, default=env_default("BENCH_TOKIO_WORKERS", 1),
+                   help="TOKIO_WORKER_THREADS for portcullis, 0 to leave unset (default 1)")
+    p.add_argument("--noise-threshold", type=float, default=env_default("BENCH_NOISE_THRESHOLD", 0.2, float),
+                   help="CPUs' worth of other processes' time above which the machine counts as busy "
+                        "(default 0.2)")
+    p.add_argument("--noise-budget", type=int, default=env_default("BENCH_NOISE_BUDGET", 90),
+                   help="seconds the whole run may spend waiting for a quiet machine and repeating "
+                        "runs disturbed by other processes, 0 to never wait or repeat (default 90)")
+    p.add_argument("--scenarios", type=Path, default=BENCH_DIR / "scenarios.toml",
+                   help="scenario file (default bench/scenarios.toml)")
+    p.add_argument("--only", help="comma-separated scenario names to run")
+    p.add_argument("--perf", metavar="SCENARIO",
+                   help="after the rounds, profile one more run of SCENARIO with perf record")
+    p.add_argument("--results", type=Path, default=BENCH_DIR / "results",
+                   help="where the markdown table and raw JSON go (default bench/results)")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx binary")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk binary")
+    a = p.parse_args()
+
+    only = [x.strip() for x in a.only.split(",")] if a.only else None
+    scenarios, comparisons, portcullis_env = load_scenarios(a.scenarios, only)
+    if not scenarios:
+        sys.exit("no scenarios selected")
+    if any(s.target == "portcullis" for s in scenarios) and not a.bin:
+        sys.exit("no portcullis binary: pass --bin or set PORTCULLIS_BIN (bench/run.sh builds one)")
+    for tool in ("taskset", a.nginx, a.wrk):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found")
+    if a.duration < 1 or a.rounds < 1 or a.connections < 1:
+        sys.exit("--duration, --rounds and --connections must be at least 1")
+
+    started = dt.datetime.now(dt.timezone.utc)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    meta = {
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "portcullis": os.environ.get("BENCH_PORTCULLIS_DESC") or (a.bin or "not used"),
+        "nginx": tool_version([a.nginx, "-v"]),
+        "wrk": tool_version([a.wrk, "-v"]).split(" Copyright")[0],
+        "command": os.environ.get("BENCH_COMMAND") or " ".join([sys.argv[0], *sys.argv[1:]]),
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+    }
+    if (os.cpu_count() or 1) < 2 and a.load_cpu != a.proxy_cpu:
+        log("warning: fewer than 2 CPUs; pass --load-cpu/--proxy-cpu to match this machine")
+    total = len(scenarios) * (a.rounds * a.duration + a.warmup)
+    log(f"{len(scenarios)} scenarios x {a.rounds} rounds x {a.duration}s (+ warm-up): about {total}s")
+
+    bench = Bench(a, scenarios, comparisons, portcullis_env)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    ok = False
+    try:
+        bench.start()
+        if "portcullis" in bench.servers:
+            meta["portcullis_threads"] = thread_count(bench.servers["portcullis"].pid)
+        log(f"servers up in {bench.tmp}: ports {bench.ports}")
+        runs = bench.run()
+        meta["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+        a.results.mkdir(parents=True, exist_ok=True)
+        text = report(bench, runs, meta)
+        perf_path = bench.profile(a.perf, a.results, stamp) if a.perf else None
+        if perf_path:
+            text += f"\nperf profile of one extra {a.perf} run: {perf_path}\n"
+        md = a.results / f"{stamp}.md"
+        md.write_text(text)
+        (a.results / f"{stamp}.json").write_text(
+            json.dumps({"meta": meta, "args": {k: str(v) for k, v in vars(a).items()}, "runs": runs},
+                       indent=2)
+        )
+        print(text)
+        log(f"results: {md} (raw runs: {md.with_suffix('.json')})")
+        ok = True
+    except KeyboardInterrupt:
+        log("interrupted")
+    except RuntimeError as e:
+        log(f"error: {e}")
+    finally:
+        bench.stop()
+        if a.keep_tmp or not ok:
+            log(f"temp dir kept: {bench.tmp}")
+        else:
+            shutil.rmtree(bench.tmp, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
