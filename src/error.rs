@@ -42,6 +42,8 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     Forbidden(String),
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// A CORS preflight that the policy does not allow.
     #[error("{0}")]
     CorsRefused(&'static str),
@@ -81,6 +83,7 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::CorsRefused(_) | GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -98,6 +101,7 @@ impl GatewayError {
             | GatewayError::CorsRefused(_)
             | GatewayError::Unauthorized { .. }
             | GatewayError::Forbidden(_)
+            | GatewayError::RateLimited { .. }
             | GatewayError::MethodNotAllowed { .. } => ErrorSide::Downstream,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamTimeout { .. }
@@ -144,6 +148,9 @@ impl GatewayError {
                 retry_after: Some(v), ..
             } => {
                 headers.insert(RETRY_AFTER, v.clone());
+            }
+            GatewayError::RateLimited { retry_after_secs } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             GatewayError::Unauthorized { challenge, .. } => {
                 headers.insert(http::header::WWW_AUTHENTICATE, challenge.clone());

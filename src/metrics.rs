@@ -24,6 +24,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     pub connections_open: IntGauge,
     pub config_reloads: IntCounterVec,
+    rate_limited: IntCounterVec,
     /// For requests that matched no route.
     pub unrouted: RouteMetrics,
 }
@@ -34,9 +35,15 @@ pub struct RouteMetrics {
     /// Requests by status class: 1xx..5xx.
     by_class: [IntCounter; 5],
     duration: Histogram,
+    /// Rate-limit decisions: allowed, limited.
+    limits: [IntCounter; 2],
 }
 
 impl RouteMetrics {
+    pub fn record_limit(&self, allowed: bool) {
+        self.limits[if allowed { 0 } else { 1 }].inc();
+    }
+
     pub fn record(&self, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
@@ -109,8 +116,14 @@ impl Metrics {
             "Config reloads, by result (applied, rejected).",
             &["result"],
         );
+        let rate_limited = counter(
+            "portcullis_ratelimit_decisions_total",
+            "Rate-limit decisions, by route and result (allowed, limited).",
+            &["route", "result"],
+        );
         for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limited.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -119,7 +132,7 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        let unrouted = Self::route_handles(&requests, &request_duration, "(none)");
+        let unrouted = Self::route_handles(&requests, &request_duration, &rate_limited, "(none)");
         Metrics {
             registry,
             requests,
@@ -128,11 +141,17 @@ impl Metrics {
             upstream_errors,
             connections_open,
             config_reloads,
+            rate_limited,
             unrouted,
         }
     }
 
-    fn route_handles(requests: &IntCounterVec, duration: &HistogramVec, route: &str) -> RouteMetrics {
+    fn route_handles(
+        requests: &IntCounterVec,
+        duration: &HistogramVec,
+        limits: &IntCounterVec,
+        route: &str,
+    ) -> RouteMetrics {
         let class = |c: &str| requests.with_label_values(&[route, c]);
         RouteMetrics {
             by_class: [
@@ -143,11 +162,15 @@ impl Metrics {
                 class("5xx"),
             ],
             duration: duration.with_label_values(&[route]),
+            limits: [
+                limits.with_label_values(&[route, "allowed"]),
+                limits.with_label_values(&[route, "limited"]),
+            ],
         }
     }
 
     pub fn for_route(&self, route: &str) -> RouteMetrics {
-        Self::route_handles(&self.requests, &self.request_duration, route)
+        Self::route_handles(&self.requests, &self.request_duration, &self.rate_limited, route)
     }
 
     pub fn for_upstream(&self, upstream: &str) -> UpstreamMetrics {

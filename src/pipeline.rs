@@ -103,6 +103,8 @@ pub struct RequestCx {
     pub rewritten_path: Option<String>,
     /// authn stage: who the request authenticated as.
     pub principal: Option<crate::stage::authn::Principal>,
+    /// rate_limit stage: the headers describing the tightest limit.
+    pub rate_limit_headers: Option<Box<crate::stage::rate_limit::LimitHeaders>>,
     /// cors stage: the allowed origin of a cross-origin request.
     pub cors_origin: Option<HeaderValue>,
     /// proxy: time from sending upstream to the response head.
@@ -125,6 +127,7 @@ impl RequestCx {
             rewritten_path: None,
             cors_origin: None,
             principal: None,
+            rate_limit_headers: None,
             upstream_time: None,
         }
     }

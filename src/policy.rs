@@ -11,19 +11,21 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::config::RouteConfig;
 use crate::config::{
     Config, ConfigError, ConfigErrors, Environment, LoadedConfig, SecretRef, SecretValue, secret,
 };
+use crate::config::{RateSpec, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pipeline::{Pipeline, Stage};
 use crate::proxy::Upstream;
+use crate::ratelimit::{Limit, RouteLimits, Scope, limit_name};
 use crate::runtime::Runtime;
 use crate::stage::authn::{AuthMethod, AuthPolicy, AuthnStage};
 use crate::stage::authz::AuthzStage;
 use crate::stage::client_ip::{ClientIpStage, TrustedProxies};
 use crate::stage::cors::{CorsPolicy, CorsStage};
 use crate::stage::framing::FramingStage;
+use crate::stage::rate_limit::RateLimitStage;
 use crate::stage::request_id::RequestIdStage;
 use crate::stage::route::{PrefixTree, Route, RouteStage, allow_header, normalise};
 use crate::stage::upstream_headers::UpstreamHeadersStage;
@@ -105,6 +107,7 @@ pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, Confi
         return Err(ConfigErrors(problems.errors));
     }
     let key_headers = compile_key_headers(config, &mut problems);
+    check_rate_limit_settings(config, &mut problems);
     if !(0.0..=1.0).contains(&config.audit.auth_success_sample) {
         problems.at("audit.auth_success_sample", "must be between 0.0 and 1.0");
     }
@@ -195,6 +198,18 @@ fn build_pipeline(
         }),
         Box::new(AuthzStage {
             audit: runtime.audit.clone(),
+        }),
+        Box::new(RateLimitStage {
+            local: runtime.limiter.clone(),
+            redis: runtime.redis.clone(),
+            ipv6_prefix: config.rate_limits.ipv6_prefix,
+            key_default: config.api_keys.default_rate_limit.clone().map(|spec| {
+                let name = format!("key-{}s", spec.period.as_secs());
+                Arc::new(Limit::new(spec, Scope::KeyQuota, name))
+            }),
+            audit: runtime.audit.clone(),
+            audit_interval: config.rate_limits.audit_interval.0,
+            last_audited: runtime.limit_audit.clone(),
         }),
         Box::new(UpstreamHeadersStage),
     ];
@@ -424,6 +439,53 @@ fn compile_auth(problems: &mut Problems, key: &str, route: &RouteConfig, product
     policy
 }
 
+/// A route's limits: its own `rate_limit`, or else the defaults, each
+/// counted per route.
+fn compile_limits(config: &Config, route_id: &Arc<str>, own: Option<&[RateSpec]>) -> RouteLimits {
+    let specs = own.unwrap_or(&config.rate_limits.default);
+    let mut names: Vec<String> = Vec::new();
+    let mut limits = Vec::new();
+    for spec in specs {
+        let name = limit_name(spec, &names);
+        names.push(name.clone());
+        limits.push(Limit::new(spec.clone(), Scope::Route(route_id.clone()), name));
+    }
+    RouteLimits { limits }
+}
+
+/// `[rate_limits]`, `[redis]` and the keys' default limit.
+fn check_rate_limit_settings(config: &Config, problems: &mut Problems) {
+    let r = &config.rate_limits;
+    if r.ipv6_prefix == 0 || r.ipv6_prefix > 128 {
+        problems.at("rate_limits.ipv6_prefix", "must be between 1 and 128");
+    }
+    if r.max_entries < 1024 || r.max_entries > 100_000_000 {
+        problems.at("rate_limits.max_entries", "must be between 1024 and 100000000");
+    }
+    if let Some(spec) = &config.api_keys.default_rate_limit
+        && !matches!(
+            spec.key,
+            crate::config::LimitKey::Ip | crate::config::LimitKey::Key
+        )
+    {
+        problems.at(
+            "api_keys.default_rate_limit",
+            "a key's limit always counts per key; leave out `per …`",
+        );
+    }
+    if let Some(redis) = &config.redis {
+        if redis::Client::open(redis.url.as_str()).is_err() {
+            problems.at("redis.url", "not a Redis URL such as redis://127.0.0.1:6379");
+        }
+        if redis.timeout.0.is_zero() || redis.timeout.0 > std::time::Duration::from_secs(10) {
+            problems.at("redis.timeout", "must be between 1ms and 10s");
+        }
+        if redis.prefix.is_empty() || redis.prefix.contains(['{', '}', ' ']) {
+            problems.at("redis.prefix", "must be non-empty, without braces or spaces");
+        }
+    }
+}
+
 fn compile_routes(
     config: &Config,
     upstreams: &[Arc<Upstream>],
@@ -465,6 +527,7 @@ fn compile_routes(
             }
             continue;
         };
+        let limits = compile_limits(config, &id, r.rate_limit.as_deref());
         let mut route = Route {
             metrics: metrics.for_route(&id),
             id,
@@ -473,6 +536,7 @@ fn compile_routes(
             allow: http::HeaderValue::from_static(""),
             upstream,
             auth,
+            limits,
         };
         route.allow = allow_header(&route.allowed_methods());
         tree.insert(&path, routes.len());

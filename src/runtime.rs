@@ -7,6 +7,8 @@ use std::sync::Arc;
 use crate::audit::Audit;
 use crate::keys::KeyCache;
 use crate::metrics::Metrics;
+use crate::ratelimit::local::LocalLimiter;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -15,16 +17,27 @@ pub struct Runtime {
     pub store: Option<Store>,
     pub keys: Option<Arc<KeyCache>>,
     pub audit: Audit,
+    /// Counters of the in-process limiter (also the `local` fallback while
+    /// Redis is down).
+    pub limiter: Arc<LocalLimiter>,
+    pub redis: Option<Arc<RedisLimiter>>,
+    /// When each rate-limit counter last made an audit event.
+    pub limit_audit: Arc<quick_cache::sync::Cache<u64, std::time::Instant>>,
 }
 
 impl Runtime {
-    /// No store and no audit: enough to compile and check a config.
-    pub fn offline(metrics: Arc<Metrics>) -> Runtime {
+    /// No store, no Redis and no audit, with a metrics registry of its own:
+    /// enough to compile and check a config.
+    pub fn offline() -> Runtime {
+        let metrics = Arc::new(Metrics::new());
         Runtime {
+            limiter: Arc::new(LocalLimiter::new(1024, &metrics)),
             metrics,
             store: None,
             keys: None,
             audit: Audit::disabled(),
+            redis: None,
+            limit_audit: Arc::new(quick_cache::sync::Cache::new(16)),
         }
     }
 }

@@ -32,6 +32,8 @@ use crate::keys::KeyCache;
 use crate::metrics::Metrics;
 use crate::pipeline::{Connection, Outcome, RequestCx};
 use crate::policy::{Policy, compile};
+use crate::ratelimit::local::LocalLimiter;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::runtime::Runtime;
 use crate::stage::framing::inspect::Tapped;
 use crate::store::{Store, StoreError};
@@ -57,6 +59,8 @@ pub enum StartError {
     },
     #[error("the store is not usable: {0}")]
     Store(#[from] StoreError),
+    #[error("Redis is not usable: {0}")]
+    Redis(String),
 }
 
 pub struct Gateway {
@@ -67,15 +71,16 @@ pub struct Gateway {
     public_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     audit_task: AuditTask,
-    key_maintenance: Option<JoinHandle<()>>,
+    /// Cache upkeep, limiter sweeps, Redis reconnects.
+    background: Vec<JoinHandle<()>>,
 }
 
-/// Connects the store, migrates it if asked, starts the audit writer and
-/// the key cache.
+/// Connects the store (migrating it if asked) and Redis, and starts the
+/// audit writer, the key cache and the limiter's background tasks.
 async fn start_services(
     loaded: &LoadedConfig,
     metrics: Arc<Metrics>,
-) -> Result<(Runtime, AuditTask, JoinHandle<()>), StoreError> {
+) -> Result<(Runtime, AuditTask, Vec<JoinHandle<()>>), StartError> {
     let config = &loaded.config;
     let store = Store::connect(&config.store, &loaded.base_dir).await?;
     if config.store.migrate {
@@ -89,14 +94,32 @@ async fn start_services(
         config.api_keys.cache_ttl.0,
         &metrics,
     );
-    let maintenance = keys.spawn_maintenance(config.api_keys.usage_flush.0);
+    let limiter = Arc::new(LocalLimiter::new(config.rate_limits.max_entries, &metrics));
+    let mut background = vec![
+        keys.spawn_maintenance(config.api_keys.usage_flush.0),
+        limiter.spawn_sweeper(),
+    ];
+    let redis = match &config.redis {
+        Some(redis_config) => {
+            let redis = RedisLimiter::start(redis_config, audit.clone(), &metrics)
+                .await
+                .map_err(|e| StartError::Redis(e.to_string()))?;
+            background.push(redis.spawn_reconnector());
+            background.push(redis.spawn_key_listener(keys.clone()));
+            Some(redis)
+        }
+        None => None,
+    };
     let runtime = Runtime {
         metrics,
         store: Some(store),
         keys: Some(keys),
         audit,
+        limiter,
+        redis,
+        limit_audit: Arc::new(quick_cache::sync::Cache::new(10_000)),
     };
-    Ok((runtime, audit_task, maintenance))
+    Ok((runtime, audit_task, background))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -110,8 +133,8 @@ impl Gateway {
     pub async fn start(loaded: LoadedConfig) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
         // Report config problems before touching the store.
-        compile(&loaded, &Runtime::offline(metrics.clone())).map_err(StartError::Config)?;
-        let (runtime, audit_task, key_maintenance) = start_services(&loaded, metrics.clone()).await?;
+        compile(&loaded, &Runtime::offline()).map_err(StartError::Config)?;
+        let (runtime, audit_task, background) = start_services(&loaded, metrics.clone()).await?;
         let policy = compile(&loaded, &runtime).map_err(StartError::Config)?;
         for warning in &policy.warnings {
             tracing::warn!("{warning}");
@@ -150,7 +173,7 @@ impl Gateway {
             public_task,
             admin_task,
             audit_task,
-            key_maintenance: Some(key_maintenance),
+            background,
         })
     }
 
@@ -179,7 +202,7 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         let _ = self.public_task.await;
         let _ = self.admin_task.await;
-        if let Some(task) = self.key_maintenance.take() {
+        for task in self.background.drain(..) {
             task.abort();
         }
         if let Some(keys) = &self.shared.runtime.keys {

@@ -96,6 +96,18 @@ fn store(shared: &Shared) -> ApiResult<&Store> {
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The store is not available."))
 }
 
+/// Drops a changed key from this instance's cache at once, and from every
+/// other instance's through Redis when configured (otherwise they notice
+/// within about a second by polling the store).
+async fn announce_key_change(shared: &Shared, id: &str) {
+    if let Some(cache) = &shared.runtime.keys {
+        cache.invalidate(id);
+    }
+    if let Some(redis) = &shared.runtime.redis {
+        redis.publish_key_change(id).await;
+    }
+}
+
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}")))
@@ -205,8 +217,8 @@ async fn delete_consumer(
     Path(name): Path<String>,
 ) -> ApiResult<Json<DeletedConsumer>> {
     let keys = manage::delete_consumer(store(&shared)?, &shared.runtime.audit, &name, actor(peer)).await?;
-    if let Some(cache) = &shared.runtime.keys {
-        keys.iter().for_each(|id| cache.invalidate(id));
+    for id in &keys {
+        announce_key_change(&shared, id).await;
     }
     Ok(Json(DeletedConsumer {
         deleted: name,
@@ -281,9 +293,7 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyInfo>> {
     let info = manage::revoke_key(store(&shared)?, &shared.runtime.audit, &id, actor(peer)).await?;
-    if let Some(cache) = &shared.runtime.keys {
-        cache.invalidate(&id);
-    }
+    announce_key_change(&shared, &id).await;
     Ok(Json(info))
 }
 
@@ -307,9 +317,7 @@ async fn rotate_key(
     let rotation: Rotation = parse_json(&body)?;
     let grace = parse_duration(&rotation.grace).map_err(ApiError::bad_request)?;
     let created = manage::rotate_key(store(&shared)?, &shared.runtime.audit, &id, grace, actor(peer)).await?;
-    if let Some(cache) = &shared.runtime.keys {
-        cache.invalidate(&id);
-    }
+    announce_key_change(&shared, &id).await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

@@ -90,6 +90,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         };
         checks.insert("store".into(), value);
     }
+    if let Some(redis) = &shared.runtime.redis {
+        let healthy = redis.is_healthy();
+        let mode = format!("{:?}", redis.on_outage).to_lowercase();
+        let value = if healthy {
+            json!({ "status": "ok" })
+        } else {
+            json!({ "status": "degraded", "on_outage": mode })
+        };
+        // Degraded is still ready, unless limited routes now refuse traffic.
+        if !healthy && redis.on_outage == crate::config::OnOutage::Closed {
+            ready = false;
+        }
+        checks.insert("redis".into(), value);
+    }
     for (name, result) in results {
         let value = match result {
             Ok(()) => json!({ "status": "ok" }),

@@ -2,13 +2,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use portcullis::config::load::{config_env_vars, load};
 use portcullis::config::{ConfigErrors, Source};
-use portcullis::metrics::Metrics;
 use portcullis::runtime::Runtime;
 use portcullis::{Gateway, StartError, demo, logging, policy};
 
@@ -31,7 +29,7 @@ fn print_problems(errors: &ConfigErrors) {
 }
 
 pub fn check(path: &std::path::Path) -> ExitCode {
-    let offline = Runtime::offline(Arc::new(Metrics::new()));
+    let offline = Runtime::offline();
     let result = load(&Source::File(path.to_path_buf()), &config_env_vars())
         .and_then(|loaded| policy::compile(&loaded, &offline).map(|p| (loaded, p)));
     match result {

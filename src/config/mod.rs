@@ -39,6 +39,9 @@ pub struct Config {
     #[serde(default)]
     pub api_keys: ApiKeysConfig,
     #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    pub redis: Option<RedisConfig>,
+    #[serde(default)]
     pub secrets: SecretsConfig,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -229,6 +232,9 @@ pub struct RouteConfig {
     /// A query parameter that may carry the API key on this route (off by
     /// default: URLs end up in logs and browser history).
     pub api_key_query: Option<String>,
+    /// Limits every request must pass; `[rate_limits] default` when omitted,
+    /// none when `[]`.
+    pub rate_limit: Option<Vec<RateSpec>>,
 }
 
 /// `[cors]`: the browser origins allowed to call routed APIs.
@@ -395,6 +401,8 @@ pub struct ApiKeysConfig {
     /// How often batched usage counts are written.
     #[serde(default = "ApiKeysConfig::default_usage_flush")]
     pub usage_flush: ConfigDuration,
+    /// The limit of a key that has none of its own, e.g. "100 per hour".
+    pub default_rate_limit: Option<RateSpec>,
 }
 
 impl ApiKeysConfig {
@@ -420,6 +428,90 @@ impl Default for ApiKeysConfig {
             cache_size: Self::default_cache_size(),
             cache_ttl: Self::default_cache_ttl(),
             usage_flush: Self::default_usage_flush(),
+            default_rate_limit: None,
         }
+    }
+}
+
+/// `[rate_limits]`: defaults and the in-process limiter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Limits for every route that does not set `rate_limit` (each route
+    /// counts its own).
+    #[serde(default)]
+    pub default: Vec<RateSpec>,
+    /// IPv6 clients are counted by this prefix length (a /64 is one site).
+    #[serde(default = "RateLimitsConfig::default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Counters the in-process limiter keeps; when full, the counter
+    /// closest to expiring is dropped to make room.
+    #[serde(default = "RateLimitsConfig::default_max_entries")]
+    pub max_entries: usize,
+    /// At most one `ratelimit.exceeded` audit event per counter per interval.
+    #[serde(default = "RateLimitsConfig::default_audit_interval")]
+    pub audit_interval: ConfigDuration,
+}
+
+impl RateLimitsConfig {
+    fn default_ipv6_prefix() -> u8 {
+        64
+    }
+    fn default_max_entries() -> usize {
+        1_000_000
+    }
+    fn default_audit_interval() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(60))
+    }
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            default: Vec::new(),
+            ipv6_prefix: Self::default_ipv6_prefix(),
+            max_entries: Self::default_max_entries(),
+            audit_interval: Self::default_audit_interval(),
+        }
+    }
+}
+
+/// What the gateway does with rate limits while Redis is unreachable.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOutage {
+    /// Each instance enforces the full limit on its own.
+    #[default]
+    Local,
+    /// Requests pass unlimited.
+    Open,
+    /// Requests on limited routes get 503.
+    Closed,
+}
+
+/// `[redis]`: shared rate-limit counters and key-change notices for many
+/// instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (a password belongs in `url` from the environment:
+    /// `PORTCULLIS_REDIS__URL`).
+    pub url: String,
+    #[serde(default)]
+    pub on_outage: OnOutage,
+    /// Prefix of every key and channel.
+    #[serde(default = "RedisConfig::default_prefix")]
+    pub prefix: String,
+    /// The longest a limit check may wait for Redis before counting as an outage.
+    #[serde(default = "RedisConfig::default_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+impl RedisConfig {
+    fn default_prefix() -> String {
+        "portcullis".into()
+    }
+    fn default_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_millis(250))
     }
 }

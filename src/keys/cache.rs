@@ -48,6 +48,8 @@ pub enum CachedKey {
     Known {
         record: Box<KeyRecord>,
         headers: IdentityHeaders,
+        /// The key's own rate limit, compiled.
+        limit: Option<Arc<crate::ratelimit::Limit>>,
         usage: Arc<Usage>,
         fetched: Instant,
     },
@@ -127,7 +129,17 @@ impl KeyCache {
                     .entry(record.id.clone())
                     .or_default()
                     .clone();
+                let limit = record.rate_limit.as_deref().and_then(|text| {
+                    let spec = crate::config::rate::parse_rate(text).ok()?;
+                    let name = format!("key-{}s", spec.period.as_secs());
+                    Some(Arc::new(crate::ratelimit::Limit::new(
+                        spec,
+                        crate::ratelimit::Scope::KeyQuota,
+                        name,
+                    )))
+                });
                 CachedKey::Known {
+                    limit,
                     headers: IdentityHeaders {
                         consumer: header(&record.consumer),
                         key_id: header(&record.id),

@@ -101,6 +101,16 @@ impl Principal {
         }
     }
 
+    /// The key's own rate limit, if its record has one.
+    pub fn key_limit(&self) -> Option<&Arc<crate::ratelimit::Limit>> {
+        match self {
+            Principal::ApiKey(key) => match &**key {
+                CachedKey::Known { limit, .. } => limit.as_ref(),
+                CachedKey::Unknown { .. } => None,
+            },
+        }
+    }
+
     /// The key record, for limits stored on it.
     pub fn key_record(&self) -> Option<&crate::store::keys::KeyRecord> {
         match self {

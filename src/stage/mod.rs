@@ -9,6 +9,7 @@
 //! | route | [`route`] | normalises the path, finds the longest-prefix route, checks the method |
 //! | authentication | [`authn`] | API keys from headers (or a route's query parameter), checked against the cached store |
 //! | authorisation | [`authz`] | a route's `scopes` must all be held, else 403 |
+//! | rate limit | [`rate_limit`] | every limit of the route (and the key's own) must pass; 429 with `Retry-After`; RateLimit headers |
 //! | upstream headers | [`upstream_headers`] | strips identity and forwarding headers a client could forge, sets `X-Forwarded-*`, `X-Request-Id` and `X-Portcullis-Consumer`/`-Key-Id`/`-Scopes` |
 //!
 //! The proxy itself ([`crate::proxy`]) runs after the last stage.
@@ -18,6 +19,7 @@ pub mod authz;
 pub mod client_ip;
 pub mod cors;
 pub mod framing;
+pub mod rate_limit;
 pub mod request_id;
 pub mod route;
 pub mod upstream_headers;

@@ -40,6 +40,7 @@ pub struct Route {
     pub allow: HeaderValue,
     pub upstream: Arc<Upstream>,
     pub auth: AuthPolicy,
+    pub limits: crate::ratelimit::RouteLimits,
     pub metrics: RouteMetrics,
 }
 
