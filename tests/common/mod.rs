@@ -123,7 +123,7 @@ async fn answer(
     });
     let path = head.uri.path().to_string();
     let mut response = Response::new(full(Bytes::new()));
-    if let Some(code) = path.strip_prefix("/status/") {
+    if let Some((_, code)) = path.split_once("/status/") {
         *response.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
         *response.body_mut() = full(Bytes::from_static(
             b"Traceback (most recent call last):\n  File \"app.py\", line 7\nSECRET_STACK_DETAIL db=postgres://admin:hunter2@db\n",
