@@ -187,7 +187,9 @@ fn build_pipeline(
         }),
         // CORS before routing: its policy is global, and a page must be able
         // to read a 404 or 405 as well as a 200.
-        Box::new(CorsStage),
+        Box::new(CorsStage {
+            audit: runtime.audit.clone(),
+        }),
         Box::new(RouteStage),
         Box::new(AuthnStage {
             keys: runtime.keys.clone(),

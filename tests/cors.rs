@@ -133,6 +133,17 @@ async fn preflights_are_answered_by_the_gateway() {
     )
     .await;
     assert_eq!(upstream.count(), 0, "preflights never reach the upstream");
+    gw.shared().runtime.audit.flush().await;
+    let refusals = store_of(&gw)
+        .audit_query(&portcullis::store::audit::AuditFilter {
+            kind: Some("cors.rejected".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(refusals.len(), 3);
+    assert_eq!(refusals[2].event.details["origin"], "https://evil.example");
     gw.shutdown().await;
 }
 

@@ -187,10 +187,18 @@ pub fn is_preflight<B>(req: &Request<B>) -> bool {
         && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-pub struct CorsStage;
+pub struct CorsStage {
+    pub audit: crate::audit::Audit,
+}
 
 impl CorsStage {
-    fn preflight(cors: &CorsPolicy, req: &Request<GatewayBody>, origin: &HeaderValue) -> StageResult {
+    fn preflight(
+        &self,
+        cx: &RequestCx,
+        cors: &CorsPolicy,
+        req: &Request<GatewayBody>,
+        origin: &HeaderValue,
+    ) -> StageResult {
         let headers = req.headers();
         let method = headers
             .get(ACCESS_CONTROL_REQUEST_METHOD)
@@ -205,6 +213,18 @@ impl CorsStage {
             None
         };
         if let Some(detail) = refused {
+            self.audit.emit(
+                crate::audit::Event::new("cors.rejected", crate::audit::Severity::Notice)
+                    .for_request(cx)
+                    .detail(
+                        "origin",
+                        String::from_utf8_lossy(origin.as_bytes())
+                            .chars()
+                            .take(200)
+                            .collect::<String>(),
+                    )
+                    .detail("reason", detail),
+            );
             return Err(GatewayError::CorsRefused(detail));
         }
         let mut response = Response::new(GatewayBody::Empty);
@@ -236,7 +256,7 @@ impl Stage for CorsStage {
             return Verdict::Ready(Ok(Flow::Continue));
         };
         if is_preflight(req) {
-            return Verdict::Ready(Self::preflight(cors, req, origin));
+            return Verdict::Ready(self.preflight(cx, cors, req, origin));
         }
         if cors.allows_origin(origin) {
             cx.cors_origin = Some(origin.clone());
