@@ -12,7 +12,9 @@ const ADMIN: &str = "Jq3vX9rT0pLm4WcZ8yHs2NbF6gKd1QaE5uRiO7tVxYw";
 const SESSION: &str = "m8Kp2Wq9Zr4Tx7Vb1Nc6Hd3Jf0Lg5Sa8Qe2Ry4Ui6Oz";
 
 fn example(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
 }
 
 #[test]
@@ -57,11 +59,23 @@ async fn story_5_flask_integrations_works_as_written() {
     let overrides: Vec<(String, String)> = vec![
         ("PORTCULLIS_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
         ("PORTCULLIS_SERVER__ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-        ("PORTCULLIS_STORE__URL".into(), format!("sqlite://{}/story5.db", dir.display())),
-        ("PORTCULLIS_AUDIT__SPILL_FILE".into(), format!("{}/spill.jsonl", dir.display())),
-        ("PORTCULLIS_UPSTREAMS__0__TARGETS".into(), format!("[\"{}\"]", upstream.url())),
+        (
+            "PORTCULLIS_STORE__URL".into(),
+            format!("sqlite://{}/story5.db", dir.display()),
+        ),
+        (
+            "PORTCULLIS_AUDIT__SPILL_FILE".into(),
+            format!("{}/spill.jsonl", dir.display()),
+        ),
+        (
+            "PORTCULLIS_UPSTREAMS__0__TARGETS".into(),
+            format!("[\"{}\"]", upstream.url()),
+        ),
         ("PORTCULLIS_REDIS__URL".into(), redis),
-        ("PORTCULLIS_REDIS__PREFIX".into(), format!("story5{}", portcullis::keys::random_alnum(8))),
+        (
+            "PORTCULLIS_REDIS__PREFIX".into(),
+            format!("story5{}", portcullis::keys::random_alnum(8)),
+        ),
         ("PORTCULLIS_ADMIN_TOKEN".into(), ADMIN.into()),
     ];
     let envs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -73,7 +87,14 @@ async fn story_5_flask_integrations_works_as_written() {
     // 10 per minute on login, then 429 with Retry-After.
     let mut statuses = Vec::new();
     for _ in 0..11 {
-        statuses.push(c.post(format!("{base}/api/auth/login")).send().await.unwrap().status().as_u16());
+        statuses.push(
+            c.post(format!("{base}/api/auth/login"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
     }
     assert_eq!(statuses[..10], [200; 10]);
     let refused = c.post(format!("{base}/api/auth/login")).send().await.unwrap();
@@ -82,7 +103,12 @@ async fn story_5_flask_integrations_works_as_written() {
 
     // API routes need a key; the CLI makes one.
     let resp = c.get(format!("{base}/api/issues")).send().await.unwrap();
-    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("ApiKey"));
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("ApiKey")
+    );
     assert_problem(resp, 401).await;
     let cli = |args: &[&str]| {
         let mut cmd = Command::new(binary_path());
@@ -96,23 +122,46 @@ async fn story_5_flask_integrations_works_as_written() {
     };
     cli(&["consumers", "create", "jira-sync"]);
     let created: serde_json::Value = serde_json::from_str(&cli(&[
-        "keys", "create", "--consumer", "jira-sync", "--scopes", "integrations:backfill", "--json",
+        "keys",
+        "create",
+        "--consumer",
+        "jira-sync",
+        "--scopes",
+        "integrations:backfill",
+        "--json",
     ]))
     .unwrap();
     let key = created["key"].as_str().unwrap().to_string();
 
     // Global defaults on ordinary routes: 1000 per day and 200 per hour.
-    let resp = c.get(format!("{base}/api/issues")).header("x-api-key", &key).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/issues"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let policy = resp.headers()["ratelimit-policy"].to_str().unwrap().to_string();
-    assert!(policy.contains("q=1000;w=86400") && policy.contains("q=200;w=3600"), "{policy}");
+    assert!(
+        policy.contains("q=1000;w=86400") && policy.contains("q=200;w=3600"),
+        "{policy}"
+    );
     assert_eq!(upstream.last().headers["x-portcullis-consumer"], "jira-sync");
 
     // 3 per hour on one backfill endpoint, 5 on the other.
-    for (path, allowed) in [("/api/integrations/issues/backfill", 3), ("/api/integrations/commits/backfill", 5)] {
+    for (path, allowed) in [
+        ("/api/integrations/issues/backfill", 3),
+        ("/api/integrations/commits/backfill", 5),
+    ] {
         let mut ok = 0;
         for _ in 0..allowed + 2 {
-            let status = c.post(format!("{base}{path}")).header("x-api-key", &key).send().await.unwrap().status();
+            let status = c
+                .post(format!("{base}{path}"))
+                .header("x-api-key", &key)
+                .send()
+                .await
+                .unwrap()
+                .status();
             ok += (status == 200) as usize;
         }
         assert_eq!(ok, allowed, "{path}");
@@ -126,17 +175,29 @@ async fn story_5_flask_integrations_works_as_written() {
             .header("access-control-request-headers", "x-api-key")
             .send()
     };
-    assert_eq!(preflight("https://tracker.example.com").await.unwrap().status(), 204);
+    assert_eq!(
+        preflight("https://tracker.example.com").await.unwrap().status(),
+        204
+    );
     assert_eq!(preflight("http://localhost:3000").await.unwrap().status(), 403);
 
     // Stack traces never reach clients; health is unlimited.
-    let resp = c.get(format!("{base}/api/status/500")).header("x-api-key", &key).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/status/500"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     let doc = assert_problem(resp, 500).await;
     assert!(!doc.to_string().contains("Traceback"));
     let resp = c.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("ratelimit-policy"));
-    let ready = c.get(format!("http://{}/readyz", bin.admin)).send().await.unwrap();
+    let ready = c
+        .get(format!("http://{}/readyz", bin.admin))
+        .send()
+        .await
+        .unwrap();
     assert!(bin.wait_for_output("portcullis is listening", Duration::from_secs(1)));
     let ready = json(ready).await;
     assert_eq!(ready["checks"]["store"]["status"], "ok", "{ready}");
