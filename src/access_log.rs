@@ -101,5 +101,6 @@ fn finish(done: &Completion, bytes_sent: u64) {
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         upstream_ms = cx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
         bytes_sent,
+        consumer = cx.principal.as_ref().map(|p| p.consumer()),
     );
 }

@@ -197,6 +197,7 @@ fn build_pipeline(
             key_headers,
             bearer: config.api_keys.bearer,
             challenge: key_challenge(config),
+            forward_key: config.api_keys.forward_key,
         }),
         Box::new(AuthzStage {
             audit: runtime.audit.clone(),

@@ -147,6 +147,11 @@ async fn story_5_flask_integrations_works_as_written() {
         "{policy}"
     );
     assert_eq!(upstream.last().headers["x-portcullis-consumer"], "jira-sync");
+    assert!(
+        bin.wait_for_output("\"consumer\":\"jira-sync\"", Duration::from_secs(5)),
+        "the access log names the consumer"
+    );
+    assert!(!bin.output().contains(&key), "the key never reaches the log");
 
     // 3 per hour on one backfill endpoint, 5 on the other.
     for (path, allowed) in [

@@ -217,6 +217,7 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
     assert!(entry["timestamp"].is_string());
     assert!(entry["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(entry["upstream_ms"].as_f64().is_some());
+    assert!(entry["consumer"].is_null(), "a public route has no consumer");
     assert_eq!(
         output.matches("\"log-test-1\"").count(),
         1,

@@ -391,6 +391,10 @@ pub struct ApiKeysConfig {
     /// Also accept `Authorization: Bearer <key>`.
     #[serde(default = "default_true")]
     pub bearer: bool,
+    /// Pass the key itself on to the upstream (off: the upstream gets the
+    /// `X-Portcullis-*` identity headers instead, and cannot leak the key).
+    #[serde(default)]
+    pub forward_key: bool,
     /// Keys (found or not) kept in memory.
     #[serde(default = "ApiKeysConfig::default_cache_size")]
     pub cache_size: usize,
@@ -425,6 +429,7 @@ impl Default for ApiKeysConfig {
         ApiKeysConfig {
             headers: Self::default_headers(),
             bearer: true,
+            forward_key: false,
             cache_size: Self::default_cache_size(),
             cache_ttl: Self::default_cache_ttl(),
             usage_flush: Self::default_usage_flush(),

@@ -166,6 +166,8 @@ pub struct AuthnStage {
     pub bearer: bool,
     /// The `WWW-Authenticate` challenge sent with a 401.
     pub challenge: HeaderValue,
+    /// Leave the key in the request for the upstream.
+    pub forward_key: bool,
 }
 
 /// Work done for an unknown ID, so it costs what a wrong secret costs.
@@ -261,6 +263,29 @@ impl AuthnStage {
         cx.principal = Some(Principal::ApiKey(entry.clone()));
         Ok(Flow::Continue)
     }
+
+    /// Removes the key from the headers it may have come in, so the
+    /// upstream (and its logs) never see it. A key in the query string is
+    /// left where it is: routes opt into that knowingly.
+    fn hide_key(&self, req: &mut Request<GatewayBody>) {
+        for name in &self.key_headers {
+            req.headers_mut().remove(name);
+        }
+        if self.bearer {
+            let carries_key = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split_once(' ').is_some_and(|(scheme, token)| {
+                        scheme.eq_ignore_ascii_case("bearer") && token.trim().starts_with(keys::PREFIX)
+                    })
+                });
+            if carries_key {
+                req.headers_mut().remove(AUTHORIZATION);
+            }
+        }
+    }
 }
 
 /// `a=1&b=%20x` as decoded pairs.
@@ -299,6 +324,9 @@ impl Stage for AuthnStage {
         };
         let hash = keys::hash_secret(presented.secret);
         let id = presented.id.to_string();
+        if !self.forward_key {
+            self.hide_key(req);
+        }
         let Some(cache) = self.keys.clone() else {
             return Verdict::Ready(Err(GatewayError::Unavailable(
                 "the key store is not available".into(),
