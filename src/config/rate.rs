@@ -233,3 +233,45 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn random_limit_strings_never_panic() {
+        const WORDS: &[&str] = &[
+            "10",
+            "0",
+            "/",
+            "per",
+            "minute",
+            "5",
+            "hours",
+            "ip",
+            "key",
+            "header:",
+            "header:X-A",
+            "burst",
+            "3",
+            "99999999999999999999",
+            "-1",
+            "s",
+            "year",
+            " ",
+            "route",
+            "consumer",
+        ];
+        let mut rng = rand::rng();
+        for _ in 0..50_000 {
+            let text: Vec<&str> = (0..rng.random_range(0..8))
+                .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+                .collect();
+            let text = text.join(" ");
+            if let Ok(spec) = parse_rate(&text) {
+                assert!(spec.count > 0 && !spec.period.is_zero(), "{text}");
+            }
+        }
+    }
+}

@@ -398,3 +398,41 @@ GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(records(b"\x16\x03\x01 not http\r\n\r\n", 3).is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn random_bytes_never_panic_and_records_stay_bounded() {
+        let mut rng = rand::rng();
+        const PIECES: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n",
+            b"POST /x HTTP/1.1\r\n",
+            b"Host: a\r\n",
+            b"Content-Length: 5\r\n",
+            b"Content-Length: 99999999999999999999\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"\r\n",
+            b"5\r\n",
+            b"hello",
+            b"0\r\n",
+            b"zz\r\n",
+            b"\n",
+            b"PRI * HTTP/2.0\r\n",
+            b"Upgrade: x\r\n",
+        ];
+        for _ in 0..20_000 {
+            let log = HeadLog::default();
+            let mut tracker = Tracker::default();
+            for _ in 0..rng.random_range(0..40) {
+                let piece = PIECES[rng.random_range(0..PIECES.len())];
+                let cut = rng.random_range(0..=piece.len());
+                tracker.feed(&piece[..cut], &log);
+                tracker.feed(&piece[cut..], &log);
+            }
+            assert!(log.pending.lock().unwrap().len() <= MAX_PENDING);
+        }
+    }
+}

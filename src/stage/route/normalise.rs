@@ -257,3 +257,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use rand::Rng;
+
+    /// Random paths built from the pieces attacks are made of.
+    fn random_path(rng: &mut impl Rng) -> String {
+        const PIECES: &[&str] = &[
+            "/",
+            "//",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%5c",
+            "\\",
+            ";",
+            "a",
+            "api",
+            "admin",
+            "%00",
+            "%",
+            "%4",
+            "%zz",
+            "%c0%af",
+            "%e2%9c%93",
+            "\u{e9}",
+            "?",
+            "#",
+            " ",
+            "%20",
+            "%25",
+            "~",
+            "..;",
+            "%2e%2e",
+        ];
+        let n = rng.random_range(0..12);
+        let mut path = String::from("/");
+        for _ in 0..n {
+            path.push_str(PIECES[rng.random_range(0..PIECES.len())]);
+        }
+        path
+    }
+
+    #[test]
+    fn random_paths_never_panic_and_normalise_to_a_fixed_point() {
+        let mut rng = rand::rng();
+        for _ in 0..50_000 {
+            let raw = random_path(&mut rng);
+            let Ok(n) = normalise(&raw) else { continue };
+            assert!(n.decoded.starts_with('/'), "{raw:?} -> {n:?}");
+            assert!(!n.encoded.contains("//"), "{raw:?} -> {n:?}");
+            for segment in n.decoded.split('/') {
+                assert!(segment != "." && segment != "..", "{raw:?} -> {n:?}");
+            }
+            let again = normalise(&n.encoded).unwrap_or_else(|e| panic!("{raw:?} -> {n:?} -> {e}"));
+            assert_eq!(again.encoded, n.encoded, "{raw:?}");
+            assert_eq!(again.decoded, n.decoded, "{raw:?}");
+        }
+    }
+}
