@@ -4,12 +4,17 @@
 Started by bench/run.sh, which builds the binary; see docs/benchmarks.md.
 Python 3.11 standard library only.
 
-One run starts three servers in a private temp directory, all on loopback:
+One run starts these servers in a private temp directory, all on loopback:
 
   upstream    nginx answering every request with a fixed 200 "ok\\n"
   nginx       nginx as a reverse proxy to the upstream (the reference)
-  portcullis  the gateway, one public route to the upstream
+  portcullis  the gateway: public, API-key and rate-limited routes to the
+              upstream (bench/portcullis.toml, SQLite store in the temp dir)
+  portcullis_redis
+              a second gateway whose rate limit lives in Redis
+              (bench/portcullis-redis.toml; skipped if Redis is unreachable)
 
+(the portcullis instances are the [instance.*] tables of the scenario file),
 then, for each round, runs wrk once per scenario in bench/scenarios.toml
 (order rotated every round), reads the CPU time the proxy under test used
 from /proc, and prints the medians as a markdown table.
@@ -39,13 +44,14 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("upstream", "nginx", "portcullis")
-CPU_OWNERS = ("none", "nginx", "portcullis")
+NGINX_TARGETS = ("upstream", "nginx")
+SERVICES = ("redis",)
 
 
 def log(msg: str) -> None:
@@ -75,20 +81,58 @@ class Scenario:
 class Comparison:
     subject: str
     baseline: str
+    goal: str | None = None
+
+
+@dataclass
+class Instance:
+    """One portcullis process: a scenario target with its own config."""
+
+    name: str
+    config: str
+    api_key: dict[str, str] | None = None
+    needs: list[str] = field(default_factory=list)
+
+
+def load_instances(path: Path, data: dict) -> dict[str, Instance]:
+    raw_all = data.get("instance") or {"portcullis": {"config": "portcullis.toml"}}
+    instances = {}
+    for name, raw in raw_all.items():
+        where = f"{path}: instance {name!r}"
+        unknown = set(raw) - {"config", "api_key", "needs"}
+        if unknown:
+            sys.exit(f"{where}: unknown keys {sorted(unknown)}")
+        if name in NGINX_TARGETS or name == "none" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            sys.exit(f"{where}: the name must be an identifier other than {NGINX_TARGETS} and none")
+        inst = Instance(name=name, **raw)
+        if not (BENCH_DIR / inst.config).is_file():
+            sys.exit(f"{where}: no template bench/{inst.config}")
+        if inst.api_key is not None and set(inst.api_key) != {"consumer", "env"}:
+            sys.exit(f"{where}: api_key must be {{ consumer = \"NAME\", env = \"VAR\" }}")
+        bad = set(inst.needs) - set(SERVICES)
+        if bad:
+            sys.exit(f"{where}: unknown services {sorted(bad)}; known: {SERVICES}")
+        instances[name] = inst
+    return instances
 
 
 def load_scenarios(path: Path, only: list[str] | None):
     data = tomllib.loads(path.read_text())
+    instances = load_instances(path, data)
+    targets = (*NGINX_TARGETS, *instances)
+    cpu_owners = ("none", "nginx", *instances)
     scenarios = []
     for raw in data.get("scenario", []):
         unknown = set(raw) - {"name", "target", "path", "headers", "cpu", "expect_status"}
         if unknown:
             sys.exit(f"{path}: scenario {raw.get('name')!r}: unknown keys {sorted(unknown)}")
         s = Scenario(**raw)
-        if s.target not in TARGETS:
-            sys.exit(f"{path}: scenario {s.name!r}: target must be one of {TARGETS}")
-        if s.cpu not in CPU_OWNERS:
-            sys.exit(f"{path}: scenario {s.name!r}: cpu must be one of {CPU_OWNERS}")
+        if s.target not in targets:
+            sys.exit(f"{path}: scenario {s.name!r}: target must be one of {targets}")
+        if s.cpu not in cpu_owners:
+            sys.exit(f"{path}: scenario {s.name!r}: cpu must be one of {cpu_owners}")
+        if s.target != "upstream" and s.cpu not in ("none", s.target):
+            sys.exit(f"{path}: scenario {s.name!r}: cpu must be the loaded proxy, {s.target!r} (or none)")
         if not s.path.startswith("/"):
             sys.exit(f"{path}: scenario {s.name!r}: path must start with /")
         scenarios.append(s)
@@ -101,10 +145,15 @@ def load_scenarios(path: Path, only: list[str] | None):
             sys.exit(f"--only: no such scenario {sorted(missing)}; have {names}")
         scenarios = [s for s in scenarios if s.name in only]
     comparisons = [Comparison(**c) for c in data.get("comparison", [])]
+    for c in comparisons:
+        if c.subject not in names or c.baseline not in names:
+            sys.exit(f"{path}: comparison {c.subject} / {c.baseline}: no such scenario")
     selected = {s.name for s in scenarios}
     comparisons = [c for c in comparisons if c.subject in selected and c.baseline in selected]
     portcullis_env = {k: str(v) for k, v in data.get("portcullis", {}).get("env", {}).items()}
-    return scenarios, comparisons, portcullis_env
+    used = {s.target for s in scenarios} | {s.cpu for s in scenarios}
+    instances = {k: v for k, v in instances.items() if k in used}
+    return scenarios, comparisons, portcullis_env, instances
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -192,6 +241,85 @@ def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0) -
 def parse_header(h: str) -> tuple[str, str]:
     name, _, value = h.partition(":")
     return name.strip(), value.strip()
+
+
+# --------------------------------------------------------------------------
+# Redis (an outside service: never started, pinned or restarted here)
+
+
+def resp_command(args: list[str]) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def resp_reply(f) -> str | int | list | Exception | None:
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise OSError("connection closed")
+    kind, body = line[:1], line[1:-2].decode(errors="replace")
+    if kind == b"+":
+        return body
+    if kind == b"-":
+        return RuntimeError(body)
+    if kind == b":":
+        return int(body)
+    if kind == b"$":
+        n = int(body)
+        return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(body)
+        return None if n < 0 else [resp_reply(f) for _ in range(n)]
+    raise OSError(f"not a Redis reply: {line!r}")
+
+
+def redis_probe(url: str, timeout: float = 2.0) -> tuple[str | None, int | None, str]:
+    """PINGs the Redis at `url`. Returns (problem or None, the server's pid
+    when it runs on this machine and /proc shows it, its version)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme != "redis":
+        return f"{url}: only redis:// URLs are probed", None, "unknown"
+    host, port = u.hostname or "127.0.0.1", u.port or 6379
+    commands = []
+    if u.password:
+        user = [urllib.parse.unquote(u.username)] if u.username else []
+        commands.append(["AUTH", *user, urllib.parse.unquote(u.password)])
+    db = u.path.strip("/")
+    if db:
+        commands.append(["SELECT", db])
+    commands += [["PING"], ["INFO", "server"]]
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            f = sock.makefile("rwb")
+            f.write(b"".join(resp_command(c) for c in commands))
+            f.flush()
+            replies = [resp_reply(f) for _ in commands]
+    except (OSError, ValueError) as e:
+        return f"Redis at {host}:{port} is not reachable ({e})", None, "unknown"
+    for c, r in zip(commands, replies):
+        if isinstance(r, Exception):
+            return f"Redis at {host}:{port} refused {c[0]}: {r}", None, "unknown"
+    if replies[-2] != "PONG":
+        return f"Redis at {host}:{port} answered PING with {replies[-2]!r}", None, "unknown"
+    info = dict(
+        ln.split(":", 1) for ln in str(replies[-1]).splitlines() if ":" in ln and not ln.startswith("#")
+    )
+    version = f"Redis {info.get('redis_version', '?')}"
+    pid = None
+    if host in ("127.0.0.1", "localhost", "::1") and info.get("process_id", "").isdigit():
+        pid = int(info["process_id"])
+        if not Path(f"/proc/{pid}/stat").exists():
+            pid = None
+    return None, pid, version
+
+
+def cpu_affinity(pid: int) -> str | None:
+    try:
+        return ",".join(str(c) for c in sorted(os.sched_getaffinity(pid)))
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------
@@ -290,11 +418,16 @@ def parse_wrk(out: str) -> dict:
 
 
 class Bench:
-    def __init__(self, args, scenarios, comparisons, portcullis_env):
+    def __init__(self, args, scenarios, comparisons, portcullis_env, instances):
         self.args = args
-        self.scenarios = scenarios
+        self.all_scenarios = scenarios
+        self.scenarios = list(scenarios)  # the ones measured (minus skipped)
+        self.skipped: dict[str, str] = {}  # scenario name -> why it was not measured
         self.comparisons = comparisons
         self.portcullis_env = portcullis_env
+        self.instances: dict[str, Instance] = instances
+        self.generated_env: dict[str, str] = {}  # e.g. BENCH_API_KEY, made at start
+        self.services: dict[str, dict] = {}  # "redis" -> {"problem", "pid", "version", ...}
         self.tmp = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
         os.chmod(self.tmp, 0o755)  # nginx workers run as nobody when we are root
         self.servers: dict[str, Server] = {}
@@ -304,7 +437,13 @@ class Bench:
 
     def render(self, template: str, out_name: str) -> Path:
         text = (BENCH_DIR / template).read_text()
-        values = {"prefix": str(self.tmp), **{f"{k}_port": v for k, v in self.ports.items()}}
+        values = {
+            "prefix": str(self.tmp),
+            # Unique per run, e.g. for the Redis key prefix of the shared Redis.
+            "run_id": self.tmp.name,
+            "redis_url": self.args.redis_url,
+            **{f"{k}_port": v for k, v in self.ports.items()},
+        }
         try:
             text = text.format(**values)
         except (KeyError, IndexError, ValueError) as e:
@@ -321,22 +460,74 @@ class Bench:
                 "-e", str(self.tmp / f"{name}-error.log"), "-g", "daemon off;"]
         return Server(name, argv, self.tmp / f"{name}.log")
 
-    def start_portcullis(self) -> Server:
-        conf = self.render("portcullis.toml", "portcullis.toml")
+    def portcullis_env_for_child(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
         env.pop("RUST_LOG", None)
         env.update(self.portcullis_env)
+        return env
+
+    def create_api_key(self, inst: Instance, conf: Path) -> None:
+        """Creates the instance's bench consumer and key with the CLI, in its
+        (fresh) store, and exposes the key to scenario headers."""
+        consumer, var = inst.api_key["consumer"], inst.api_key["env"]
+        env = self.portcullis_env_for_child()
+        for argv in (
+            [self.args.bin, "consumers", "create", consumer, "--config", str(conf)],
+            [self.args.bin, "keys", "create", "--consumer", consumer, "--json", "--config", str(conf)],
+        ):
+            p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+            if p.returncode != 0:
+                raise RuntimeError(
+                    f"{inst.name}: `{' '.join(argv[1:4])} ...` failed ({p.returncode}):\n{p.stderr}{p.stdout}"
+                )
+        try:
+            key = json.loads(p.stdout)["key"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RuntimeError(f"{inst.name}: no key in `keys create --json` output ({e}):\n{p.stdout}")
+        self.generated_env[var] = key
+        log(f"{inst.name}: created consumer {consumer!r} and a key (${{{var}}})")
+
+    def start_portcullis(self, inst: Instance) -> Server:
+        conf = self.render(inst.config, f"{inst.name}.toml")
+        if inst.api_key:
+            self.create_api_key(inst, conf)
+        env = self.portcullis_env_for_child()
         if self.args.tokio_workers > 0:
             env["TOKIO_WORKER_THREADS"] = str(self.args.tokio_workers)
         else:
             env.pop("TOKIO_WORKER_THREADS", None)
         argv = ["taskset", "-c", self.args.proxy_cpu, self.args.bin, "serve", "--config", str(conf)]
-        return Server("portcullis", argv, self.tmp / "portcullis.log", env=env)
+        return Server(inst.name, argv, self.tmp / f"{inst.name}.log", env=env)
+
+    def probe_services(self) -> None:
+        needed = {svc for inst in self.instances.values() for svc in inst.needs}
+        if "redis" in needed:
+            problem, pid, version = redis_probe(self.args.redis_url)
+            self.services["redis"] = {
+                "url": self.args.redis_url, "problem": problem, "pid": pid, "version": version,
+                "affinity": cpu_affinity(pid) if pid else None,
+            }
+            if problem:
+                log(f"warning: {problem}; scenarios that need Redis are skipped")
+            elif pid is None:
+                log("note: the Redis server's process is not visible here; its CPU time is not counted")
+
+    def skip_instance(self, name: str, why: str) -> None:
+        for s in self.scenarios:
+            if name in (s.target, s.cpu):
+                self.skipped[s.name] = why
+        self.scenarios = [s for s in self.scenarios if s.name not in self.skipped]
 
     def start(self) -> None:
         a = self.args
-        names = ["upstream", "nginx", "portcullis", "portcullis_admin"]
+        names = ["upstream", "nginx"] + [x for n in self.instances for x in (n, f"{n}_admin")]
         self.ports = dict(zip(names, free_ports(len(names))))
+        self.probe_services()
+        for name, inst in self.instances.items():
+            for svc in inst.needs:
+                problem = self.services[svc]["problem"]
+                if problem:
+                    self.skip_instance(name, problem)
         needed = {s.target for s in self.scenarios} | {s.cpu for s in self.scenarios} | {"upstream"}
 
         self.servers["upstream"] = self.start_nginx("upstream", "nginx-upstream.conf", a.load_cpu)
@@ -346,22 +537,45 @@ class Bench:
         if "nginx" in needed:
             self.servers["nginx"] = self.start_nginx("nginx", "nginx-proxy.conf", a.proxy_cpu)
             wait_http(self.ports["nginx"], self.servers["nginx"])
-        if "portcullis" in needed:
-            self.servers["portcullis"] = self.start_portcullis()
-            wait_http(self.ports["portcullis"], self.servers["portcullis"])
+        for name, inst in self.instances.items():
+            if name in needed:
+                self.servers[name] = self.start_portcullis(inst)
+                wait_http(self.ports[name], self.servers[name])
 
         # Every scenario must get the status it expects before anything is measured.
-        for s in self.scenarios:
+        for s in list(self.scenarios):
             headers = dict(parse_header(expand(h, self.header_env())) for h in s.headers)
             status = wait_http(self.ports[s.target], self.servers[s.target], s.path, headers)
-            if status != s.expect_status:
-                raise RuntimeError(
-                    f"scenario {s.name}: GET {s.path} answered {status}, expected {s.expect_status}\n"
-                    f"{self.servers[s.target].tail()}"
-                )
+            if status == s.expect_status:
+                continue
+            inst = self.instances.get(s.target)
+            if status == 503 and inst is not None and inst.needs:
+                # Started, but its outside service failed (on_outage = "closed").
+                why = (f"{s.target} answered 503 on {s.path} ({'/'.join(inst.needs)} "
+                       f"backend unavailable?)")
+                log(f"scenario {s.name}: {why}\n{self.servers[s.target].tail()}")
+                self.skip_instance(s.target, why)
+                continue
+            raise RuntimeError(
+                f"scenario {s.name}: GET {s.path} answered {status}, expected {s.expect_status}\n"
+                f"{self.servers[s.target].tail()}"
+            )
+        if not self.scenarios:
+            raise RuntimeError("every selected scenario was skipped: " + "; ".join(self.skipped.values()))
 
     def header_env(self) -> dict[str, str]:
-        return {**os.environ, **self.portcullis_env}
+        return {**os.environ, **self.portcullis_env, **self.generated_env}
+
+    def service_pids(self, s: Scenario) -> list[int]:
+        """Outside services this scenario loads whose CPU time we can see
+        (the shared Redis for a Redis-backed instance)."""
+        inst = self.instances.get(s.target)
+        pids = []
+        for svc in inst.needs if inst else []:
+            pid = self.services.get(svc, {}).get("pid")
+            if pid:
+                pids += process_tree(pid)
+        return pids
 
     def stop(self) -> None:
         for name in reversed(list(self.servers)):
@@ -388,11 +602,15 @@ class Bench:
                 raise RuntimeError(f"{name} died:\n{server.tail()}")
         proxy_tree = process_tree(self.servers[s.cpu].pid) if s.cpu != "none" else []
         upstream_tree = process_tree(self.servers["upstream"].pid)
+        # Outside services this scenario loads (the shared Redis): their CPU
+        # is reported apart, and is not counted as other processes' noise.
+        service_tree = self.service_pids(s)
         known_trees = [process_tree(srv.pid) for srv in self.servers.values()]
-        all_known = sorted({p for t in known_trees for p in t})
+        all_known = sorted({p for t in known_trees for p in t} | set(service_tree))
 
         proxy0 = tree_cpu_ticks(proxy_tree)
         up0 = tree_cpu_ticks(upstream_tree)
+        svc0 = tree_cpu_ticks(service_tree)
         known0 = tree_cpu_ticks(all_known)
         sys0 = system_cpu()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -403,6 +621,7 @@ class Bench:
         sys1 = system_cpu()
         proxy1 = tree_cpu_ticks(proxy_tree)
         up1 = tree_cpu_ticks(upstream_tree)
+        svc1 = tree_cpu_ticks(service_tree)
         known1 = tree_cpu_ticks(all_known)
         if proc.returncode != 0:
             raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
@@ -410,6 +629,7 @@ class Bench:
         res.update(scenario=s.name, wall_s=wall)
         res["proxy_cpu_s"] = (proxy1 - proxy0) / CLK_TCK if s.cpu != "none" else None
         res["upstream_cpu_s"] = (up1 - up0) / CLK_TCK
+        res["service_cpu_s"] = (svc1 - svc0) / CLK_TCK if service_tree else None
         res["wrk_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         res["req_per_proxy_cpu_s"] = (
             res["rps"] * duration / res["proxy_cpu_s"] if res["proxy_cpu_s"] else None
@@ -490,7 +710,7 @@ class Bench:
                 runs.append(res)
                 cpu = f"{res['proxy_cpu_s']:.2f}s" if res["proxy_cpu_s"] is not None else "n/a"
                 log(
-                    f"round {r + 1}/{a.rounds} {s.name:<14} {res['rps']:>10.0f} req/s  "
+                    f"round {r + 1}/{a.rounds} {s.name:<22} {res['rps']:>10.0f} req/s  "
                     f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  proxy CPU {cpu}  "
                     f"errors {res['non_2xx'] + res['socket_errors']}  "
                     f"other CPU {res['foreign_cpu_s']}s"
@@ -593,6 +813,9 @@ def summarise(bench: Bench, runs: list[dict]) -> dict:
                 [r["proxy_cpu_s"] / dur if r["proxy_cpu_s"] is not None else None for r in rs]
             ),
             "load_util": median([(r["upstream_cpu_s"] + r["wrk_cpu_s"]) / dur for r in rs]),
+            "service_util": median(
+                [r["service_cpu_s"] / dur if r.get("service_cpu_s") is not None else None for r in rs]
+            ),
             # wrk counts non-2xx/3xx responses; they are errors only when the
             # scenario expects a success (a rate-limit scenario may expect 429).
             "errors": sum(
@@ -608,10 +831,19 @@ def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
 
+def threads_text(threads: dict[str, int]) -> str:
+    if not threads:
+        return "? threads"
+    if len(set(threads.values())) == 1:
+        return f"{next(iter(threads.values()))} threads"
+    return ", ".join(f"{name} {n} threads" for name, n in threads.items())
+
+
 def report(bench: Bench, runs: list[dict], meta: dict) -> str:
     a = bench.args
     summary = summarise(bench, runs)
     m = meta["machine"]
+    measured = {s.name for s in bench.scenarios}
     lines = [
         f"## portcullis benchmark, {meta['started']}",
         "",
@@ -621,13 +853,16 @@ def report(bench: Bench, runs: list[dict], meta: dict) -> str:
         f"{a.rounds} interleaved rounds after a {a.warmup} s warm-up per scenario; medians shown",
         f"- CPUs: upstream nginx + wrk on CPU {a.load_cpu}; each proxy alone on CPU {a.proxy_cpu} "
         f"(nginx: 1 worker; portcullis: TOKIO_WORKER_THREADS={a.tokio_workers or 'unset'}, "
-        f"{meta.get('portcullis_threads', '?')} threads)",
+        f"{threads_text(meta.get('portcullis_threads', {}))}; only the scenario's proxy is loaded)",
         f"- Command: `{meta['command']}`",
         "",
         "| scenario | req/s | p50 | p99 | req per proxy CPU-s | proxy CPU | load-side CPU | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in bench.scenarios:
+    for s in bench.all_scenarios:
+        if s.name not in measured:
+            lines.append(f"| {s.name} | skipped: {bench.skipped[s.name]} | | | | | | |")
+            continue
         r = summary[s.name]
         lines.append(
             f"| {s.name} | {fmt(r['rps'])} | {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms "
@@ -635,17 +870,22 @@ def report(bench: Bench, runs: list[dict], meta: dict) -> str:
             f"| {r['load_util']:.0%} | {r['errors']} |"
         )
     if bench.comparisons:
+        goals = any(c.goal for c in bench.comparisons)
         lines += [
             "",
-            "| comparison | throughput ratio | p99 ratio | req per CPU-s ratio |",
-            "|---|---:|---:|---:|",
+            "| comparison | throughput ratio | p99 ratio | req per CPU-s ratio |" + (" goal |" if goals else ""),
+            "|---|---:|---:|---:|" + ("---|" if goals else ""),
         ]
         for c in bench.comparisons:
+            goal = f" {c.goal or ''} |" if goals else ""
+            if c.subject not in measured or c.baseline not in measured:
+                lines.append(f"| {c.subject} / {c.baseline} | n/a (skipped) | n/a | n/a |{goal}")
+                continue
             s, b = summary[c.subject], summary[c.baseline]
             lines.append(
                 f"| {c.subject} / {c.baseline} | {fmt(ratio(s['rps'], b['rps']), '{:.2f}x')} "
                 f"| {fmt(ratio(s['p99_ms'], b['p99_ms']), '{:.2f}x')} "
-                f"| {fmt(ratio(s['req_per_cpu_s'], b['req_per_cpu_s']), '{:.2f}x')} |"
+                f"| {fmt(ratio(s['req_per_cpu_s'], b['req_per_cpu_s']), '{:.2f}x')} |{goal}"
             )
     lines += [
         "",
@@ -664,15 +904,27 @@ def report(bench: Bench, runs: list[dict], meta: dict) -> str:
     noisy = sum(r["noisy"] for r in summary.values())
     lines += [
         "",
-        "proxy CPU = CPU-seconds used by the proxy process (all threads) per wall second; "
+        "proxy CPU = CPU-seconds used by the scenario's proxy process (all threads) per wall second; "
         "load-side CPU = upstream nginx + wrk, which share one CPU. "
         "req per proxy CPU-s = requests / (utime + stime) of the proxy, from /proc/<pid>/stat. "
         "errors = socket errors + non-2xx/3xx responses (when the scenario expects a success) "
         "over all rounds.",
+    ]
+    redis = bench.services.get("redis")
+    users = [s.name for s in bench.scenarios if "redis" in getattr(bench.instances.get(s.target), "needs", [])]
+    if redis and users:
+        if redis["pid"]:
+            use = ", ".join(f"{n} {fmt(summary[n]['service_util'], '{:.0%}')}" for n in users)
+            cpu = (f"redis-server CPU per wall second (not in load-side CPU): {use}; "
+                   f"it is not pinned by the harness (CPU affinity {redis['affinity']})")
+        else:
+            cpu = "its process is not visible here, so its CPU time is not counted"
+        lines.append(f"Redis: {redis['version']} at {redis['url']}, shared, left as it is; {cpu}.")
+    lines.append(
         f"Other processes on the machine: at most {foreign:.1f} CPU-s during one {a.duration} s run; "
         f"{noisy} of {len(runs)} kept runs were disturbed (over {a.noise_threshold} CPUs) "
-        f"after waiting/repeating within the {a.noise_budget} s noise budget.",
-    ]
+        f"after waiting/repeating within the {a.noise_budget} s noise budget."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -682,8 +934,8 @@ def report(bench: Bench, runs: list[dict], meta: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", default=os.environ.get("PORTCULLIS_BIN"), help="portcullis binary")
-    p.add_argument("--duration", type=int, default=env_default("BENCH_DURATION", 10),
-                   help="seconds per measured run (env BENCH_DURATION, default 10)")
+    p.add_argument("--duration", type=int, default=env_default("BENCH_DURATION", 8),
+                   help="seconds per measured run (env BENCH_DURATION, default 8)")
     p.add_argument("--warmup", type=int, default=env_default("BENCH_WARMUP", 3),
                    help="seconds of warm-up per scenario, 0 for none (env BENCH_WARMUP, default 3)")
     p.add_argument("--rounds", type=int, default=env_default("BENCH_ROUNDS", 5),
@@ -712,15 +964,19 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results",
                    help="where the markdown table and raw JSON go (default bench/results)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379"),
+                   help="the running Redis for instances that need it, {redis_url} in templates; "
+                        "never started or pinned here, and its scenarios are skipped when it does "
+                        "not answer PING (env BENCH_REDIS_URL, default redis://127.0.0.1:6379)")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx binary")
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk binary")
     a = p.parse_args()
 
     only = [x.strip() for x in a.only.split(",")] if a.only else None
-    scenarios, comparisons, portcullis_env = load_scenarios(a.scenarios, only)
+    scenarios, comparisons, portcullis_env, instances = load_scenarios(a.scenarios, only)
     if not scenarios:
         sys.exit("no scenarios selected")
-    if any(s.target == "portcullis" for s in scenarios) and not a.bin:
+    if instances and not a.bin:
         sys.exit("no portcullis binary: pass --bin or set PORTCULLIS_BIN (bench/run.sh builds one)")
     for tool in ("taskset", a.nginx, a.wrk):
         if not shutil.which(tool):
@@ -741,10 +997,12 @@ def main() -> int:
     }
     if (os.cpu_count() or 1) < 2 and a.load_cpu != a.proxy_cpu:
         log("warning: fewer than 2 CPUs; pass --load-cpu/--proxy-cpu to match this machine")
-    total = len(scenarios) * (a.rounds * a.duration + a.warmup)
-    log(f"{len(scenarios)} scenarios x {a.rounds} rounds x {a.duration}s (+ warm-up): about {total}s")
+    # Each measured run also samples the machine for a second beforehand.
+    total = len(scenarios) * (a.rounds * (a.duration + 1) + a.warmup)
+    log(f"{len(scenarios)} scenarios x {a.rounds} rounds x {a.duration}s (+ warm-up): about {total}s"
+        f" (plus up to {a.noise_budget}s waiting for a quiet machine)")
 
-    bench = Bench(a, scenarios, comparisons, portcullis_env)
+    bench = Bench(a, scenarios, comparisons, portcullis_env, instances)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -753,8 +1011,11 @@ def main() -> int:
     ok = False
     try:
         bench.start()
-        if "portcullis" in bench.servers:
-            meta["portcullis_threads"] = thread_count(bench.servers["portcullis"].pid)
+        meta["portcullis_threads"] = {
+            name: thread_count(bench.servers[name].pid) for name in bench.instances if name in bench.servers
+        }
+        meta["skipped"] = bench.skipped
+        meta["services"] = bench.services
         log(f"servers up in {bench.tmp}: ports {bench.ports}")
         runs = bench.run()
         meta["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]

@@ -7,6 +7,8 @@
 #   bench/run.sh --help               # every option (also settable as BENCH_* env vars)
 #
 # Needs: cargo (unless PORTCULLIS_BIN is set), python3 >= 3.11, nginx, wrk, taskset.
+# Optional: a running Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379) for the
+# Redis rate-limit scenario; without one that scenario is listed as skipped.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
