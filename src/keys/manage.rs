@@ -91,6 +91,36 @@ pub fn validate_key_rate_limit(text: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Generates and stores a key for `consumer` as `request` describes.
+async fn insert_new_key(
+    store: &Store,
+    consumer_id: &str,
+    consumer: String,
+    request: &KeyRequest,
+) -> Result<(CreatedKey, Option<i64>), StoreError> {
+    let expires_at = request.expires_in.map(|d| now_ms() + d.as_millis() as i64);
+    let generated = generate();
+    store
+        .insert_key(&NewKey {
+            id: &generated.id,
+            consumer_id,
+            secret_hash: &generated.secret_hash,
+            scopes: &request.scopes,
+            rate_limit: request.rate_limit.as_deref(),
+            expires_at,
+        })
+        .await?;
+    let created = CreatedKey {
+        id: generated.id,
+        key: generated.key,
+        consumer,
+        scopes: request.scopes.clone(),
+        expires_at: expires_at.map(rfc3339),
+        rate_limit: request.rate_limit.clone(),
+    };
+    Ok((created, expires_at))
+}
+
 pub async fn create_key(
     store: &Store,
     audit: &Audit,
@@ -107,34 +137,16 @@ pub async fn create_key(
     if let Some(limit) = &req.rate_limit {
         validate_key_rate_limit(limit)?;
     }
-    let expires_at = req.expires_in.map(|d| now_ms() + d.as_millis() as i64);
-    let generated = generate();
-    store
-        .insert_key(&NewKey {
-            id: &generated.id,
-            consumer_id: &consumer.id,
-            secret_hash: &generated.secret_hash,
-            scopes: &req.scopes,
-            rate_limit: req.rate_limit.as_deref(),
-            expires_at,
-        })
-        .await?;
+    let (created, expires_at) = insert_new_key(store, &consumer.id, consumer.name, req).await?;
     audit.emit(
         actor
             .event("key.created")
-            .consumer(&consumer.name)
-            .detail("key_id", generated.id.as_str())
+            .consumer(created.consumer.as_str())
+            .detail("key_id", created.id.as_str())
             .detail("scopes", req.scopes.clone())
             .detail("expires_at", expires_at),
     );
-    Ok(CreatedKey {
-        id: generated.id,
-        key: generated.key,
-        consumer: consumer.name,
-        scopes: req.scopes.clone(),
-        expires_at: expires_at.map(rfc3339),
-        rate_limit: req.rate_limit.clone(),
-    })
+    Ok(created)
 }
 
 pub async fn revoke_key(store: &Store, audit: &Audit, id: &str, actor: Actor) -> Result<KeyInfo, StoreError> {
@@ -180,36 +192,18 @@ pub async fn rotate_key(
             .map(|t| Duration::from_millis((t - now).max(0) as u64)),
         rate_limit: old.rate_limit.clone(),
     };
-    let generated = generate();
-    let expires_at = request.expires_in.map(|d| now + d.as_millis() as i64);
-    store
-        .insert_key(&NewKey {
-            id: &generated.id,
-            consumer_id: &old.consumer_id,
-            secret_hash: &generated.secret_hash,
-            scopes: &request.scopes,
-            rate_limit: request.rate_limit.as_deref(),
-            expires_at,
-        })
-        .await?;
+    let (created, _) = insert_new_key(store, &old.consumer_id, old.consumer.clone(), &request).await?;
     let grace_ends = now + grace.as_millis() as i64;
-    store.retire_key(id, &generated.id, grace_ends).await?;
+    store.retire_key(id, &created.id, grace_ends).await?;
     audit.emit(
         actor
             .event("key.rotated")
             .consumer(&old.consumer)
             .detail("key_id", id)
-            .detail("new_key_id", generated.id.as_str())
+            .detail("new_key_id", created.id.as_str())
             .detail("old_key_valid_until", grace_ends),
     );
-    Ok(CreatedKey {
-        id: generated.id,
-        key: generated.key,
-        consumer: old.consumer,
-        scopes: request.scopes,
-        expires_at: expires_at.map(rfc3339),
-        rate_limit: request.rate_limit,
-    })
+    Ok(created)
 }
 
 pub async fn create_consumer(

@@ -1,6 +1,6 @@
 //! The store: consumers, API keys and the audit log, in SQLite (the embedded
 //! default) or PostgreSQL (for many instances), through one sqlx `Any` pool
-//! per process and the same schema, migrated from `migrations/<backend>/`.
+//! per process and the same schema, migrated from `migrations/`.
 //!
 //! All SQL lives in this module's files; callers get typed records and
 //! [`StoreError`]. Times are Unix milliseconds (`BIGINT`), which both
@@ -48,8 +48,10 @@ pub struct Store {
     backend: Backend,
 }
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// One schema for both backends: it sticks to types and statements they
+/// share (TEXT, BIGINT, plain indexes). A migration that needs a dialect of
+/// its own would split this folder per backend.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -122,10 +124,7 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
-        }
+        MIGRATIONS.run(&self.pool).await?;
         Ok(())
     }
 
