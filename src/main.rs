@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc's thread caches make the small, short-lived allocations of a
+/// proxied request (header values, channels, buffers) cheaper than glibc
+/// malloc: about 2.5x fewer instructions spent allocating per request (see
+/// docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -508,6 +508,13 @@ fn compile_routes(
             }
         };
         let path = if path.is_empty() { "/".to_string() } else { path };
+        if path.contains(';') {
+            problems.at(
+                &format!("{key}.path"),
+                "a route path cannot contain `;` (requests match without their `;parameters`)",
+            );
+            continue;
+        }
         let id: Arc<str> = r.id.clone().unwrap_or_else(|| path.clone()).into();
         if routes.iter().any(|other| other.id == id) {
             problems.at(

@@ -1,33 +1,36 @@
 //! Forwarding to the upstream: pooled HTTP/1.1 connections, bodies streamed
 //! both ways, connect and response timeouts, hop-by-hop headers removed in
 //! both directions, and upstream 5xx bodies masked in production.
+//!
+//! The connections themselves are in [`pool`].
 
+pub mod pool;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HOST, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::GatewayBody;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::metrics::UpstreamMetrics;
 use crate::pipeline::RequestCx;
+use pool::{Address, Limits, TargetPool, UpstreamBody};
 
 /// How much of a masked upstream error body is kept for the log.
 const MASKED_BODY_LOG_LIMIT: usize = 8 * 1024;
 
-/// A compiled `[[upstreams]]` entry with its connection pool.
+/// A compiled `[[upstreams]]` entry with its connection pools.
 pub struct Upstream {
     pub name: String,
     targets: Vec<Target>,
     next: AtomicUsize,
-    client: Client<HttpConnector, GatewayBody>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     preserve_host: bool,
@@ -35,9 +38,9 @@ pub struct Upstream {
 }
 
 struct Target {
-    scheme: Scheme,
-    authority: Authority,
+    /// The `Host` header sent unless `preserve_host` is set.
     host: HeaderValue,
+    pool: Arc<TargetPool>,
 }
 
 impl Upstream {
@@ -48,29 +51,27 @@ impl Upstream {
         if config.targets.is_empty() {
             problems.push("an upstream needs at least one target".to_string());
         }
+        let limits = Limits {
+            connect_timeout: config.connect_timeout.0,
+            idle_timeout: config.idle_timeout.0,
+            max_idle: config.max_idle_connections,
+        };
         for text in &config.targets {
             match parse_target(text) {
-                Ok(target) => targets.push(target),
+                Ok((address, host)) => targets.push(Target {
+                    host,
+                    pool: Arc::new(TargetPool::new(address, limits)),
+                }),
                 Err(why) => problems.push(why),
             }
         }
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout.0));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout.0)
-            .pool_max_idle_per_host(config.max_idle_connections)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Ok(Upstream {
             name: config.name.clone(),
             targets,
             next: AtomicUsize::new(0),
-            client,
             timeout: config.timeout.0,
             connect_timeout: config.connect_timeout.0,
             preserve_host: config.preserve_host,
@@ -79,8 +80,16 @@ impl Upstream {
     }
 
     fn pick(&self) -> &Target {
+        if self.targets.len() == 1 {
+            return &self.targets[0];
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         &self.targets[i % self.targets.len()]
+    }
+
+    /// Idle pooled connections over all targets (for tests and diagnostics).
+    pub fn idle_connections(&self) -> usize {
+        self.targets.iter().map(|t| t.pool.idle_count()).sum()
     }
 
     /// Whether at least one target accepts a TCP connection within the
@@ -89,12 +98,8 @@ impl Upstream {
         let limit = self.connect_timeout.min(Duration::from_secs(2));
         let mut last = String::new();
         for target in &self.targets {
-            let addr = format!(
-                "{}:{}",
-                target.authority.host(),
-                target.authority.port_u16().unwrap_or(80)
-            );
-            match tokio::time::timeout(limit, tokio::net::TcpStream::connect(&addr)).await {
+            let addr = target.pool.address();
+            match tokio::time::timeout(limit, addr.connect()).await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => last = format!("{addr}: {e}"),
                 Err(_) => last = format!("{addr}: connect timed out"),
@@ -104,7 +109,7 @@ impl Upstream {
     }
 }
 
-fn parse_target(text: &str) -> Result<Target, String> {
+fn parse_target(text: &str) -> Result<(Address, HeaderValue), String> {
     let uri: Uri = text
         .parse()
         .map_err(|_| format!("target `{text}` is not a URL such as http://127.0.0.1:8000"))?;
@@ -124,18 +129,24 @@ fn parse_target(text: &str) -> Result<Target, String> {
     }
     let authority = uri
         .authority()
-        .cloned()
         .ok_or_else(|| format!("target `{text}` has no host"))?;
     if authority.as_str().contains('@') {
         return Err(format!("target `{text}` must not contain credentials"));
     }
     let host = HeaderValue::try_from(authority.as_str())
         .map_err(|_| format!("target `{text}` has an invalid host"))?;
-    Ok(Target {
-        scheme: Scheme::HTTP,
-        authority,
-        host,
-    })
+    let port = authority.port_u16().unwrap_or(80);
+    let name = authority.host();
+    // `[::1]` in a URL is the IP literal `::1`.
+    let literal = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    let address = match literal.parse::<IpAddr>() {
+        Ok(ip) => Address::Ip(SocketAddr::new(ip, port)),
+        Err(_) => Address::Name(name.to_string(), port),
+    };
+    Ok((address, host))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -151,25 +162,90 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// The position of `name` in [`HOP_BY_HOP`], without hashing it.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop headers, including every header named in `Connection`.
+///
+/// Runs on every request and response, most of which carry none, or only
+/// `Connection: keep-alive`: one pass over the names finds which are
+/// present, and only those are looked up and removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    strip_hop_by_hop_keeping(headers, |_| false);
+}
+
+/// Headers the gateway itself sets on a request before it is forwarded. A
+/// client naming them in `Connection` must not get the gateway's values
+/// removed (its own were already replaced by the upstream headers stage).
+fn set_by_gateway(name: &str) -> bool {
+    matches!(
+        name,
+        "host" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-real-ip" | "x-request-id"
+    ) || name.starts_with(crate::stage::upstream_headers::IDENTITY_PREFIX)
+}
+
+/// [`strip_hop_by_hop`], except for headers named in `Connection` for
+/// which `keep` (given the lowercase name) is true.
+fn strip_hop_by_hop_keeping(headers: &mut HeaderMap, keep: impl Fn(&str) -> bool) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // Names listed in `Connection` beyond the standard ones (rare), which
+    // are the only reason to allocate here.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim);
+    for token in tokens {
+        let standard = token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()));
+        if !standard
+            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && !keep(name.as_str())
+        {
+            named.push(name);
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
-fn upstream_uri(cx: &RequestCx, uri: &Uri, target: &Target) -> Result<Uri, GatewayError> {
+/// The request target sent upstream, in origin form (`/path?query`), which
+/// is what an HTTP/1.1 server expects from a client that is not talking to
+/// a proxy. `None` when the request's own target is that already.
+fn upstream_target(cx: &RequestCx, uri: &Uri) -> Result<Option<Uri>, GatewayError> {
     let path_and_query = match &cx.rewritten_path {
+        None if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() => {
+            return Ok(None);
+        }
         None => uri
             .path_and_query()
             .cloned()
@@ -183,11 +259,7 @@ fn upstream_uri(cx: &RequestCx, uri: &Uri, target: &Target) -> Result<Uri, Gatew
                 .map_err(|_| GatewayError::bad_request("the request target is invalid"))?
         }
     };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(target.scheme.clone());
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).map_err(|_| GatewayError::bad_request("the request target is invalid"))
+    Ok(Some(Uri::from(path_and_query)))
 }
 
 /// Sends the request to the upstream and returns its response head with the
@@ -198,22 +270,26 @@ pub async fn forward(
     upstream: &Upstream,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let target = upstream.pick();
-    let client_authority = req.uri().authority().cloned();
-    *req.uri_mut() = upstream_uri(cx, req.uri(), target)?;
-    *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
     if !upstream.preserve_host {
-        headers.insert(HOST, target.host.clone());
-    } else if !headers.contains_key(HOST)
-        && let Some(authority) = client_authority.and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+        req.headers_mut().insert(HOST, target.host.clone());
+    } else if !req.headers().contains_key(HOST)
+        && let Some(authority) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
     {
         // An HTTP/2 client names the host in `:authority`, not `Host`.
-        headers.insert(HOST, authority);
+        req.headers_mut().insert(HOST, authority);
     }
+    if let Some(uri) = upstream_target(cx, req.uri())? {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    strip_hop_by_hop_keeping(req.headers_mut(), set_by_gateway);
 
     let sent = Instant::now();
-    let result = tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await;
+    let deadline = tokio::time::Instant::from_std(sent) + upstream.timeout;
+    let result = tokio::time::timeout_at(deadline, target.pool.send(req)).await;
     let response = match result {
         Err(_) => {
             upstream.metrics.record_timeout();
@@ -252,7 +328,7 @@ pub async fn forward(
     if head.status.is_server_error() && cx.policy.environment.is_production() {
         return Err(mask(cx, upstream, head, body).await);
     }
-    Ok(Response::from_parts(head, GatewayBody::Streamed(body)))
+    Ok(Response::from_parts(head, GatewayBody::Upstream(body)))
 }
 
 /// Replaces an upstream 5xx with a problem document (status kept), after
@@ -262,7 +338,7 @@ async fn mask(
     cx: &RequestCx,
     upstream: &Upstream,
     head: http::response::Parts,
-    body: hyper::body::Incoming,
+    body: UpstreamBody,
 ) -> GatewayError {
     let limited = http_body_util::Limited::new(body, MASKED_BODY_LOG_LIMIT);
     let original = match tokio::time::timeout(Duration::from_secs(2), limited.collect()).await {
@@ -337,9 +413,51 @@ mod tests {
     }
 
     #[test]
+    fn headers_named_in_connection_go_even_when_no_other_hop_header_is_there() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "Upgrade, x-a".parse().unwrap());
+        h.append(header::CONNECTION, "X-B".parse().unwrap());
+        h.append(HeaderName::from_static("x-a"), "1".parse().unwrap());
+        h.append(HeaderName::from_static("x-b"), "1".parse().unwrap());
+        h.append(HeaderName::from_static("x-kept"), "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+
+        let mut set = HeaderMap::new();
+        set.append(
+            header::CONNECTION,
+            "X-Forwarded-For, host, X-Portcullis-Consumer, x-a"
+                .parse()
+                .unwrap(),
+        );
+        for name in ["x-forwarded-for", "host", "x-portcullis-consumer", "x-a"] {
+            set.append(HeaderName::from_static(name), "1".parse().unwrap());
+        }
+        strip_hop_by_hop_keeping(&mut set, set_by_gateway);
+        let mut kept: Vec<&str> = set.keys().map(|k| k.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, ["host", "x-forwarded-for", "x-portcullis-consumer"]);
+
+        let mut plain = HeaderMap::new();
+        plain.append(header::CONTENT_LENGTH, "3".parse().unwrap());
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
     fn targets_must_be_plain_http_base_urls() {
-        assert!(parse_target("http://127.0.0.1:8000").is_ok());
-        assert!(parse_target("http://app.internal").is_ok());
+        assert!(matches!(
+            parse_target("http://127.0.0.1:8000"),
+            Ok((Address::Ip(a), _)) if a == "127.0.0.1:8000".parse().unwrap()
+        ));
+        assert!(matches!(
+            parse_target("http://[::1]:8000"),
+            Ok((Address::Ip(a), _)) if a == "[::1]:8000".parse().unwrap()
+        ));
+        assert!(matches!(
+            parse_target("http://app.internal"),
+            Ok((Address::Name(h, 80), _)) if h == "app.internal"
+        ));
         for bad in [
             "127.0.0.1:8000",
             "ftp://x",

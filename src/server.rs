@@ -262,8 +262,13 @@ impl Shared {
 async fn serve_public(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let server = shared.policy.load().server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // One buffer per write: hyper's default hands a response's head and its
+    // body to the kernel as separate iovecs, which costs more in the kernel
+    // than copying a typical API response into the head's buffer (about
+    // 3% of throughput on the benchmark; docs/benchmarks.md).
     builder
         .http1()
+        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(server.max_header_size.max(8192));

@@ -45,7 +45,12 @@ async fn open_store(config: &Path) -> Result<Store> {
     let loaded = read_config(config)?;
     Store::connect(&loaded.config.store, &loaded.base_dir)
         .await
-        .with_context(|| format!("connecting to the store {}", loaded.config.store.url))
+        .with_context(|| {
+            format!(
+                "connecting to the store {}",
+                portcullis::store::redact_url(&loaded.config.store.url)
+            )
+        })
 }
 
 /// `2026-11-01T00:00:00Z` or an age (`24h`) as Unix milliseconds.

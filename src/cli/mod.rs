@@ -91,7 +91,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .await
                 .context("connecting to the store")?;
             store.migrate().await.context("migrating the store")?;
-            println!("store is up to date ({})", loaded.config.store.url);
+            println!(
+                "store is up to date ({})",
+                portcullis::store::redact_url(&loaded.config.store.url)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Consumers { command } => identity::consumers(&config, command).await,
@@ -120,7 +123,12 @@ impl StoreSession {
         let loaded = read_config(path)?;
         let store = Store::connect(&loaded.config.store, &loaded.base_dir)
             .await
-            .with_context(|| format!("connecting to the store {}", loaded.config.store.url))?;
+            .with_context(|| {
+                format!(
+                    "connecting to the store {}",
+                    portcullis::store::redact_url(&loaded.config.store.url)
+                )
+            })?;
         if loaded.config.store.migrate {
             store.migrate().await.context("migrating the store")?;
         }

@@ -272,17 +272,28 @@ impl AuthnStage {
             req.headers_mut().remove(name);
         }
         if self.bearer {
-            let carries_key = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    v.split_once(' ').is_some_and(|(scheme, token)| {
+            let carries_key = |v: &HeaderValue| {
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.split_once(' '))
+                    .is_some_and(|(scheme, token)| {
                         scheme.eq_ignore_ascii_case("bearer") && token.trim().starts_with(keys::PREFIX)
                     })
-                });
-            if carries_key {
+            };
+            // Every Authorization line that carried the key goes; others
+            // (say, Basic for the backend's own use) stay, in order.
+            if req.headers().get_all(AUTHORIZATION).iter().any(carries_key) {
+                let kept: Vec<HeaderValue> = req
+                    .headers()
+                    .get_all(AUTHORIZATION)
+                    .iter()
+                    .filter(|v| !carries_key(v))
+                    .cloned()
+                    .collect();
                 req.headers_mut().remove(AUTHORIZATION);
+                for value in kept {
+                    req.headers_mut().append(AUTHORIZATION, value);
+                }
             }
         }
     }

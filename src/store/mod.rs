@@ -53,6 +53,27 @@ pub struct Store {
 /// its own would split this folder per backend.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// A URL fit to print: any password in it replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -93,7 +114,7 @@ impl Store {
         } else if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
             (Backend::Postgres, config.url.clone())
         } else {
-            return Err(StoreError::UnsupportedUrl(config.url.clone()));
+            return Err(StoreError::UnsupportedUrl(redact_url(&config.url)));
         };
         let timeout_ms = config.statement_timeout.0.as_millis().max(1);
         let options = AnyPoolOptions::new()
@@ -165,6 +186,18 @@ impl FromStr for Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_printed_urls() {
+        assert_eq!(
+            redact_url("postgres://u:pw@db:5432/x?sslmode=require"),
+            "postgres://u:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_url("redis://:secret@r:6379/0"), "redis://:***@r:6379/0");
+        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(redact_url("sqlite://p.db"), "sqlite://p.db");
+        assert_eq!(redact_url("mysql://u:p@w@h/db"), "mysql://u:***@h/db");
+    }
 
     #[test]
     fn sqlite_paths_resolve_against_the_config_folder() {

@@ -7,8 +7,11 @@
 //!
 //! Several routes may share a path with different methods; the first in
 //! config order that allows the method wins. A route that lists `GET` also
-//! allows `HEAD`. A route without `methods` allows every method except
-//! `TRACE` and `CONNECT`, which a gateway has no business forwarding. (CORS
+//! allows `HEAD`. A route without `methods` allows the standard methods
+//! (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): not `TRACE` or `CONNECT`,
+//! which a gateway has no business forwarding, nor extension methods that a
+//! backend might read case-insensitively as one of those. Segments match
+//! without their `;parameters` (see [`tree`]). (CORS
 //! preflights are answered before routing, by the CORS stage.)
 
 pub mod normalise;
@@ -34,7 +37,7 @@ pub struct Route {
     pub id: Arc<str>,
     /// The normalised prefix.
     pub path: String,
-    /// `None` allows every method but TRACE and CONNECT.
+    /// `None` allows the standard methods.
     pub methods: Option<Vec<Method>>,
     /// The `Allow` header for a 405 from this route alone.
     pub allow: HeaderValue,
@@ -58,7 +61,7 @@ const DEFAULT_METHODS: &[Method] = &[
 impl Route {
     pub fn allows(&self, method: &Method) -> bool {
         match &self.methods {
-            None => *method != Method::TRACE && *method != Method::CONNECT,
+            None => DEFAULT_METHODS.contains(method),
             Some(list) => list.contains(method) || (*method == Method::HEAD && list.contains(&Method::GET)),
         }
     }

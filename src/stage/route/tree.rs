@@ -19,8 +19,13 @@ struct Node {
     routes: Vec<RouteIndex>,
 }
 
+/// The segments a path is matched by. A segment's `;parameters` are not
+/// part of it: Java servers (Tomcat, Jetty, Spring) serve `/admin;x/secret`
+/// as `/admin/secret`, so it must meet `/admin`'s route, not a shorter one.
 fn segments(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/').filter(|s| !s.is_empty())
+    path.split('/')
+        .map(|s| s.split(';').next().unwrap_or(""))
+        .filter(|s| !s.is_empty())
 }
 
 impl PrefixTree {
@@ -82,5 +87,8 @@ mod tests {
         tree.insert("/", 4);
         assert_eq!(tree.longest_match("/apix"), &[4]);
         assert_eq!(tree.longest_match("/"), &[4]);
+        // Path parameters do not take a request out of its route.
+        assert_eq!(tree.longest_match("/api;jsessionid=1/v1;x/tasks;y/7"), &[1, 2]);
+        assert_eq!(tree.longest_match("/health;x"), &[3]);
     }
 }

@@ -1,0 +1,536 @@
+//! Keep-alive HTTP/1.1 connections to one upstream target, each driven by
+//! the request that is using it.
+//!
+//! hyper-util's legacy `Client` runs every upstream connection as a task of
+//! its own and hands each request to it over a channel (and the response
+//! back over another), which costs two task wake-ups per request. Here the
+//! connection future is polled by whoever uses the connection: the request's
+//! own task while it waits for the response head, then the response body
+//! (polled by the same client-connection task) until the body ends. A
+//! connection goes back to the pool only when its response body ended and
+//! hyper says it is ready for the next request; in every other case (the
+//! client went away mid-body, an error, the upstream asked to close) it is
+//! dropped, which closes it.
+//!
+//! Nobody polls an idle connection, so an upstream closing one is noticed
+//! when it is next checked out (its EOF is already waiting) or by the reaper
+//! task, which also enforces the idle timeout.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::GatewayBody;
+
+/// Where a target's connections go.
+#[derive(Clone, Debug)]
+pub enum Address {
+    /// An IP literal: no lookup needed.
+    Ip(SocketAddr),
+    /// A host name, resolved on every new connection.
+    Name(String, u16),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Ip(addr) => addr.fmt(f),
+            Address::Name(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl Address {
+    pub async fn connect(&self) -> std::io::Result<TcpStream> {
+        match self {
+            Address::Ip(addr) => TcpStream::connect(addr).await,
+            Address::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+        }
+    }
+}
+
+/// Pool settings, from `[[upstreams]]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// Why no response head came back.
+#[derive(Debug)]
+pub enum SendError {
+    Connect(std::io::Error),
+    ConnectTimeout,
+    /// hyper's error for the exchange (its source chain says more).
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(_) => f.write_str("cannot connect"),
+            SendError::ConnectTimeout => f.write_str("connect timed out"),
+            SendError::Http(_) => f.write_str("HTTP/1.1 exchange failed"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(e),
+            SendError::ConnectTimeout => None,
+            SendError::Http(e) => Some(e),
+        }
+    }
+}
+
+type Connection = http1::Connection<TokioIo<TcpStream>, GatewayBody>;
+
+/// One upstream connection: hyper's request handle and the connection
+/// future that does its I/O. Boxed so that handing it between the pool, a
+/// request and a response body moves a pointer, not hyper's state.
+pub struct Conn {
+    sender: http1::SendRequest<GatewayBody>,
+    conn: Connection,
+}
+
+/// A context whose waker does nothing, for polling what only this task can
+/// move forward (see `round_trip`), so that hyper does not wake a task that
+/// is running anyway.
+fn quiet() -> Context<'static> {
+    Context::from_waker(Waker::noop())
+}
+
+impl Conn {
+    /// Drives the connection's I/O, leaving `cx`'s waker to be woken when
+    /// there is more to do. `Ready` means the connection is finished (closed
+    /// or failed) and must be dropped.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.conn).poll(cx).map(Self::ended)
+    }
+
+    /// Drives the connection's I/O without leaving a waker anywhere, so
+    /// that the next request sent on an idle connection does not wake the
+    /// task that used it last. Exempt from tokio's cooperative budget, whose
+    /// forced `Pending` would otherwise wake nobody.
+    fn poll_quietly(&mut self) -> Poll<()> {
+        let mut io = tokio::task::unconstrained(&mut self.conn);
+        Pin::new(&mut io).poll(&mut quiet()).map(Self::ended)
+    }
+
+    fn ended(result: hyper::Result<()>) {
+        if let Err(error) = result {
+            tracing::debug!(%error, "upstream connection ended with an error");
+        }
+    }
+
+    /// Whether the connection can take another request now. The poll lets
+    /// hyper see an EOF that arrived while it was idle.
+    fn reusable(&mut self) -> bool {
+        self.poll_quietly().is_pending() && self.sender.is_ready()
+    }
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct IdleList {
+    /// Most recently returned last: taken from the back, expired from the front.
+    conns: VecDeque<Idle>,
+    reaper_running: bool,
+}
+
+/// The idle connections to one target.
+pub struct TargetPool {
+    address: Address,
+    limits: Limits,
+    builder: http1::Builder,
+    idle: Mutex<IdleList>,
+}
+
+impl TargetPool {
+    pub fn new(address: Address, limits: Limits) -> Self {
+        TargetPool {
+            address,
+            limits,
+            builder: http1::Builder::new(),
+            idle: Mutex::new(IdleList::default()),
+        }
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, IdleList> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many connections are idle now (for tests and diagnostics).
+    pub fn idle_count(&self) -> usize {
+        self.idle_list().conns.len()
+    }
+
+    /// The most recently used idle connection that is still open and within
+    /// the idle timeout. Others found on the way are closed.
+    fn checkout(&self) -> Option<Box<Conn>> {
+        let now = Instant::now();
+        loop {
+            // The guard is dropped at the end of this statement, so a stale
+            // connection is closed without holding the lock.
+            let mut idle = self.idle_list().conns.pop_back()?;
+            if now.duration_since(idle.since) < self.limits.idle_timeout && idle.conn.reusable() {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<Conn>, SendError> {
+        let stream = match tokio::time::timeout(self.limits.connect_timeout, self.address.connect()).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(SendError::Connect(error)),
+            Err(_) => return Err(SendError::ConnectTimeout),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = self
+            .builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Http)?;
+        Ok(Box::new(Conn { sender, conn }))
+    }
+
+    /// Sends `req` on a pooled or new connection and returns the response
+    /// head; the body streams from the connection as it is polled.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<GatewayBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let (conn, reused) = match self.checkout() {
+            Some(conn) => (conn, true),
+            // Boxed, as is the retry below: both are rare, and inline they
+            // would make every request's future larger and costlier to move.
+            None => (Box::pin(self.connect()).await?, false),
+        };
+        let mut slot = Some(conn);
+        match round_trip(&mut slot, req).await {
+            Ok(response) => Ok(self.stream(response, slot)),
+            Err(mut error) => match error.take_message() {
+                // The upstream closed the pooled connection just before it
+                // was used (checkout saw no EOF yet). The request was never
+                // written, so sending it again on a new connection is safe.
+                Some(req) if reused => Box::pin(self.send_on_new_connection(req)).await,
+                _ => Err(SendError::Http(error.into_error())),
+            },
+        }
+    }
+
+    async fn send_on_new_connection(
+        self: &Arc<Self>,
+        req: Request<GatewayBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        tracing::debug!("pooled upstream connection was closed; retrying on a new one");
+        let mut slot = Some(self.connect().await?);
+        match round_trip(&mut slot, req).await {
+            Ok(response) => Ok(self.stream(response, slot)),
+            Err(error) => Err(SendError::Http(error.into_error())),
+        }
+    }
+
+    /// The response with a body that drives the connection in `slot`, if
+    /// it is still open.
+    fn stream(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        slot: Option<Box<Conn>>,
+    ) -> Response<UpstreamBody> {
+        response.map(|body| UpstreamBody {
+            body,
+            conn: slot,
+            pool: self.clone(),
+        })
+    }
+
+    /// Takes back a connection whose exchange is complete, if it can serve
+    /// another request; otherwise drops (closes) it.
+    fn release(self: &Arc<Self>, mut conn: Box<Conn>) {
+        if self.limits.max_idle == 0 || self.limits.idle_timeout.is_zero() || !conn.reusable() {
+            return;
+        }
+        // Without a runtime (shutting down) nobody could reap it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let start_reaper = {
+            let mut idle = self.idle_list();
+            if idle.conns.len() >= self.limits.max_idle {
+                false // `conn` is closed below, once the lock is released
+            } else {
+                idle.conns.push_back(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+                !std::mem::replace(&mut idle.reaper_running, true)
+            }
+        };
+        if start_reaper {
+            runtime.spawn(reap(Arc::downgrade(self)));
+        }
+    }
+
+    /// Closes expired idle connections and those the upstream closed;
+    /// returns whether any are left to watch.
+    fn reap_once(&self) -> bool {
+        let now = Instant::now();
+        let mut doomed = Vec::new();
+        let mut idle = self.idle_list();
+        let mut kept = VecDeque::with_capacity(idle.conns.len());
+        for mut entry in idle.conns.drain(..) {
+            if now.duration_since(entry.since) < self.limits.idle_timeout && entry.conn.reusable() {
+                kept.push_back(entry);
+            } else {
+                doomed.push(entry);
+            }
+        }
+        idle.conns = kept;
+        let any_left = !idle.conns.is_empty();
+        if !any_left {
+            idle.reaper_running = false;
+        }
+        drop(idle);
+        drop(doomed);
+        any_left
+    }
+}
+
+/// Runs while a pool has idle connections, and stops with the pool.
+async fn reap(pool: Weak<TargetPool>) {
+    let Some(period) = pool
+        .upgrade()
+        .map(|p| (p.limits.idle_timeout / 2).max(Duration::from_millis(10)))
+    else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if !pool.reap_once() {
+            return;
+        }
+    }
+}
+
+/// Sends `req` on the connection in `slot` and drives the connection until
+/// the response head arrives. If the connection finishes first it is
+/// dropped (leaving `slot` empty), which gives back a request it never
+/// started writing inside the error.
+async fn round_trip(
+    slot: &mut Option<Box<Conn>>,
+    req: Request<GatewayBody>,
+) -> Result<Response<Incoming>, TrySendError<Request<GatewayBody>>> {
+    let conn = slot.as_mut().expect("round_trip needs a connection");
+    // Only the connection polled below (or dropping it) can complete the
+    // response, both in this task, so the response is polled without a
+    // waker: hyper would otherwise wake this task while it is running.
+    let mut response = pin!(tokio::task::unconstrained(conn.sender.try_send_request(req)));
+    poll_fn(|cx| {
+        poll_conn(slot, cx);
+        match response.as_mut().poll(&mut quiet()) {
+            Poll::Ready(result) => Poll::Ready(result),
+            // Not expected once the connection is gone, but never hang on it.
+            Poll::Pending if slot.is_none() => response.as_mut().poll(cx),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Polls the connection in `slot` and drops it if it finished.
+fn poll_conn(slot: &mut Option<Box<Conn>>, cx: &mut Context<'_>) {
+    if let Some(conn) = slot.as_mut()
+        && conn.poll_io(cx).is_ready()
+    {
+        *slot = None;
+    }
+}
+
+/// A response body streamed from an upstream connection, which it drives
+/// until the body ends and then returns to the pool.
+pub struct UpstreamBody {
+    body: Incoming,
+    /// Present until the body ends (then pooled) or the connection finishes.
+    conn: Option<Box<Conn>>,
+    pool: Arc<TargetPool>,
+}
+
+impl UpstreamBody {
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.release(conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        // Only the connection polled here feeds `body`, so `body` is polled
+        // without a waker while the connection is present, and first, since
+        // the connection often delivered the whole body with the head.
+        let mut frame = Pin::new(&mut this.body).poll_frame(&mut quiet());
+        if frame.is_pending() {
+            match &mut this.conn {
+                Some(conn) => {
+                    if conn.poll_io(cx).is_ready() {
+                        this.conn = None;
+                    }
+                }
+                None => return Pin::new(&mut this.body).poll_frame(cx),
+            }
+            frame = if this.conn.is_some() {
+                Pin::new(&mut this.body).poll_frame(&mut quiet())
+            } else {
+                Pin::new(&mut this.body).poll_frame(cx)
+            };
+        }
+        match &frame {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.finish(),
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper never polls a body that is empty from the start (HEAD, 204,
+        // `Content-Length: 0`), so that exchange completes here. A body
+        // dropped before its end leaves the connection mid-response: it is
+        // dropped with `self`, which closes it.
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("end_stream", &self.body.is_end_stream())
+            .field("connection", &self.conn.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn pool(addr: SocketAddr) -> Arc<TargetPool> {
+        Arc::new(TargetPool::new(
+            Address::Ip(addr),
+            Limits {
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(10),
+                max_idle: 8,
+            },
+        ))
+    }
+
+    fn get() -> Request<GatewayBody> {
+        Request::get("/")
+            .header(http::header::HOST, "x")
+            .body(GatewayBody::Empty)
+            .unwrap()
+    }
+
+    /// Closes the first connection it accepts at once; answers every
+    /// request on later ones with `ok`.
+    async fn closes_the_first_connection() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            drop(listener.accept().await.unwrap());
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_gives_back_the_request_it_never_wrote() {
+        let addr = closes_the_first_connection().await;
+        let pool = pool(addr);
+        let mut slot = Some(pool.connect().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await; // the FIN arrives
+        let mut error = round_trip(&mut slot, get()).await.unwrap_err();
+        assert!(slot.is_none(), "the finished connection was dropped");
+        assert!(error.take_message().is_some(), "{:?}", error.into_error());
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_by_the_upstream_is_skipped() {
+        let addr = closes_the_first_connection().await;
+        let pool = pool(addr);
+        let stale = pool.connect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.idle_list().conns.push_back(Idle {
+            conn: stale,
+            since: Instant::now(),
+        });
+
+        let response = pool.send(get()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        // The body's end returned the new connection; the stale one is gone.
+        assert_eq!(pool.idle_count(), 1);
+        let again = pool.send(get()).await.unwrap();
+        assert_eq!(again.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(pool.idle_count(), 1);
+    }
+}
