@@ -72,6 +72,7 @@ impl Body for CompletionBody {
 impl Drop for CompletionBody {
     fn drop(&mut self) {
         if let Some(done) = self.completion.take() {
+            done.cx.connection.request_finished();
             finish(&done, self.bytes_sent);
         }
     }

@@ -14,7 +14,8 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response};
 
@@ -66,6 +67,20 @@ pub struct Connection {
     pub tls: bool,
     /// How each HTTP/1 request head was framed on the wire.
     pub heads: Arc<crate::stage::framing::inspect::HeadLog>,
+    opened: Instant,
+    /// Requests started and not yet finished.
+    in_flight: AtomicUsize,
+    /// When a request last started or finished, in ms since `opened`;
+    /// `u64::MAX` until the first request.
+    last_activity_ms: AtomicU64,
+}
+
+/// What the connection's idle watchdog should do.
+pub enum Idleness {
+    /// Check again at this instant.
+    CheckAt(Instant),
+    /// Nothing has happened for too long: close the connection.
+    Expired,
 }
 
 impl Connection {
@@ -74,6 +89,43 @@ impl Connection {
             peer,
             tls,
             heads: Default::default(),
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_activity_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// A connection must start its first request within `first` of opening,
+    /// and may sit without a request for `idle` after that; one with a
+    /// request in flight is never idle.
+    pub fn idleness(&self, first: Duration, idle: Duration) -> Idleness {
+        let now = Instant::now();
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Idleness::CheckAt(now + idle);
+        }
+        let deadline = match self.last_activity_ms.load(Ordering::Relaxed) {
+            u64::MAX => self.opened + first,
+            ms => self.opened + Duration::from_millis(ms) + idle,
+        };
+        if now >= deadline {
+            Idleness::Expired
+        } else {
+            Idleness::CheckAt(deadline)
         }
     }
 }

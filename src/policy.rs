@@ -38,6 +38,7 @@ pub struct ServerPolicy {
     pub trusted_proxies: TrustedProxies,
     pub max_connections: usize,
     pub header_read_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
     pub max_header_size: usize,
     pub drain_timeout: std::time::Duration,
 }
@@ -253,6 +254,9 @@ fn compile_server(config: &Config, problems: &mut Problems) -> Option<ServerPoli
     if s.header_read_timeout.0.is_zero() {
         problems.at("server.header_read_timeout", "must be more than zero");
     }
+    if s.idle_timeout.0.is_zero() {
+        problems.at("server.idle_timeout", "must be more than zero");
+    }
     if let (Some(a), Some(b)) = (listen, admin_listen)
         && a == b
         && a.port() != 0
@@ -265,6 +269,7 @@ fn compile_server(config: &Config, problems: &mut Problems) -> Option<ServerPoli
         trusted_proxies,
         max_connections: s.max_connections,
         header_read_timeout: s.header_read_timeout.0,
+        idle_timeout: s.idle_timeout.0,
         max_header_size: max_header_size as usize,
         drain_timeout: s.drain_timeout.0,
     })

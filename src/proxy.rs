@@ -325,7 +325,8 @@ pub async fn forward(
 
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    if head.status.is_server_error() && cx.policy.environment.is_production() {
+    // 5xx, and the nonstandard 6xx-9xx some servers invent for errors too.
+    if head.status.as_u16() >= 500 && cx.policy.environment.is_production() {
         return Err(mask(cx, upstream, head, body).await);
     }
     Ok(Response::from_parts(head, GatewayBody::Upstream(body)))

@@ -301,13 +301,15 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, mut shutdown: 
         let conn_shared = shared.clone();
         let conn = Arc::new(Connection::new(peer, false));
         let io = TokioIo::new(Tapped::new(stream, conn.heads.clone()));
+        let watched = conn.clone();
         let service = service_fn(move |req| handle(conn_shared.clone(), conn.clone(), req));
         let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         let open = shared.metrics.connections_open.clone();
         open.inc();
+        let (first, idle) = (server.header_read_timeout, server.idle_timeout);
         tokio::spawn(async move {
-            let _ = connection.await;
+            close_when_idle(connection, &watched, first, idle).await;
             open.dec();
             drop(permit);
         });
@@ -324,12 +326,38 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, mut shutdown: 
     }
 }
 
+/// Drives a client connection until it ends, or until it has been idle too
+/// long: no first request within `first` (the header read timeout, which
+/// hyper itself applies only once it knows the protocol), or no request for
+/// `idle` since the last one finished. Dropping the connection closes it.
+/// Without this, silent or idle connections (HTTP/2 ones especially) could
+/// hold every `max_connections` slot.
+async fn close_when_idle(
+    connection: impl std::future::Future,
+    watched: &Connection,
+    first: Duration,
+    idle: Duration,
+) {
+    tokio::pin!(connection);
+    let mut check_at = tokio::time::Instant::now() + first;
+    loop {
+        tokio::select! {
+            _ = &mut connection => return,
+            _ = tokio::time::sleep_until(check_at) => match watched.idleness(first, idle) {
+                crate::pipeline::Idleness::Expired => return,
+                crate::pipeline::Idleness::CheckAt(at) => check_at = at.into(),
+            },
+        }
+    }
+}
+
 /// Runs one request through the pipeline and the proxy.
 pub async fn handle(
     shared: Arc<Shared>,
     connection: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<CompletionBody>, Infallible> {
+    connection.request_started();
     let policy = shared.policy.load_full();
     let mut cx = RequestCx::new(policy.clone(), connection);
     let method = req.method().clone();

@@ -63,11 +63,7 @@ async fn healthz_readyz_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_is_503_with_the_failing_upstream() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, port) = refusing_port();
     let gw = start_gateway(&config(
         "development",
         &format!("http://127.0.0.1:{port}"),

@@ -7,12 +7,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_upstream_is_a_502_problem() {
-    // Bind and drop a listener to get a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, port) = refusing_port();
     let gw = start_gateway(&config(
         "development",
         &format!("http://127.0.0.1:{port}"),
@@ -63,7 +58,7 @@ async fn slow_upstream_is_a_504_problem() {
 async fn production_masks_upstream_5xx_bodies_and_keeps_the_status() {
     let upstream = TestUpstream::start().await;
     let gw = start_gateway(&config("production", &upstream.url(), PUBLIC_ROOT)).await;
-    for code in [500u16, 502, 503] {
+    for code in [500u16, 502, 503, 599, 600, 999] {
         let resp = client()
             .get(format!("http://{}/status/{code}", gw.public_addr()))
             .send()

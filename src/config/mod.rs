@@ -89,9 +89,14 @@ pub struct ServerConfig {
     /// the kernel's backlog until one closes.
     #[serde(default = "ServerConfig::default_max_connections")]
     pub max_connections: usize,
-    /// How long a client may take to send a request head (slowloris guard).
+    /// How long a client may take to send a request head, counted from the
+    /// connection's opening for its first request (slowloris guard).
     #[serde(default = "ServerConfig::default_header_read_timeout")]
     pub header_read_timeout: ConfigDuration,
+    /// A keep-alive connection with no request in flight is closed after
+    /// this long (HTTP/1 and HTTP/2).
+    #[serde(default = "ServerConfig::default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
     /// Largest request head (request line plus headers) accepted.
     #[serde(default = "ServerConfig::default_max_header_size")]
     pub max_header_size: ByteSize,
@@ -113,6 +118,9 @@ impl ServerConfig {
     fn default_header_read_timeout() -> ConfigDuration {
         ConfigDuration(std::time::Duration::from_secs(10))
     }
+    fn default_idle_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(60))
+    }
     fn default_max_header_size() -> ByteSize {
         ByteSize(64 * 1024)
     }
@@ -129,6 +137,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             max_connections: Self::default_max_connections(),
             header_read_timeout: Self::default_header_read_timeout(),
+            idle_timeout: Self::default_idle_timeout(),
             max_header_size: Self::default_max_header_size(),
             drain_timeout: Self::default_drain_timeout(),
         }

@@ -4,7 +4,10 @@
 //! removed and set again by the gateway:
 //!
 //! - `X-Portcullis-*` identity headers are always stripped (the auth stages
-//!   add the real ones later);
+//!   add the real ones later), and so are path and method overrides some
+//!   frameworks obey (`X-Original-URL`, `X-Rewrite-URL`,
+//!   `X-HTTP-Method-Override`, …); `X-Forwarded-Prefix`, `-Port` and
+//!   `-Server` are kept only from a trusted proxy;
 //! - `X-Forwarded-For` becomes the incoming chain plus the peer when the peer
 //!   is a trusted proxy, and just the peer otherwise;
 //! - `X-Forwarded-Proto` and `X-Forwarded-Host` are kept from a trusted proxy
@@ -36,14 +39,36 @@ pub static X_PORTCULLIS_SCOPES: HeaderName = HeaderName::from_static("x-portcull
 
 pub struct UpstreamHeadersStage;
 
-/// Removes every `X-Portcullis-*` header.
-pub fn strip_identity(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| k.as_str().starts_with(IDENTITY_PREFIX)) {
+/// Headers some frameworks obey to rewrite the path or method after
+/// routing (Symfony, IIS, Spring, Rails): a client could use them to reach a
+/// path or method the gateway never checked, so they never pass.
+const OVERRIDES: &[&str] = &[
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Forwarding details only a trusted proxy may state.
+const PROXY_ONLY: &[&str] = &["x-forwarded-prefix", "x-forwarded-port", "x-forwarded-server"];
+
+fn forgeable(name: &str, peer_trusted: bool) -> bool {
+    name.starts_with(IDENTITY_PREFIX)
+        || OVERRIDES.contains(&name)
+        || (!peer_trusted && PROXY_ONLY.contains(&name))
+}
+
+/// Removes every `X-Portcullis-*` header, every path or method override,
+/// and proxy-only forwarding headers from an untrusted peer.
+pub fn strip_identity(headers: &mut HeaderMap, peer_trusted: bool) {
+    if !headers.keys().any(|k| forgeable(k.as_str(), peer_trusted)) {
         return;
     }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(IDENTITY_PREFIX))
+        .filter(|k| forgeable(k.as_str(), peer_trusted))
         .cloned()
         .collect();
     for name in doomed {
@@ -152,7 +177,7 @@ impl Stage for UpstreamHeadersStage {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
-        strip_identity(req.headers_mut());
+        strip_identity(req.headers_mut(), cx.peer_trusted);
         set_forwarding(cx, req);
         req.headers_mut().insert(&X_REQUEST_ID, cx.request_id.clone());
         if let Some(crate::stage::authn::Principal::ApiKey(key)) = &cx.principal

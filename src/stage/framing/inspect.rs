@@ -31,8 +31,11 @@ pub struct RawFraming {
     pub transfer_encodings: u8,
 }
 
-/// Records waiting for their requests; at most this many (pipelining depth).
-const MAX_PENDING: usize = 128;
+/// Records waiting for their requests. hyper reads at most
+/// `server.max_header_size` ahead, so with the default that is a few
+/// thousand of the smallest requests; past this the tap stops, and requests
+/// it has no record for are refused.
+const MAX_PENDING: usize = 4096;
 /// Largest head, chunk-size line or trailer section the tap will buffer.
 const MAX_BUFFERED: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 128;
@@ -105,7 +108,9 @@ fn inspect_head(buf: &[u8]) -> Result<Option<(usize, RawFraming, State)>, ()> {
     let mut record = RawFraming::default();
     let mut length = None;
     let mut last_coding: &[u8] = b"";
-    let mut upgrade = request.method == Some("CONNECT");
+    // `Upgrade` and CONNECT are not special here: the gateway never switches
+    // protocols (it strips `Upgrade` and refuses CONNECT), so what follows
+    // is always the next HTTP/1 message.
     for h in request.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             record.content_lengths = record.content_lengths.saturating_add(1);
@@ -113,13 +118,9 @@ fn inspect_head(buf: &[u8]) -> Result<Option<(usize, RawFraming, State)>, ()> {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             record.transfer_encodings = record.transfer_encodings.saturating_add(1);
             last_coding = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
         }
     }
-    let next = if upgrade {
-        State::Off
-    } else if record.transfer_encodings > 0 {
+    let next = if record.transfer_encodings > 0 {
         if last_coding.eq_ignore_ascii_case(b"chunked") {
             State::ChunkSize(Vec::new())
         } else {
@@ -135,6 +136,35 @@ fn inspect_head(buf: &[u8]) -> Result<Option<(usize, RawFraming, State)>, ()> {
         State::Head(Vec::new())
     };
     Ok(Some((len, record, next)))
+}
+
+/// The longest chunk-size line (size plus extensions) followed; hyper's own
+/// limit on chunk extensions is 16 KiB.
+const MAX_CHUNK_LINE: usize = 32 * 1024;
+
+enum ChunkLine {
+    Complete { used: usize, size: u64 },
+    Partial,
+    Invalid,
+}
+
+/// A chunk-size line: hex digits (any number of leading zeros, as hyper
+/// accepts), then optional extensions, then the line end.
+fn parse_chunk_line(buf: &[u8]) -> ChunkLine {
+    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+        return ChunkLine::Partial;
+    };
+    let line = &buf[..end];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let significant = line[..digits].iter().skip_while(|b| **b == b'0').count();
+    if digits == 0 || significant > 15 {
+        return ChunkLine::Invalid;
+    }
+    let text = std::str::from_utf8(&line[..digits]).unwrap_or("0");
+    match u64::from_str_radix(text, 16) {
+        Ok(size) => ChunkLine::Complete { used: end + 1, size },
+        Err(_) => ChunkLine::Invalid,
+    }
 }
 
 /// Where the trailer section (after the `0` chunk line) ends, if it has.
@@ -210,8 +240,8 @@ impl Tracker {
                 State::ChunkSize(buf) => {
                     let before = buf.len();
                     buf.extend_from_slice(data);
-                    match httparse::parse_chunk_size(buf) {
-                        Ok(httparse::Status::Complete((used, size))) => {
+                    match parse_chunk_line(buf) {
+                        ChunkLine::Complete { used, size } => {
                             let rest = used - before;
                             data = &data[rest..];
                             self.state = if size == 0 {
@@ -220,7 +250,7 @@ impl Tracker {
                                 State::ChunkData(size)
                             };
                         }
-                        Ok(httparse::Status::Partial) if buf.len() <= 4096 => return,
+                        ChunkLine::Partial if buf.len() <= MAX_CHUNK_LINE => return,
                         _ => {
                             self.state = State::Off;
                             return;
@@ -396,8 +426,9 @@ GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
     #[test]
     fn switches_off_for_http2_upgrades_and_garbage() {
         assert!(records(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4).is_empty());
+        // An Upgrade is not followed: the gateway never switches protocols.
         let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(records(upgrade, 9), vec![CLEAN]);
+        assert_eq!(records(upgrade, 9), vec![CLEAN, CLEAN]);
         assert!(records(b"\x16\x03\x01 not http\r\n\r\n", 3).is_empty());
     }
 }

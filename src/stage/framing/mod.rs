@@ -11,7 +11,10 @@
 //! - more than one `Content-Length` or `Transfer-Encoding` field, even with
 //!   equal values, or a `Content-Length` list,
 //! - any transfer coding other than exactly `chunked`, or any on HTTP/1.0,
-//! - a missing or repeated `Host` on HTTP/1.1,
+//! - a missing or repeated `Host` on HTTP/1.1, a repeated `host` or
+//!   `content-length` on HTTP/2 (the upstream gets HTTP/1.1),
+//! - any HTTP/1 request the framing tap has no record for (it stops on
+//!   input it cannot follow, so the request's framing is unknown),
 //! - header names spelled with `_` that a CGI/WSGI backend would read as one
 //!   of the forwarding or identity headers the gateway sets (for example
 //!   `X_Forwarded_For` or `X_Portcullis_Consumer`); those are dropped.
@@ -100,13 +103,33 @@ fn check_raw(raw: RawFraming) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Rules for HTTP/2 requests, whose fields the upstream receives as
+/// HTTP/1.1 headers: HTTP/2 allows equal repeated `content-length` fields,
+/// and `host` may repeat, but neither may reach an HTTP/1.1 upstream twice.
+fn check_h2(headers: &HeaderMap) -> Result<(), &'static str> {
+    if headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return Err("The request has more than one Content-Length.");
+    }
+    if headers.get_all(HOST).iter().count() > 1 {
+        return Err("The request has more than one Host.");
+    }
+    Ok(())
+}
+
 impl FramingStage {
     fn check(cx: &RequestCx, req: &mut Request<GatewayBody>) -> StageResult {
         if req.version() <= Version::HTTP_11 {
-            if let Some(raw) = cx.connection.heads.next_request() {
-                check_raw(raw).map_err(GatewayError::malformed)?;
-            }
+            // No record means the tap lost track of where requests start on
+            // this connection (it stops on input it cannot follow); such a
+            // request cannot be vouched for, so it is refused and the
+            // connection closed.
+            let raw = cx.connection.heads.next_request().ok_or(GatewayError::malformed(
+                "The request's framing could not be followed; send it again on a new connection.",
+            ))?;
+            check_raw(raw).map_err(GatewayError::malformed)?;
             check_framing(req.version(), req.headers()).map_err(GatewayError::malformed)?;
+        } else {
+            check_h2(req.headers()).map_err(GatewayError::malformed)?;
         }
         drop_imitations(req.headers_mut());
         Ok(Flow::Continue)
