@@ -458,7 +458,7 @@ fn compile_limits(config: &Config, route_id: &Arc<str>, own: Option<&[RateSpec]>
         names.push(name.clone());
         limits.push(Limit::new(spec.clone(), Scope::Route(route_id.clone()), name));
     }
-    RouteLimits { limits }
+    RouteLimits::new(limits)
 }
 
 /// `[rate_limits]`, `[redis]` and the keys' default limit.

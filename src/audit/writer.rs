@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 use crate::store::{Store, now_ms};
 
 const BATCH: usize = 256;
+/// How long the writer gathers events before writing them (the most an
+/// event waits for its batch).
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// How often a spilled backlog is retried and drops are reported.
 const TICK: Duration = Duration::from_secs(1);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -146,19 +149,31 @@ impl Writer {
         }
     }
 
-    /// Handles one command plus whatever else is queued right now.
+    /// Handles one command plus what arrives within [`BATCH_WINDOW`] (up
+    /// to [`BATCH`] events): a steady trickle of events then costs one
+    /// transaction per window instead of one per event. A flush ends the
+    /// wait at once.
     async fn take(&mut self, first: Command, queue: &mut mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
+        let window_ends = tokio::time::Instant::now() + BATCH_WINDOW;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 Command::Event(event) => batch.push(*event),
                 Command::Flush(done) => waiting.push(done),
             }
-            if batch.len() < BATCH {
-                next = queue.try_recv().ok();
+            if batch.len() >= BATCH {
+                break;
             }
+            next = match queue.try_recv() {
+                Ok(command) => Some(command),
+                Err(_) if !waiting.is_empty() => None,
+                Err(_) => tokio::time::timeout_at(window_ends, queue.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
         }
         if !batch.is_empty() {
             self.write(batch).await;

@@ -71,7 +71,9 @@ pub struct KeyCache {
     entries: quick_cache::sync::Cache<String, Arc<CachedKey>>,
     ttl: Duration,
     usage: Mutex<HashMap<String, Arc<Usage>>>,
-    lookups: IntCounterVec,
+    /// `portcullis_key_cache_lookups_total` by result, resolved once.
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
 }
 
 fn header(text: &str) -> HeaderValue {
@@ -99,7 +101,8 @@ impl KeyCache {
             entries: quick_cache::sync::Cache::new(capacity.max(16)),
             ttl,
             usage: Mutex::new(HashMap::new()),
-            lookups,
+            hits: lookups.with_label_values(&["hit"]),
+            misses: lookups.with_label_values(&["miss"]),
         })
     }
 
@@ -107,7 +110,7 @@ impl KeyCache {
     pub fn get_fresh(&self, id: &str) -> Option<Arc<CachedKey>> {
         let entry = self.entries.get(id)?;
         if entry.fetched().elapsed() < self.ttl {
-            self.lookups.with_label_values(&["hit"]).inc();
+            self.hits.inc();
             Some(entry)
         } else {
             None
@@ -119,7 +122,7 @@ impl KeyCache {
         if let Some(entry) = self.get_fresh(id) {
             return Ok(entry);
         }
-        self.lookups.with_label_values(&["miss"]).inc();
+        self.misses.inc();
         let entry = match self.store.find_key(id).await? {
             Some(record) => {
                 let usage = self

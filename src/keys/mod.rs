@@ -45,7 +45,7 @@ pub struct PresentedKey<'a> {
 pub fn parse(text: &str) -> Option<PresentedKey<'_>> {
     let rest = text.strip_prefix(PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    let id_ok = id.len() == ID_LEN && id.bytes().all(|b| LOWER_ALNUM.contains(&b));
+    let id_ok = id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let secret_ok = secret.len() == SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
     (id_ok && secret_ok).then_some(PresentedKey { id, secret })
 }

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge};
+use smallvec::SmallVec;
 
 use super::gcra::{Check, Rate, check};
 
@@ -89,9 +90,14 @@ impl LocalLimiter {
 
     /// Checks every counter; admits (and counts) the request only if all
     /// pass, so a refused request consumes none of them.
-    pub fn check(&self, counters: &[(u64, Rate)]) -> Vec<Check> {
+    pub fn check(&self, counters: &[(u64, Rate)]) -> SmallVec<[Check; 4]> {
         let now = self.now();
-        let mut order: Vec<usize> = counters.iter().map(|(id, _)| Self::shard_of(*id)).collect();
+        if let [(id, rate)] = counters {
+            let mut one = SmallVec::new();
+            one.push(self.check_one(*id, *rate, now));
+            return one;
+        }
+        let mut order: SmallVec<[usize; 4]> = counters.iter().map(|(id, _)| Self::shard_of(*id)).collect();
         order.sort_unstable();
         order.dedup();
         // Locks are always taken in shard order, so two requests cannot
@@ -101,7 +107,7 @@ impl LocalLimiter {
             .map(|&i| (i, self.shards[i].lock().unwrap_or_else(|e| e.into_inner())))
             .collect();
         let slot = |shard: usize| -> usize { order.binary_search(&shard).expect("locked above") };
-        let checks: Vec<Check> = counters
+        let checks: SmallVec<[Check; 4]> = counters
             .iter()
             .map(|(id, rate)| {
                 let g = slot(Self::shard_of(*id));
@@ -119,6 +125,21 @@ impl LocalLimiter {
             }
         }
         checks
+    }
+
+    /// The common case of one limit: one lock, nothing to coordinate.
+    fn check_one(&self, id: u64, rate: Rate, now: i64) -> Check {
+        let mut map = self.shards[Self::shard_of(id)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let c = check(rate, map.get(&id).copied(), now);
+        if c.allowed {
+            if !map.contains_key(&id) && map.len() >= self.per_shard {
+                self.make_room(&mut map, now);
+            }
+            map.insert(id, c.new_tat);
+        }
+        c
     }
 
     fn make_room(&self, map: &mut Shard, now: i64) {

@@ -47,6 +47,8 @@ pub struct Limit {
     /// changed limit starts fresh counters.
     family: String,
     family_hash: u64,
+    /// `X-RateLimit-Limit`, made once.
+    count_header: HeaderValue,
 }
 
 impl Limit {
@@ -63,6 +65,7 @@ impl Limit {
         );
         let family_hash = stable_hash(family.as_bytes());
         Limit {
+            count_header: HeaderValue::from(rate.count),
             spec,
             rate,
             scope,
@@ -97,6 +100,25 @@ fn stable_hash(bytes: &[u8]) -> u64 {
 #[derive(Clone, Debug, Default)]
 pub struct RouteLimits {
     pub limits: Vec<Limit>,
+    /// `RateLimit-Policy` for exactly these limits, made once.
+    pub policy: Option<HeaderValue>,
+}
+
+impl RouteLimits {
+    pub fn new(limits: Vec<Limit>) -> RouteLimits {
+        let policy = (!limits.is_empty()).then(|| policy_header(&limits.iter().collect::<Vec<_>>()));
+        RouteLimits { limits, policy }
+    }
+}
+
+/// `RateLimit-Policy` for a set of limits.
+pub fn policy_header(limits: &[&Limit]) -> HeaderValue {
+    let text = limits
+        .iter()
+        .map(|l| l.policy_item())
+        .collect::<Vec<_>>()
+        .join(", ");
+    HeaderValue::try_from(text).expect("digits and quoted names are header text")
 }
 
 /// What one request is counted by, for each of its limits.
@@ -219,25 +241,35 @@ pub fn ceil_secs(us: i64) -> u64 {
     ((us.max(0) + 999_999) / 1_000_000) as u64
 }
 
-/// The headers for a decision on `limits`.
-pub fn headers(limits: &[&Limit], decision: &Decision) -> [(http::HeaderName, HeaderValue); 5] {
+/// The headers for a decision on `limits`, whose `RateLimit-Policy` is
+/// `policy` (a route's is made once; see [`RouteLimits`]).
+pub fn headers(
+    limits: &[&Limit],
+    policy: HeaderValue,
+    decision: &Decision,
+) -> [(http::HeaderName, HeaderValue); 5] {
     let limit = limits[decision.limit_index];
-    let policy = limits
-        .iter()
-        .map(|l| l.policy_item())
-        .collect::<Vec<_>>()
-        .join(", ");
     let reset = ceil_secs(decision.reset_us);
-    let value = |text: String| HeaderValue::try_from(text).expect("digits and quoted names are header text");
+    // `"name";r=N;t=M`, written by hand: this runs for every limited request
+    // and `format!` costs several times as much.
+    let mut digits = itoa::Buffer::new();
+    let mut state = Vec::with_capacity(limit.name.len() + 32);
+    state.push(b'"');
+    state.extend_from_slice(limit.name.as_bytes());
+    state.extend_from_slice(b"\";r=");
+    state.extend_from_slice(digits.format(decision.remaining).as_bytes());
+    state.extend_from_slice(b";t=");
+    state.extend_from_slice(digits.format(reset).as_bytes());
     [
-        (http::HeaderName::from_static("ratelimit-policy"), value(policy)),
+        (http::HeaderName::from_static("ratelimit-policy"), policy),
         (
             http::HeaderName::from_static("ratelimit"),
-            value(format!("\"{}\";r={};t={reset}", limit.name, decision.remaining)),
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(state))
+                .expect("digits and quoted names are header text"),
         ),
         (
             http::HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(limit.rate.count),
+            limit.count_header.clone(),
         ),
         (
             http::HeaderName::from_static("x-ratelimit-remaining"),
@@ -305,7 +337,8 @@ mod tests {
         let d = Decision::from_checks(&checks).unwrap();
         assert!(d.allowed);
         assert_eq!((d.limit_index, d.remaining), (1, 9));
-        let h = headers(&[&wide, &narrow], &d);
+        let both = [&wide, &narrow];
+        let h = headers(&both, policy_header(&both), &d);
         assert_eq!(h[0].1, "\"ip-86400s\";q=1000;w=86400, \"ip-60s\";q=10;w=60");
         assert_eq!(h[1].1, "\"ip-60s\";r=9;t=6");
         assert_eq!(h[2].1, "10");

@@ -13,6 +13,8 @@
 //! exist.
 
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -25,6 +27,10 @@ use crate::pipeline::{Flow, RequestCx, Stage, StageResult, Verdict};
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{Decision, Limit, Subject, counter_id, headers, redis_key};
+
+/// A request's limits: a route rarely has more than a few, so they live on
+/// the stack.
+type Limits<'p> = SmallVec<[&'p Limit; 4]>;
 
 /// The headers decided for a request, added to its response.
 pub type LimitHeaders = [(HeaderName, HeaderValue); 5];
@@ -50,15 +56,15 @@ fn select_limits<'p>(
     policy: &'p crate::policy::Policy,
     principal: Option<&'p crate::stage::authn::Principal>,
     route: Option<usize>,
-) -> Vec<&'p Limit> {
+) -> Limits<'p> {
     let Some(route) = route.map(|i| &policy.routes[i]) else {
-        return Vec::new();
+        return Limits::new();
     };
     let own: Option<&'p Limit> = principal.and_then(|p| p.key_limit()).map(|l| &**l);
     let default = principal
         .and_then(|p| p.key_id())
         .and(stage.key_default.as_deref());
-    let mut limits: Vec<&'p Limit> = route
+    let mut limits: Limits<'p> = route
         .limits
         .limits
         .iter()
@@ -104,7 +110,22 @@ impl RateLimitStage {
         let Some(decision) = Decision::from_checks(checks) else {
             return Ok(Flow::Continue);
         };
-        cx.rate_limit_headers = Some(Box::new(headers(limits, &decision)));
+        let Some(route) = cx.route() else {
+            return Ok(Flow::Continue);
+        };
+        // The route's own limits (the common case) have their policy header
+        // made already; a key's own limit changes the set.
+        let same_set = limits.len() == route.limits.limits.len()
+            && limits
+                .iter()
+                .zip(&route.limits.limits)
+                .all(|(a, b)| std::ptr::eq(*a, b));
+        let policy = match &route.limits.policy {
+            Some(policy) if same_set => policy.clone(),
+            _ => crate::ratelimit::policy_header(limits),
+        };
+        let headers = Box::new(headers(limits, policy, &decision));
+        cx.rate_limit_headers = Some(headers);
         let Some(route) = cx.route() else {
             return Ok(Flow::Continue);
         };
@@ -150,7 +171,7 @@ impl RateLimitStage {
     }
 
     fn check_local(&self, cx: &mut RequestCx, limits: &[&Limit], subjects: &[Subject]) -> StageResult {
-        let counters: Vec<(u64, crate::ratelimit::gcra::Rate)> = limits
+        let counters: SmallVec<[(u64, crate::ratelimit::gcra::Rate); 4]> = limits
             .iter()
             .zip(subjects)
             .map(|(l, s)| (counter_id(&self.local.hasher, l, s), l.rate))
@@ -191,7 +212,7 @@ impl Stage for RateLimitStage {
         if limits.is_empty() {
             return Verdict::Ready(Ok(Flow::Continue));
         }
-        let subjects: Vec<Subject> = limits.iter().map(|l| self.subject(l, cx, req)).collect();
+        let subjects: SmallVec<[Subject; 4]> = limits.iter().map(|l| self.subject(l, cx, req)).collect();
         let redis = match &self.redis {
             None => return Verdict::Ready(self.check_local(cx, &limits, &subjects)),
             Some(redis) if !redis.is_healthy() => {

@@ -117,8 +117,9 @@ fn write_ipv4(ip: Ipv4Addr, out: &mut [u8; 45]) -> usize {
 fn set_forwarding(cx: &RequestCx, req: &mut Request<GatewayBody>) {
     let peer_ip = crate::stage::client_ip::canonical(cx.peer.ip());
     let peer = ip_header(peer_ip);
-    // Up to five headers are added below: grow the map once.
-    req.headers_mut().reserve(6);
+    // Up to five headers are added below, and three identity headers after:
+    // grow the map once.
+    req.headers_mut().reserve(9);
     let authority_host = match req.headers().contains_key(HOST) {
         true => None,
         false => req.uri().authority().map(|a| a.as_str().to_owned()),
