@@ -207,10 +207,11 @@ fn build_pipeline(
             local: runtime.limiter.clone(),
             redis: runtime.redis.clone(),
             ipv6_prefix: config.rate_limits.ipv6_prefix,
-            key_default: config.api_keys.default_rate_limit.clone().map(|spec| {
-                let name = format!("key-{}s", spec.period.as_secs());
-                Arc::new(Limit::new(spec, Scope::KeyQuota, name))
-            }),
+            key_default: config
+                .api_keys
+                .default_rate_limit
+                .clone()
+                .map(|spec| Arc::new(Limit::key_quota(spec))),
             audit: runtime.audit.clone(),
             audit_interval: config.rate_limits.audit_interval.0,
             last_audited: runtime.limit_audit.clone(),

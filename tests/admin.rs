@@ -25,14 +25,7 @@ async fn healthz_readyz_and_metrics() {
 
     // Counts are recorded when each response ends; give the last one a moment.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let text = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(gw.admin_addr()).await;
     let value = |needle: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(needle))

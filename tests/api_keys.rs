@@ -355,14 +355,7 @@ async fn the_cache_keeps_the_store_off_the_request_path_and_usage_is_batched() {
         assert_eq!(get(&gw, "/api/tasks", Some(&key.key)).await.status(), 200);
         assert_eq!(get(&gw, "/api/tasks", Some(&unknown)).await.status(), 401);
     }
-    let metrics = client()
-        .get(format!("http://{}/metrics", gw.admin_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(gw.admin_addr()).await;
     // One store read for the good key and one for the unknown one; the
     // other 98 lookups were answered from memory (negative entries too).
     assert_eq!(

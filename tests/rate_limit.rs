@@ -411,14 +411,7 @@ async fn headers_on_allowed_and_refused_responses_and_sampled_audit() {
     assert_eq!(events.len(), 1, "51 refusals of one counter make one audit event");
     assert_eq!(events[0].event.details["limit"], "4/hour per ip");
     assert_eq!(events[0].event.details["subject"], "127.0.0.1");
-    let metrics = client()
-        .get(format!("http://{}/metrics", gw.admin_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(gw.admin_addr()).await;
     assert_eq!(
         metric(
             &metrics,
@@ -563,14 +556,7 @@ async fn outage(mode: &str) {
         kinds.contains(&"ratelimit.degraded") && kinds.contains(&"ratelimit.restored"),
         "{kinds:?}"
     );
-    let metrics = client()
-        .get(format!("http://{}/metrics", gw.admin_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(gw.admin_addr()).await;
     assert_eq!(
         metric(
             &metrics,

@@ -134,12 +134,7 @@ impl KeyCache {
                     .clone();
                 let limit = record.rate_limit.as_deref().and_then(|text| {
                     let spec = crate::config::rate::parse_rate(text).ok()?;
-                    let name = format!("key-{}s", spec.period.as_secs());
-                    Some(Arc::new(crate::ratelimit::Limit::new(
-                        spec,
-                        crate::ratelimit::Scope::KeyQuota,
-                        name,
-                    )))
+                    Some(Arc::new(crate::ratelimit::Limit::key_quota(spec)))
                 });
                 CachedKey::Known {
                     limit,

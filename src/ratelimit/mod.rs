@@ -75,6 +75,12 @@ impl Limit {
         }
     }
 
+    /// A key's own limit (from its record or `[api_keys] default_rate_limit`).
+    pub fn key_quota(spec: RateSpec) -> Limit {
+        let name = format!("key-{}s", spec.period.as_secs());
+        Limit::new(spec, Scope::KeyQuota, name)
+    }
+
     /// `"name";q=100;w=60`, one item of `RateLimit-Policy`.
     pub fn policy_item(&self) -> String {
         let window = (self.rate.period_us / 1_000_000).max(1);

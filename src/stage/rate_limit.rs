@@ -110,7 +110,10 @@ impl RateLimitStage {
         let Some(decision) = Decision::from_checks(checks) else {
             return Ok(Flow::Continue);
         };
-        let Some(route) = cx.route() else {
+        // The route is read from a snapshot of its own, so `cx` stays free to
+        // take the headers.
+        let policy = cx.policy.clone();
+        let Some(route) = cx.route.map(|i| &policy.routes[i]) else {
             return Ok(Flow::Continue);
         };
         // The route's own limits (the common case) have their policy header
@@ -120,15 +123,11 @@ impl RateLimitStage {
                 .iter()
                 .zip(&route.limits.limits)
                 .all(|(a, b)| std::ptr::eq(*a, b));
-        let policy = match &route.limits.policy {
-            Some(policy) if same_set => policy.clone(),
+        let policy_header = match &route.limits.policy {
+            Some(made) if same_set => made.clone(),
             _ => crate::ratelimit::policy_header(limits),
         };
-        let headers = Box::new(headers(limits, policy, &decision));
-        cx.rate_limit_headers = Some(headers);
-        let Some(route) = cx.route() else {
-            return Ok(Flow::Continue);
-        };
+        cx.rate_limit_headers = Some(Box::new(headers(limits, policy_header, &decision)));
         if decision.allowed {
             route.metrics.record_limit(true);
             return Ok(Flow::Continue);
