@@ -44,6 +44,19 @@ pub enum GatewayError {
     Forbidden(String),
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// Too many failed authentications from this client.
+    #[error("too many failed authentications; retry after {retry_after_secs} s")]
+    AuthFailuresLimited { retry_after_secs: u64 },
+    #[error("the request body is larger than this route accepts ({limit} bytes)")]
+    PayloadTooLarge { limit: u64 },
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    /// The request's header section is too large or has too many fields.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// A `Host` this gateway does not serve.
+    #[error("this gateway does not serve that host")]
+    MisdirectedRequest,
     /// A CORS preflight that the policy does not allow.
     #[error("{0}")]
     CorsRefused(&'static str),
@@ -56,6 +69,8 @@ pub enum GatewayError {
     UpstreamUnreachable { upstream: String },
     #[error("the upstream `{upstream}` did not answer within {timeout_ms} ms")]
     UpstreamTimeout { upstream: String, timeout_ms: u128 },
+    #[error("the upstream `{upstream}` answered with a protocol switch nobody asked for")]
+    UpstreamProtocol { upstream: String },
     #[error("the upstream `{upstream}` failed to handle the request")]
     UpstreamFailed {
         upstream: String,
@@ -77,15 +92,30 @@ impl GatewayError {
         GatewayError::Malformed(detail.into())
     }
 
+    /// Whether the client's connection must not carry another request:
+    /// after a request whose framing cannot be trusted, where the next one
+    /// starts is unknown.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, GatewayError::Malformed(_))
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) | GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::CorsRefused(_) | GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } | GatewayError::AuthFailuresLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed { status, .. } => *status,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,8 +132,14 @@ impl GatewayError {
             | GatewayError::Unauthorized { .. }
             | GatewayError::Forbidden(_)
             | GatewayError::RateLimited { .. }
+            | GatewayError::AuthFailuresLimited { .. }
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::UriTooLong { .. }
+            | GatewayError::HeadersTooLarge(_)
+            | GatewayError::MisdirectedRequest
             | GatewayError::MethodNotAllowed { .. } => ErrorSide::Downstream,
             GatewayError::UpstreamUnreachable { .. }
+            | GatewayError::UpstreamProtocol { .. }
             | GatewayError::UpstreamTimeout { .. }
             | GatewayError::UpstreamFailed { .. } => ErrorSide::Upstream,
             GatewayError::Unavailable(_) | GatewayError::Internal => ErrorSide::Internal,
@@ -116,6 +152,9 @@ impl GatewayError {
             // need not learn the topology behind the gateway.
             GatewayError::UpstreamUnreachable { .. } => {
                 "The service behind this route could not be reached.".into()
+            }
+            GatewayError::UpstreamProtocol { .. } => {
+                "The service behind this route gave an invalid answer.".into()
             }
             GatewayError::UpstreamTimeout { .. } => {
                 "The service behind this route did not answer in time.".into()
@@ -149,14 +188,12 @@ impl GatewayError {
             } => {
                 headers.insert(RETRY_AFTER, v.clone());
             }
-            GatewayError::RateLimited { retry_after_secs } => {
+            GatewayError::RateLimited { retry_after_secs }
+            | GatewayError::AuthFailuresLimited { retry_after_secs } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             GatewayError::Unauthorized { challenge, .. } => {
                 headers.insert(http::header::WWW_AUTHENTICATE, challenge.clone());
-            }
-            GatewayError::Malformed(_) => {
-                headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

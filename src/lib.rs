@@ -4,23 +4,26 @@
 //! in-process; the `portcullis` binary is a thin command-line edge over it.
 //! ARCHITECTURE.md maps the modules to the request pipeline.
 
-pub mod access_log;
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod compile;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod keys;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
-pub mod proxy;
+pub mod principal;
 pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod stage;
 pub mod store;
+pub mod upstream;
 
 pub use server::{Gateway, StartError};

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 0.5 ms to 30 s.
@@ -22,7 +22,11 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    upstream_reachable: IntGaugeVec,
+    /// Targets whose reachability gauge exists (kept across reloads).
+    known_targets: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub connections_open: IntGauge,
+    pub admin_connections_open: IntGauge,
     pub config_reloads: IntCounterVec,
     rate_limited: IntCounterVec,
     /// For requests that matched no route.
@@ -106,9 +110,22 @@ impl Metrics {
             "Upstream requests that failed, by upstream and kind (unreachable, timeout).",
             &["upstream", "kind"],
         );
+        let upstream_reachable = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_upstream_reachable",
+                "1 if the target accepted the last connection attempt (a request's or a /readyz probe's), else 0.",
+            ),
+            &["upstream", "target"],
+        )
+        .expect("metric definitions are valid");
         let connections_open = IntGauge::new(
             "portcullis_connections_open",
             "Open client connections on the public listener.",
+        )
+        .expect("metric definitions are valid");
+        let admin_connections_open = IntGauge::new(
+            "portcullis_admin_connections_open",
+            "Open connections on the admin listener.",
         )
         .expect("metric definitions are valid");
         let config_reloads = counter(
@@ -127,7 +144,9 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(upstream_reachable.clone()),
             Box::new(connections_open.clone()),
+            Box::new(admin_connections_open.clone()),
             Box::new(config_reloads.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -139,7 +158,10 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            upstream_reachable,
+            known_targets: Default::default(),
             connections_open,
+            admin_connections_open,
             config_reloads,
             rate_limited,
             unrouted,
@@ -179,6 +201,17 @@ impl Metrics {
             unreachable: self.upstream_errors.with_label_values(&[upstream, "unreachable"]),
             timeout: self.upstream_errors.with_label_values(&[upstream, "timeout"]),
         }
+    }
+
+    /// The reachability gauge of one target: 1 until a connection to it
+    /// fails; a reload keeps what is known.
+    pub fn upstream_reachable(&self, upstream: &str, target: &str) -> IntGauge {
+        let gauge = self.upstream_reachable.with_label_values(&[upstream, target]);
+        let mut known = self.known_targets.lock().unwrap_or_else(|e| e.into_inner());
+        if known.insert((upstream.to_string(), target.to_string())) {
+            gauge.set(1);
+        }
+        gauge
     }
 
     /// Registers another collector (used by later subsystems: audit, limits).

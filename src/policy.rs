@@ -1,46 +1,38 @@
-//! The compiled policy: what requests read, built once from a [`Config`] by
+//! The compiled policy: what requests read, built once from a config by
 //! [`compile`], immutable afterwards, and swapped whole on reload.
 //!
-//! `compile` checks everything it can and collects every problem rather than
-//! stopping at the first, so `portcullis check` can list them all. Rules that
-//! only apply in production (secrets, public routes) are here too, next to
-//! the values they judge.
+//! This file orders the compile steps, writes the stage order (the one
+//! place it is written: [`stage_order`]) and collects every problem; what
+//! each step checks lives with the step. Compiling never stops early, so
+//! `portcullis check` lists every problem in one pass.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::Method;
-
-use crate::config::{
-    Config, ConfigError, ConfigErrors, Environment, LoadedConfig, SecretRef, SecretValue, secret,
-};
-use crate::config::{RateSpec, RouteConfig};
-use crate::metrics::{Metrics, RouteMetrics};
-use crate::pipeline::{Pipeline, Stage};
-use crate::proxy::Upstream;
-use crate::ratelimit::{Limit, RouteLimits, Scope, limit_name};
+use crate::compile::CompileCx;
+use crate::config::{ConfigErrors, Environment, LoadedConfig, SecretRef, SecretValue, secret};
+use crate::connection::Timeouts;
+use crate::listener::ConnectionLimits;
+use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
-use crate::stage::authn::{AuthMethod, AuthPolicy, AuthnStage};
-use crate::stage::authz::AuthzStage;
-use crate::stage::client_ip::{ClientIpStage, TrustedProxies};
-use crate::stage::cors::{CorsPolicy, CorsStage};
-use crate::stage::framing::FramingStage;
-use crate::stage::rate_limit::RateLimitStage;
-use crate::stage::request_id::RequestIdStage;
-use crate::stage::route::{PrefixTree, Route, RouteStage, allow_header, normalise};
-use crate::stage::upstream_headers::UpstreamHeadersStage;
+use crate::stage::{
+    access_log, authn, authz, body_limit, client_ip, cors, framing, rate_limit, request_head, request_id,
+    route, upstream_headers,
+};
+use crate::upstream::Upstream;
 
-/// Listener and connection settings (changes need a restart).
+/// Listener settings (changes need a restart).
 #[derive(Debug, Clone)]
 pub struct ServerPolicy {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub trusted_proxies: TrustedProxies,
-    pub max_connections: usize,
-    pub header_read_timeout: std::time::Duration,
-    pub idle_timeout: std::time::Duration,
-    pub max_header_size: usize,
-    pub drain_timeout: std::time::Duration,
+    pub public: ConnectionLimits,
+    pub admin: ConnectionLimits,
+    /// The largest request head hyper buffers (our limits plus room, so a
+    /// head that breaks them reaches the request-head stage).
+    pub max_head: usize,
+    pub max_headers: usize,
 }
 
 /// Resolved secrets.
@@ -53,30 +45,35 @@ pub struct Secrets {
 pub struct Policy {
     pub environment: Environment,
     pub server: ServerPolicy,
-    pub access_log: bool,
-    pub log_level: String,
     pub secrets: Secrets,
     pub upstreams: Vec<Arc<Upstream>>,
-    pub cors: Option<CorsPolicy>,
-    pub routes: Vec<Route>,
-    pub tree: PrefixTree,
-    pub pipeline: Pipeline,
-    /// Metrics for requests that matched no route.
-    pub metrics_unrouted: RouteMetrics,
+    pub routes: Vec<Arc<Route>>,
+    pub pipeline: Arc<Pipeline>,
     /// Things worth saying at start that are not errors (generated dev secrets).
     pub warnings: Vec<String>,
 }
 
-/// Collects problems while compiling.
-struct Problems<'a> {
-    loaded: &'a LoadedConfig,
-    errors: Vec<ConfigError>,
-}
-
-impl Problems<'_> {
-    fn at(&mut self, key: &str, message: impl Into<String>) {
-        self.errors.push(self.loaded.error_at(key, message));
-    }
+/// The stages, in their one order; each phase runs the stages that take
+/// part in it in this order (see [`crate::pipeline`]). Adding a stage is a
+/// line here.
+fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
+    [
+        request_id::compile(cx),
+        framing::compile(cx),
+        client_ip::compile(cx),
+        request_head::compile(cx),
+        cors::compile(cx),
+        rate_limit::pre_auth::compile(cx),
+        authn::compile(cx),
+        authz::compile(cx),
+        rate_limit::compile(cx),
+        body_limit::compile(cx),
+        upstream_headers::compile(cx),
+        access_log::compile(cx),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Compiles a loaded config into a policy, or lists every problem. The
@@ -84,232 +81,132 @@ impl Problems<'_> {
 /// to check a config.
 pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, ConfigErrors> {
     let config = &loaded.config;
-    let metrics = &runtime.metrics;
-    let mut problems = Problems {
-        loaded,
-        errors: Vec::new(),
-    };
-    let mut warnings = Vec::new();
-
-    let server = compile_server(config, &mut problems);
-    let secrets = compile_secrets(loaded, &mut problems, &mut warnings);
-    let upstreams = compile_upstreams(config, metrics, &mut problems);
-    let cors = config.cors.as_ref().and_then(|c| {
-        CorsPolicy::compile(c, config.environment.is_production())
-            .map_err(|errors| errors.into_iter().for_each(|(key, e)| problems.at(&key, e)))
-            .ok()
-    });
-    let (routes, tree) = compile_routes(config, &upstreams, metrics, &mut problems);
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
-        problems.at("log.level", format!("invalid log filter: {e}"));
-    }
-
-    if !problems.errors.is_empty() {
-        return Err(ConfigErrors(problems.errors));
-    }
-    let key_headers = compile_key_headers(config, &mut problems);
-    check_rate_limit_settings(config, &mut problems);
-    if !(0.0..=1.0).contains(&config.audit.auth_success_sample) {
-        problems.at("audit.auth_success_sample", "must be between 0.0 and 1.0");
-    }
-    if config.audit.queue == 0 || config.audit.queue > 10_000_000 {
-        problems.at("audit.queue", "must be between 1 and 10000000");
-    }
-    if config.store.max_connections == 0 || config.store.max_connections > 1000 {
-        problems.at("store.max_connections", "must be between 1 and 1000");
-    }
-    if !problems.errors.is_empty() {
-        return Err(ConfigErrors(problems.errors));
-    }
-    let server = server.expect("no errors means the server section compiled");
-    let pipeline = build_pipeline(&server, runtime, config, key_headers);
+    let mut cx = CompileCx::new(loaded, runtime, route::route_ids(&config.routes));
+    let server = compile_server(&mut cx);
+    let secrets = compile_secrets(&mut cx);
+    check_services(&mut cx);
+    let upstreams = crate::upstream::compile_all(&mut cx);
+    let stages = stage_order(&mut cx);
+    let (table, routes) = route::compile(&mut cx, &upstreams);
+    let warnings = std::mem::take(&mut cx.warnings);
+    cx.problems.into_result()?;
     Ok(Policy {
         environment: config.environment,
-        access_log: config.log.access_log,
-        log_level: config.log.level.clone(),
-        server,
+        server: server.expect("no problems means the listeners compiled"),
         secrets,
         upstreams,
-        cors,
         routes,
-        tree,
-        pipeline,
-        metrics_unrouted: metrics.unrouted.clone(),
+        pipeline: Arc::new(Pipeline::new(stages, Box::new(table))),
         warnings,
     })
 }
 
-fn compile_key_headers(config: &Config, problems: &mut Problems) -> Vec<http::HeaderName> {
-    let mut names = Vec::new();
-    for name in &config.api_keys.headers {
-        match http::HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) if h == http::header::AUTHORIZATION || h == http::header::COOKIE => problems.at(
-                "api_keys.headers",
-                format!("`{name}` cannot carry keys; use `bearer = true` for Authorization"),
-            ),
-            Ok(h) => names.push(h),
-            Err(_) => problems.at("api_keys.headers", format!("`{name}` is not a header name")),
-        }
+/// The store, audit, Redis and log settings: checked here so that `check`
+/// reports them with everything else, though they take effect at start.
+fn check_services(cx: &mut CompileCx<'_>) {
+    let config = cx.config;
+    let mut problems = crate::store::config_problems(&config.store);
+    problems.extend(crate::audit::config_problems(&config.audit));
+    if let Some(redis) = &config.redis {
+        problems.extend(crate::ratelimit::redis::config_problems(redis));
     }
-    if names.is_empty() && !config.api_keys.bearer {
-        problems.at("api_keys", "keys need a header or `bearer = true`");
+    for (key, problem) in problems {
+        cx.problems.at(key, problem);
     }
-    names
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        cx.problems.at("log.level", format!("invalid log filter: {e}"));
+    }
 }
 
-/// The `WWW-Authenticate` challenge for API-key routes.
-fn key_challenge(config: &Config) -> http::HeaderValue {
-    let header = config
-        .api_keys
-        .headers
-        .first()
-        .map(String::as_str)
-        .unwrap_or("Authorization");
-    let mut text = format!("ApiKey realm=\"portcullis\", header=\"{header}\"");
-    if config.api_keys.bearer {
-        text.push_str(", Bearer realm=\"portcullis\"");
-    }
-    http::HeaderValue::try_from(text)
-        .unwrap_or_else(|_| http::HeaderValue::from_static("ApiKey realm=\"portcullis\""))
-}
-
-/// The stages, in order. This is the one place the order is decided.
-fn build_pipeline(
-    server: &ServerPolicy,
-    runtime: &Runtime,
-    config: &Config,
-    key_headers: Vec<http::HeaderName>,
-) -> Pipeline {
-    let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(RequestIdStage),
-        Box::new(FramingStage),
-        Box::new(ClientIpStage {
-            trusted: server.trusted_proxies.clone(),
-        }),
-        // CORS before routing: its policy is global, and a page must be able
-        // to read a 404 or 405 as well as a 200.
-        Box::new(CorsStage {
-            audit: runtime.audit.clone(),
-        }),
-        Box::new(RouteStage),
-        Box::new(AuthnStage {
-            keys: runtime.keys.clone(),
-            audit: runtime.audit.clone(),
-            key_headers,
-            bearer: config.api_keys.bearer,
-            challenge: key_challenge(config),
-            forward_key: config.api_keys.forward_key,
-        }),
-        Box::new(AuthzStage {
-            audit: runtime.audit.clone(),
-        }),
-        Box::new(RateLimitStage {
-            local: runtime.limiter.clone(),
-            redis: runtime.redis.clone(),
-            ipv6_prefix: config.rate_limits.ipv6_prefix,
-            key_default: config
-                .api_keys
-                .default_rate_limit
-                .clone()
-                .map(|spec| Arc::new(Limit::key_quota(spec))),
-            audit: runtime.audit.clone(),
-            audit_interval: config.rate_limits.audit_interval.0,
-            last_audited: runtime.limit_audit.clone(),
-        }),
-        Box::new(UpstreamHeadersStage),
-    ];
-    Pipeline::new(stages)
-}
-
-fn parse_addr(problems: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
+fn parse_addr(cx: &mut CompileCx<'_>, key: &str, text: &str) -> Option<SocketAddr> {
     match text.parse() {
         Ok(addr) => Some(addr),
         Err(_) => {
-            problems.at(key, format!("`{text}` is not an address such as 127.0.0.1:8080"));
+            cx.problems
+                .at(key, format!("`{text}` is not an address such as 127.0.0.1:8080"));
             None
         }
     }
 }
 
-fn compile_server(config: &Config, problems: &mut Problems) -> Option<ServerPolicy> {
-    let s = &config.server;
-    let listen = parse_addr(problems, "server.listen", &s.listen);
-    let admin_listen = parse_addr(problems, "server.admin_listen", &s.admin_listen);
-    let trusted_proxies = match TrustedProxies::parse(&s.trusted_proxies) {
-        Ok(t) => t,
-        Err(bad) => {
-            problems.at(
-                "server.trusted_proxies",
-                format!("not IP addresses or CIDR ranges: {}", bad.join(", ")),
-            );
-            TrustedProxies::default()
+fn compile_server(cx: &mut CompileCx<'_>) -> Option<ServerPolicy> {
+    let s = &cx.config.server;
+    let listen = parse_addr(cx, "server.listen", &s.listen);
+    let admin_listen = parse_addr(cx, "server.admin_listen", &s.admin_listen);
+    for (key, value) in [
+        ("server.max_connections", s.max_connections),
+        ("server.admin_max_connections", s.admin_max_connections),
+    ] {
+        if value == 0 || value > 1_000_000 {
+            cx.problems.at(key, "must be between 1 and 1000000");
         }
-    };
-    if s.max_connections == 0 || s.max_connections > 1_000_000 {
-        problems.at("server.max_connections", "must be between 1 and 1000000");
-    }
-    let max_header_size = s.max_header_size.0;
-    if !(8 * 1024..=1024 * 1024).contains(&max_header_size) {
-        problems.at("server.max_header_size", "must be between 8KiB and 1MiB");
     }
     if s.header_read_timeout.0.is_zero() {
-        problems.at("server.header_read_timeout", "must be more than zero");
+        cx.problems
+            .at("server.header_read_timeout", "must be more than zero");
     }
     if s.idle_timeout.0.is_zero() {
-        problems.at("server.idle_timeout", "must be more than zero");
+        cx.problems.at("server.idle_timeout", "must be more than zero");
     }
     if let (Some(a), Some(b)) = (listen, admin_listen)
         && a == b
         && a.port() != 0
     {
-        problems.at("server.admin_listen", "must differ from server.listen");
+        cx.problems
+            .at("server.admin_listen", "must differ from server.listen");
     }
+    let timeouts = Timeouts {
+        header_read: s.header_read_timeout.0,
+        idle: s.idle_timeout.0,
+    };
+    let limits = |max_connections, framing_records| ConnectionLimits {
+        max_connections,
+        timeouts,
+        drain: s.drain_timeout.0,
+        framing_records,
+    };
+    // Room for a request line and header section just past the limits, so
+    // that they are refused with a problem document rather than by hyper.
+    let max_head = (s.max_uri_length.0 + s.max_header_size.0).min(4 << 20) as usize + 4096;
     Some(ServerPolicy {
         listen: listen?,
         admin_listen: admin_listen?,
-        trusted_proxies,
-        max_connections: s.max_connections,
-        header_read_timeout: s.header_read_timeout.0,
-        idle_timeout: s.idle_timeout.0,
-        max_header_size: max_header_size as usize,
-        drain_timeout: s.drain_timeout.0,
+        public: limits(s.max_connections, true),
+        admin: limits(s.admin_max_connections, false),
+        max_head,
+        max_headers: (s.max_header_count * 2).max(100),
     })
 }
 
 /// Resolves one secret. In production a missing, short, weak or inline
 /// secret is an error; in development a missing one is generated for this
 /// run, with a warning.
-fn resolve_secret(
-    loaded: &LoadedConfig,
-    problems: &mut Problems,
-    warnings: &mut Vec<String>,
-    name: &str,
-    reference: Option<&SecretRef>,
-) -> Option<SecretValue> {
+fn resolve_secret(cx: &mut CompileCx<'_>, name: &str, reference: Option<&SecretRef>) -> Option<SecretValue> {
     let key = format!("secrets.{name}");
-    let production = loaded.config.environment.is_production();
+    let production = cx.production();
     let reference = reference?;
     if production && matches!(reference, SecretRef::Inline(_)) {
-        problems.at(
+        cx.problems.at(
             &key,
             "secrets must not be written in the config in production; use { env = \"NAME\" } or { file = \"PATH\" }",
         );
         return None;
     }
-    match reference.resolve(&loaded.base_dir) {
+    match reference.resolve(&cx.loaded.base_dir) {
         Ok(value) => {
             if production && let Some(why) = secret::weakness(value.expose()) {
-                problems.at(&key, format!("the secret {why}"));
+                cx.problems.at(&key, format!("the secret {why}"));
                 return None;
             }
             Some(value)
         }
         Err(e) if production => {
-            problems.at(&key, format!("{e}; production needs every referenced secret"));
+            cx.problems
+                .at(&key, format!("{e}; production needs every referenced secret"));
             None
         }
         Err(e) => {
-            warnings.push(format!(
+            cx.warnings.push(format!(
                 "{key}: {e}; generated a random value for this run (development only; set it before production)"
             ));
             Some(SecretValue::new(secret::generate().into_bytes()))
@@ -317,246 +214,130 @@ fn resolve_secret(
     }
 }
 
-fn compile_secrets(loaded: &LoadedConfig, problems: &mut Problems, warnings: &mut Vec<String>) -> Secrets {
-    let s = &loaded.config.secrets;
+fn compile_secrets(cx: &mut CompileCx<'_>) -> Secrets {
+    let s = &cx.config.secrets;
     Secrets {
-        admin_token: resolve_secret(loaded, problems, warnings, "admin_token", s.admin_token.as_ref()),
-        session_key: resolve_secret(loaded, problems, warnings, "session_key", s.session_key.as_ref()),
+        admin_token: resolve_secret(cx, "admin_token", s.admin_token.as_ref()),
+        session_key: resolve_secret(cx, "session_key", s.session_key.as_ref()),
     }
 }
 
-fn compile_upstreams(config: &Config, metrics: &Metrics, problems: &mut Problems) -> Vec<Arc<Upstream>> {
-    let mut out: Vec<Arc<Upstream>> = Vec::new();
-    for (i, u) in config.upstreams.iter().enumerate() {
-        let key = format!("upstreams[{i}]");
-        if u.name.is_empty() {
-            problems.at(&format!("{key}.name"), "an upstream needs a name");
-        }
-        if out.iter().any(|o| o.name == u.name) {
-            problems.at(
-                &format!("{key}.name"),
-                format!("another upstream is already named `{}`", u.name),
-            );
-        }
-        if u.timeout.0.is_zero() || u.connect_timeout.0.is_zero() {
-            problems.at(&key, "timeouts must be more than zero");
-        }
-        match Upstream::new(u, metrics.for_upstream(&u.name)) {
-            Ok(upstream) => out.push(Arc::new(upstream)),
-            Err(why) => {
-                for w in why {
-                    problems.at(&format!("{key}.targets"), w);
-                }
-            }
-        }
+impl Policy {
+    /// The drain timeout of the public listener.
+    pub fn drain_timeout(&self) -> Duration {
+        self.server.public.drain
     }
-    out
 }
 
-fn compile_methods(problems: &mut Problems, key: &str, names: &Option<Vec<String>>) -> Option<Vec<Method>> {
-    let names = names.as_ref()?;
-    if names.is_empty() {
-        problems.at(
-            key,
-            "list at least one method, or leave `methods` out to allow all",
-        );
-    }
-    let mut methods = Vec::new();
-    for name in names {
-        let upper = name.to_ascii_uppercase();
-        match Method::from_bytes(upper.as_bytes()) {
-            Ok(m) if m == Method::CONNECT || m == Method::TRACE => {
-                problems.at(key, format!("{upper} cannot be proxied"));
-            }
-            Ok(m) => methods.push(m),
-            Err(_) => problems.at(key, format!("`{name}` is not an HTTP method")),
-        }
-    }
-    Some(methods)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+    use crate::config::load::load;
 
-fn compile_auth(problems: &mut Problems, key: &str, route: &RouteConfig, production: bool) -> AuthPolicy {
-    let auth_key = format!("{key}.auth");
-    let mut policy = AuthPolicy {
-        methods: Vec::new(),
-        scopes: route.scopes.clone(),
-        key_query: route.api_key_query.clone(),
-    };
-    match &route.auth {
-        None => {
-            if production {
-                problems.at(
-                    key,
-                    "the route has no `auth`; production requires one (write auth = [\"none\"] for a public route)",
-                );
-            }
-            policy.methods.push(AuthMethod::None);
-        }
-        Some(names) => {
-            if names.is_empty() {
-                problems.at(
-                    &auth_key,
-                    "list at least one method, e.g. [\"api_key\"] or [\"none\"]",
-                );
-            }
-            for name in names {
-                match AuthMethod::parse(name) {
-                    Some(m) => policy.methods.push(m),
-                    None => {
-                        let hint = crate::config::load::nearest(name, AuthMethod::NAMES)
-                            .map(|n| format!("; did you mean `{n}`?"))
-                            .unwrap_or_default();
-                        problems.at(
-                            &auth_key,
-                            format!(
-                                "`{name}` is not an authentication method this version offers ({}){hint}",
-                                AuthMethod::NAMES.join(", ")
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    if policy.methods.contains(&AuthMethod::None) && policy.methods.len() > 1 {
-        problems.at(
-            &auth_key,
-            "\"none\" makes a route public; it cannot be combined with other methods",
-        );
-    }
-    let authenticated = policy.methods.iter().any(|m| *m != AuthMethod::None);
-    if !policy.scopes.is_empty() && !authenticated {
-        problems.at(
-            &format!("{key}.scopes"),
-            "scopes need an authenticated route (auth = [\"api_key\"])",
-        );
-    }
-    for scope in &policy.scopes {
-        if crate::keys::manage::validate_scope(scope).is_err() {
-            problems.at(
-                &format!("{key}.scopes"),
-                format!("`{scope}` is not a valid scope"),
-            );
-        }
-    }
-    if policy.key_query.is_some() && !policy.methods.contains(&AuthMethod::ApiKey) {
-        problems.at(
-            &format!("{key}.api_key_query"),
-            "only routes with auth = [\"api_key\"] read keys",
-        );
-    }
-    policy
-}
-
-/// A route's limits: its own `rate_limit`, or else the defaults, each
-/// counted per route.
-fn compile_limits(config: &Config, route_id: &Arc<str>, own: Option<&[RateSpec]>) -> RouteLimits {
-    let specs = own.unwrap_or(&config.rate_limits.default);
-    let mut names: Vec<String> = Vec::new();
-    let mut limits = Vec::new();
-    for spec in specs {
-        let name = limit_name(spec, &names);
-        names.push(name.clone());
-        limits.push(Limit::new(spec.clone(), Scope::Route(route_id.clone()), name));
-    }
-    RouteLimits::new(limits)
-}
-
-/// `[rate_limits]`, `[redis]` and the keys' default limit.
-fn check_rate_limit_settings(config: &Config, problems: &mut Problems) {
-    let r = &config.rate_limits;
-    if r.ipv6_prefix == 0 || r.ipv6_prefix > 128 {
-        problems.at("rate_limits.ipv6_prefix", "must be between 1 and 128");
-    }
-    if r.max_entries < 1024 || r.max_entries > 100_000_000 {
-        problems.at("rate_limits.max_entries", "must be between 1024 and 100000000");
-    }
-    if let Some(spec) = &config.api_keys.default_rate_limit
-        && !matches!(
-            spec.key,
-            crate::config::LimitKey::Ip | crate::config::LimitKey::Key
+    fn problems(text: &str) -> Vec<String> {
+        let loaded = load(
+            &Source::Text {
+                name: "t.toml".into(),
+                text: text.into(),
+            },
+            &[],
         )
-    {
-        problems.at(
-            "api_keys.default_rate_limit",
-            "a key's limit always counts per key; leave out `per …`",
-        );
-    }
-    if let Some(redis) = &config.redis {
-        if redis::Client::open(redis.url.as_str()).is_err() {
-            problems.at("redis.url", "not a Redis URL such as redis://127.0.0.1:6379");
-        }
-        if redis.timeout.0.is_zero() || redis.timeout.0 > std::time::Duration::from_secs(10) {
-            problems.at("redis.timeout", "must be between 1ms and 10s");
-        }
-        if redis.prefix.is_empty() || redis.prefix.contains(['{', '}', ' ']) {
-            problems.at("redis.prefix", "must be non-empty, without braces or spaces");
+        .expect("the file parses");
+        match compile(&loaded, &Runtime::offline()) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
         }
     }
-}
 
-fn compile_routes(
-    config: &Config,
-    upstreams: &[Arc<Upstream>],
-    metrics: &Metrics,
-    problems: &mut Problems,
-) -> (Vec<Route>, PrefixTree) {
-    let production = config.environment.is_production();
-    let mut routes: Vec<Route> = Vec::new();
-    let mut tree = PrefixTree::default();
-    for (i, r) in config.routes.iter().enumerate() {
-        let key = format!("routes[{i}]");
-        let path = match normalise(&r.path) {
-            Ok(p) => p.decoded.trim_end_matches('/').to_string(),
-            Err(e) => {
-                problems.at(&format!("{key}.path"), format!("`{}`: {e}", r.path));
-                continue;
-            }
-        };
-        let path = if path.is_empty() { "/".to_string() } else { path };
-        if path.contains(';') {
-            problems.at(
-                &format!("{key}.path"),
-                "a route path cannot contain `;` (requests match without their `;parameters`)",
+    #[test]
+    fn every_section_reports_its_problems_in_one_pass() {
+        let found = problems(
+            r#"environment = "production"
+[server]
+max_connections = 0
+[store]
+url = "mysql://db/x"
+max_connections = 0
+[audit]
+queue = 0
+[redis]
+url = "not a url"
+prefix = "a b"
+[api_keys]
+headers = ["Cookie"]
+[rate_limits]
+ipv6_prefix = 0
+pre_auth = ["1 per second per key"]
+[cors]
+origins = ["http://localhost:3000"]
+[[upstreams]]
+name = "app"
+targets = ["ftp://x"]
+[[routes]]
+id = "api"
+path = "/api"
+upstream = "ap"
+auth = ["apikey"]
+[[routes]]
+path = "/public"
+upstream = "app"
+max_body = "2000GiB"
+"#,
+        );
+        let want = [
+            "t.toml:3: server.max_connections:",
+            "t.toml:5: store.url:",
+            "t.toml:6: store.max_connections:",
+            "t.toml:8: audit.queue:",
+            "t.toml:10: redis.url:",
+            "t.toml:11: redis.prefix:",
+            "t.toml:13: api_keys.headers:",
+            "t.toml:15: rate_limits.ipv6_prefix:",
+            "t.toml:16: rate_limits.pre_auth:",
+            "t.toml:18: cors.origins:",
+            "t.toml:21: upstreams[0].targets:",
+            "t.toml:25: routes[0].upstream (route `api`): no upstream is named `ap`; did you mean `app`?",
+            "t.toml:26: routes[0].auth (route `api`):",
+            "t.toml:27: routes[1] (route `/public`): the route has no `auth`",
+            "t.toml:30: routes[1].max_body (route `/public`):",
+        ];
+        for w in want {
+            assert!(
+                found.iter().any(|f| f.starts_with(w)),
+                "missing {w:?} in\n{}",
+                found.join("\n")
             );
-            continue;
         }
-        let id: Arc<str> = r.id.clone().unwrap_or_else(|| path.clone()).into();
-        if routes.iter().any(|other| other.id == id) {
-            problems.at(
-                &format!("{key}.path"),
-                format!("another route has the id `{id}`; give one of them an `id`"),
-            );
-        }
-        let methods = compile_methods(problems, &format!("{key}.methods"), &r.methods);
-        let auth = compile_auth(problems, &key, r, production);
-        let Some(upstream) = upstreams.iter().find(|u| u.name == r.upstream).cloned() else {
-            let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-            let hint = crate::config::load::nearest(&r.upstream, &names)
-                .map(|n| format!("; did you mean `{n}`?"))
-                .unwrap_or_default();
-            if config.upstreams.iter().all(|u| u.name != r.upstream) {
-                problems.at(
-                    &format!("{key}.upstream"),
-                    format!("no upstream is named `{}`{hint}", r.upstream),
-                );
-            }
-            continue;
-        };
-        let limits = compile_limits(config, &id, r.rate_limit.as_deref());
-        let mut route = Route {
-            metrics: metrics.for_route(&id),
-            id,
-            path: path.clone(),
-            methods,
-            allow: http::HeaderValue::from_static(""),
-            upstream,
-            auth,
-            limits,
-        };
-        route.allow = allow_header(&route.allowed_methods());
-        tree.insert(&path, routes.len());
-        routes.push(route);
+        assert_eq!(found.len(), want.len(), "{}", found.join("\n"));
     }
-    (routes, tree)
+
+    #[test]
+    fn the_pipeline_puts_each_stage_in_its_phases() {
+        let loaded = load(
+            &Source::Text {
+                name: "t.toml".into(),
+                text: "environment = \"development\"\n[cors]\norigins = [\"*\"]\n".into(),
+            },
+            &[],
+        )
+        .unwrap();
+        let policy = compile(&loaded, &Runtime::offline()).unwrap();
+        let phases = policy.pipeline.describe();
+        assert_eq!(
+            phases[0],
+            (
+                "early",
+                vec!["request_id", "framing", "client_ip", "request_head", "cors"]
+            )
+        );
+        assert_eq!(
+            phases[2],
+            ("access", vec!["cors", "authn", "authz", "rate_limit"])
+        );
+        assert_eq!(phases[3], ("body", vec!["body_limit"]));
+        assert_eq!(phases[4], ("upstream_request", vec!["upstream_headers"]));
+        assert_eq!(phases[5], ("response", vec!["request_id", "cors", "rate_limit"]));
+        assert_eq!(phases[6], ("logging", vec!["access_log"]));
+    }
 }

@@ -26,6 +26,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The rate-limit backends, for a limiting stage.
+    pub fn limiters(&self) -> crate::ratelimit::Limiters {
+        crate::ratelimit::Limiters {
+            local: self.limiter.clone(),
+            redis: self.redis.clone(),
+        }
+    }
+
     /// No store, no Redis and no audit, with a metrics registry of its own:
     /// enough to compile and check a config.
     pub fn offline() -> Runtime {

@@ -9,35 +9,30 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::access_log::{Completion, CompletionBody};
+use crate::admin;
 use crate::audit::writer::AuditTask;
 use crate::audit::{Event, Severity};
 use crate::body::GatewayBody;
 use crate::config::{ConfigErrors, LoadedConfig, Source, load};
-use crate::error::{GatewayError, problem_response};
+use crate::connection::Connection;
 use crate::keys::KeyCache;
+use crate::listener::{self, Plain};
 use crate::metrics::Metrics;
-use crate::pipeline::{Connection, Outcome, RequestCx};
+use crate::pipeline::{Exchange, LoggedBody};
 use crate::policy::{Policy, compile};
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::runtime::Runtime;
-use crate::stage::framing::inspect::Tapped;
 use crate::store::{Store, StoreError};
-use crate::{admin, proxy};
 
 /// What every connection and the admin listener share.
 pub struct Shared {
@@ -223,9 +218,14 @@ impl Shared {
         match result {
             Ok(policy) => {
                 let old = self.policy.load();
-                if policy.server.listen != old.server.listen
-                    || policy.server.admin_listen != old.server.admin_listen
-                    || policy.server.max_connections != old.server.max_connections
+                let (new, old) = (&policy.server, &old.server);
+                if new.listen != old.listen
+                    || new.admin_listen != old.admin_listen
+                    || new.public.max_connections != old.public.max_connections
+                    || new.admin.max_connections != old.admin.max_connections
+                    || new.public.timeouts.header_read != old.public.timeouts.header_read
+                    || new.public.timeouts.idle != old.public.timeouts.idle
+                    || new.max_head != old.max_head
                 {
                     tracing::warn!("listener settings changed; they take effect after a restart");
                 }
@@ -258,142 +258,28 @@ impl Shared {
     }
 }
 
-/// Accepts connections until shutdown, then drains.
-async fn serve_public(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+/// Serves routed traffic until shutdown, then drains.
+async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let server = shared.policy.load().server.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // One buffer per write: hyper's default hands a response's head and its
-    // body to the kernel as separate iovecs, which costs more in the kernel
-    // than copying a typical API response into the head's buffer (about
-    // 3% of throughput on the benchmark; docs/benchmarks.md).
-    builder
-        .http1()
-        .writev(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_size.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(server.max_header_size as u32)
-        .max_concurrent_streams(256);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(server.max_connections));
-
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Usually out of file descriptors: pause instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let conn_shared = shared.clone();
-        let conn = Arc::new(Connection::new(peer, false));
-        let io = TokioIo::new(Tapped::new(stream, conn.heads.clone()));
-        let watched = conn.clone();
-        let service = service_fn(move |req| handle(conn_shared.clone(), conn.clone(), req));
-        let connection = builder.serve_connection(io, service).into_owned();
-        let connection = graceful.watch(connection);
-        let open = shared.metrics.connections_open.clone();
-        open.inc();
-        let (first, idle) = (server.header_read_timeout, server.idle_timeout);
-        tokio::spawn(async move {
-            close_when_idle(connection, &watched, first, idle).await;
-            open.dec();
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let drain = shared.policy.load().server.drain_timeout;
-    let open = graceful.count();
-    if open > 0 {
-        tracing::info!(connections = open, "draining in-flight requests");
-    }
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
-    }
+    let builder = listener::http_builder(server.max_head, server.max_headers);
+    let open = shared.metrics.connections_open.clone();
+    let service = move |connection: Arc<Connection>| {
+        let shared = shared.clone();
+        service_fn(move |req| handle(shared.clone(), connection.clone(), req))
+    };
+    listener::serve(Plain(listener), server.public, builder, service, shutdown, open).await;
 }
 
-/// Drives a client connection until it ends, or until it has been idle too
-/// long: no first request within `first` (the header read timeout, which
-/// hyper itself applies only once it knows the protocol), or no request for
-/// `idle` since the last one finished. Dropping the connection closes it.
-/// Without this, silent or idle connections (HTTP/2 ones especially) could
-/// hold every `max_connections` slot.
-async fn close_when_idle(
-    connection: impl std::future::Future,
-    watched: &Connection,
-    first: Duration,
-    idle: Duration,
-) {
-    tokio::pin!(connection);
-    let mut check_at = tokio::time::Instant::now() + first;
-    loop {
-        tokio::select! {
-            _ = &mut connection => return,
-            _ = tokio::time::sleep_until(check_at) => match watched.idleness(first, idle) {
-                crate::pipeline::Idleness::Expired => return,
-                crate::pipeline::Idleness::CheckAt(at) => check_at = at.into(),
-            },
-        }
-    }
-}
-
-/// Runs one request through the pipeline and the proxy.
+/// Runs one request through the pipeline; its log line is written exactly
+/// once, however the request ends (see [`Exchange`]).
 pub async fn handle(
     shared: Arc<Shared>,
     connection: Arc<Connection>,
     req: Request<Incoming>,
-) -> Result<Response<CompletionBody>, Infallible> {
-    connection.request_started();
-    let policy = shared.policy.load_full();
-    let mut cx = RequestCx::new(policy.clone(), connection);
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let mut req = req.map(GatewayBody::Streamed);
-
-    let (outcome, ran) = policy.pipeline.request(&mut cx, &mut req).await;
-    let mut response = match outcome {
-        Outcome::Forward => match cx.route.map(|i| &policy.routes[i]) {
-            Some(route) => proxy::forward(&mut cx, req, &route.upstream)
-                .await
-                .unwrap_or_else(|error| render(&cx, &error)),
-            None => render(&cx, &GatewayError::Internal),
-        },
-        Outcome::Answered(response) => response,
-        Outcome::Failed(error) => render(&cx, &error),
-    };
-    policy.pipeline.respond(ran, &cx, &mut response);
-
-    let status = response.status();
-    Ok(response.map(|body| {
-        CompletionBody::new(
-            body,
-            Completion {
-                cx,
-                method,
-                uri,
-                status,
-            },
-        )
-    }))
-}
-
-fn render(cx: &RequestCx, error: &GatewayError) -> Response<GatewayBody> {
-    if error.side() == crate::error::ErrorSide::Internal {
-        tracing::error!(request_id = cx.request_id(), %error, "request failed inside the gateway");
-    }
-    problem_response(error, cx.request_id())
+) -> Result<Response<LoggedBody>, Infallible> {
+    let pipeline = shared.policy.load().pipeline.clone();
+    let mut exchange = Exchange::begin(pipeline, connection, &req);
+    let (pipeline, cx) = exchange.parts();
+    let response = pipeline.run(cx, req.map(GatewayBody::Streamed)).await;
+    Ok(exchange.respond(response))
 }

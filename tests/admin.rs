@@ -55,29 +55,37 @@ async fn healthz_readyz_and_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn readyz_is_503_with_the_failing_upstream() {
+async fn an_unreachable_upstream_is_reported_and_makes_readyz_fail_only_when_required() {
     let (_refusing, port) = refusing_port();
-    let gw = start_gateway(&config(
-        "development",
-        &format!("http://127.0.0.1:{port}"),
-        PUBLIC_ROOT,
-    ))
-    .await;
-    let resp = client()
-        .get(format!("http://{}/readyz", gw.admin_addr()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    let doc = json(resp).await;
-    assert_eq!(doc["status"], "not_ready");
-    assert_eq!(doc["checks"]["upstream:app"]["status"], "unreachable");
-    // Liveness does not depend on upstreams.
-    let resp = client()
-        .get(format!("http://{}/healthz", gw.admin_addr()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    gw.shutdown().await;
+    let text = config("development", &format!("http://127.0.0.1:{port}"), PUBLIC_ROOT);
+    for required in [false, true] {
+        let text = edit(&text, |doc| {
+            if required {
+                set(doc, "upstreams.0", "readiness", "require");
+            }
+        });
+        let gw = start_gateway(&text).await;
+        let resp = client()
+            .get(format!("http://{}/readyz", gw.admin_addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), if required { 503 } else { 200 });
+        let doc = json(resp).await;
+        assert_eq!(doc["status"], if required { "not_ready" } else { "ready" });
+        assert_eq!(doc["checks"]["store"]["status"], "ok");
+        assert_eq!(doc["checks"]["upstream:app"]["status"], "unreachable");
+        assert_eq!(doc["checks"]["upstream:app"]["required"], required);
+        let metrics = metrics_text(gw.admin_addr()).await;
+        let series = format!("portcullis_upstream_reachable{{target=\"127.0.0.1:{port}\",upstream=\"app\"}}");
+        assert!(metrics.contains(&format!("{series} 0")), "{metrics}");
+        // Liveness does not depend on upstreams.
+        let resp = client()
+            .get(format!("http://{}/healthz", gw.admin_addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        gw.shutdown().await;
+    }
 }

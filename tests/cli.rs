@@ -97,7 +97,10 @@ auth = ["none"]
         err.contains("secrets.session_key: the secret is 8 bytes long"),
         "{err}"
     );
-    assert!(err.contains("routes[0]: the route has no `auth`"), "{err}");
+    assert!(
+        err.contains("routes[0] (route `/open`): the route has no `auth`"),
+        "{err}"
+    );
     assert!(err.contains("3 problems found"), "{err}");
     // Problems in the file name their line.
     assert!(err.contains("portcullis.toml:14: routes[0]"), "{err}");
@@ -212,12 +215,12 @@ auth = ["nonee"]
     assert_eq!(code, 1);
     assert!(
         err.contains(
-            "portcullis.toml:13: routes[0].upstream: no upstream is named `ap`; did you mean `app`?"
+            "portcullis.toml:13: routes[0].upstream (route `/`): no upstream is named `ap`; did you mean `app`?"
         ),
         "{err}"
     );
     assert!(
-        err.contains("portcullis.toml:14: routes[0].auth: `nonee`"),
+        err.contains("portcullis.toml:14: routes[0].auth (route `/`): `nonee`"),
         "{err}"
     );
     assert!(err.contains("did you mean `none`?"), "{err}");

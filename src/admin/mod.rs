@@ -2,26 +2,43 @@
 //! metrics. It serves operators and orchestrators, never routed traffic.
 //!
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 when the store answers and every upstream has a
-//!   reachable target, else 503 with the failing parts.
+//! - `GET /readyz`: 200 when what the gateway itself needs works (the store;
+//!   Redis, when rate limits refuse traffic without it); every upstream is
+//!   probed and reported, and makes the answer 503 only if it is configured
+//!   with `readiness = "require"`.
 //! - `GET /metrics`: Prometheus text format.
 //! - `/admin/api/v1/…`: the admin REST API ([`api`]), with its OpenAPI
 //!   document at `/admin/api/v1/openapi.json`.
+//!
+//! The listener has the public listener's header read and idle timeouts and
+//! a connection cap of its own (`[server] admin_max_connections`), and every
+//! error it answers is an RFC 9457 problem document.
 
 pub mod api;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower_service::Service;
 
+use crate::connection::Connection;
+use crate::listener::{self, Plain};
 use crate::server::Shared;
+use crate::upstream::Readiness;
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let (api, doc) = api::routes(shared.clone());
@@ -39,32 +56,71 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .merge(api)
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(errors_as_problems))
         .with_state(shared)
 }
 
-async fn not_found() -> Response {
+/// A response with the request ID header and a problem document body.
+fn problem(status: StatusCode, detail: &str) -> Response {
     let id = crate::stage::request_id::generate();
-    let mut response = crate::error::problem(
-        StatusCode::NOT_FOUND,
-        "No such admin endpoint.",
-        id.to_str().unwrap_or("-"),
-    );
+    let mut response = crate::error::problem(status, detail, id.to_str().unwrap_or("-"));
     response
         .headers_mut()
         .insert(crate::stage::request_id::X_REQUEST_ID.clone(), id);
     response.into_response()
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let app = router(shared);
-    let stop = async move {
-        let _ = shutdown.changed().await;
-    };
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-        tracing::error!(%error, "admin listener failed");
+async fn not_found() -> Response {
+    problem(StatusCode::NOT_FOUND, "No such admin endpoint.")
+}
+
+/// Turns the framework's own error answers (405 with an empty body, 413 as
+/// text, a JSON body that does not parse) into problem documents, keeping
+/// their status and headers such as `Allow`.
+async fn errors_as_problems(response: Response) -> Response {
+    let status = response.status();
+    // JSON answers (problem documents, the readiness report) are the
+    // endpoints' own; only bare and plain-text errors are the framework's.
+    let framework_made = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !framework_made {
+        return response;
     }
+    let detail = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "This method is not allowed on this admin endpoint.".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE => format!("The request body is larger than {MAX_BODY} bytes."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Send the request body as application/json.".to_string(),
+        other => format!("{}.", other.canonical_reason().unwrap_or("The request failed")),
+    };
+    let (head, _) = response.into_parts();
+    let mut answer = problem(status, &detail);
+    for name in [header::ALLOW, header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+        if let Some(value) = head.headers.get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
+/// Serves the admin listener until shutdown.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let server = shared.policy.load().server.clone();
+    let open = shared.metrics.admin_connections_open.clone();
+    let router = router(shared);
+    let builder = listener::http_builder(64 * 1024, 100);
+    let service = move |connection: Arc<Connection>| {
+        let router = router.clone();
+        let peer: SocketAddr = connection.peer;
+        service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            // A router is always ready; `call` needs no `poll_ready` first.
+            router.clone().call(req)
+        })
+    };
+    listener::serve(Plain(listener), server.admin, builder, service, shutdown, open).await;
 }
 
 async fn healthz() -> Response {
@@ -76,7 +132,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let probes = policy
         .upstreams
         .iter()
-        .map(|u| async move { (u.name.clone(), u.probe().await) });
+        .map(|u| async move { (u, u.probe().await) });
     let results = futures_util::future::join_all(probes).await;
     let mut checks = serde_json::Map::new();
     let mut ready = true;
@@ -104,15 +160,16 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         }
         checks.insert("redis".into(), value);
     }
-    for (name, result) in results {
+    for (upstream, result) in results {
+        let required = upstream.readiness == Readiness::Require;
         let value = match result {
             Ok(()) => json!({ "status": "ok" }),
             Err(why) => {
-                ready = false;
-                json!({ "status": "unreachable", "detail": why })
+                ready &= !required;
+                json!({ "status": "unreachable", "detail": why, "required": required })
             }
         };
-        checks.insert(format!("upstream:{name}"), value);
+        checks.insert(format!("upstream:{}", upstream.name), value);
     }
     let status = if ready {
         StatusCode::OK
@@ -125,7 +182,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
         shared.metrics.render(),
     )
         .into_response()

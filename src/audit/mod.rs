@@ -107,7 +107,7 @@ impl Event {
     pub fn for_request(mut self, cx: &crate::pipeline::RequestCx) -> Event {
         self.request_id = Some(cx.request_id().to_string());
         self.client_ip = Some(cx.client_ip.to_string());
-        self.route = cx.route().map(|r| r.id.to_string());
+        self.route = cx.route.as_ref().map(|r| r.id.to_string());
         self
     }
 
@@ -127,6 +127,33 @@ impl Event {
         }
         self
     }
+}
+
+/// What is wrong with `[audit]`, as `(key, problem)` pairs.
+pub fn config_problems(config: &crate::config::AuditConfig) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if !(0.0..=1.0).contains(&config.auth_success_sample) {
+        problems.push((
+            "audit.auth_success_sample",
+            "must be between 0.0 and 1.0".to_string(),
+        ));
+    }
+    if config.queue == 0 || config.queue > 10_000_000 {
+        problems.push(("audit.queue", "must be between 1 and 10000000".to_string()));
+    }
+    if config.retention.is_some_and(|r| r.0.is_zero()) {
+        problems.push((
+            "audit.retention",
+            "must be more than zero, or left out to keep events".to_string(),
+        ));
+    }
+    if config.spill_file.as_os_str().is_empty() {
+        problems.push(("audit.spill_file", "needs a file name".to_string()));
+    }
+    if config.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+        problems.push(("audit.file", "needs a file name, or leave it out".to_string()));
+    }
+    problems
 }
 
 pub(crate) enum Command {

@@ -32,13 +32,24 @@ pub enum Source {
 }
 
 /// One problem in a config, with where it was found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConfigError {
     /// `portcullis.toml:12` or `environment variable PORTCULLIS_X`, when known.
     pub location: Option<String>,
     /// The key, as `server.listen` or `routes[2].auth`, when known.
     pub key: Option<String>,
+    /// What the key belongs to, in words (`route `/api``), when that helps.
+    pub context: Option<String>,
     pub message: String,
+    /// Offset in the combined text, for ordering.
+    offset: Option<usize>,
+}
+
+impl ConfigError {
+    /// Where the problem is in the file and overrides, for sorting.
+    pub fn position(&self) -> Option<usize> {
+        self.offset
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -46,8 +57,11 @@ impl fmt::Display for ConfigError {
         if let Some(location) = &self.location {
             write!(f, "{location}: ")?;
         }
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+        match (&self.key, &self.context) {
+            (Some(key), Some(context)) => write!(f, "{key} ({context}): ")?,
+            (Some(key), None) => write!(f, "{key}: ")?,
+            (None, Some(context)) => write!(f, "{context}: ")?,
+            (None, None) => {}
         }
         f.write_str(&self.message)
     }
@@ -111,14 +125,31 @@ impl Origin {
 impl LoadedConfig {
     /// An error about `key`, located in the file if the key was written there.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let offset = self.origin.keys.get(key).copied();
         ConfigError {
-            location: self
-                .origin
-                .keys
-                .get(key)
-                .map(|offset| self.origin.describe(*offset)),
+            location: offset.map(|offset| self.origin.describe(offset)),
             key: Some(key.to_string()),
             message: message.into(),
+            offset,
+            ..ConfigError::default()
+        }
+    }
+
+    /// An error about `key`, located where `key` was written, or else
+    /// where `near` was (the table of a key left at its default).
+    pub fn error_near(&self, key: &str, near: &str, message: impl Into<String>) -> ConfigError {
+        let offset = self
+            .origin
+            .keys
+            .get(key)
+            .or_else(|| self.origin.keys.get(near))
+            .copied();
+        ConfigError {
+            location: offset.map(|offset| self.origin.describe(offset)),
+            key: Some(key.to_string()),
+            message: message.into(),
+            offset,
+            ..ConfigError::default()
         }
     }
 
@@ -165,8 +196,8 @@ pub fn load(source: &Source, env: &[(String, String)]) -> Result<LoadedConfig, C
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigErrors(vec![ConfigError {
                     location: Some(path.display().to_string()),
-                    key: None,
                     message: format!("cannot read the config file: {e}"),
+                    ..ConfigError::default()
                 }])
             })?;
             let dir = path
@@ -209,8 +240,9 @@ fn parse(name: &str, file_text: &str, env: &[(String, String)]) -> Result<(Confi
     let mut root = DeTable::parse(&combined[..file_text.len()]).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             location: e.span().map(|s| origin.describe(s.start)),
-            key: None,
             message: e.message().trim().to_string(),
+            offset: e.span().map(|s| s.start),
+            ..ConfigError::default()
         }])
     })?;
 
@@ -225,8 +257,9 @@ fn parse(name: &str, file_text: &str, env: &[(String, String)]) -> Result<(Confi
                 offset,
                 ConfigError {
                     location,
-                    key: None,
                     message,
+                    offset: Some(offset),
+                    ..ConfigError::default()
                 },
             ));
         }
@@ -260,6 +293,8 @@ fn parse(name: &str, file_text: &str, env: &[(String, String)]) -> Result<(Confi
                     location,
                     key,
                     message,
+                    offset: err.span().map(|s| s.start),
+                    ..ConfigError::default()
                 },
             ));
         }

@@ -1,6 +1,14 @@
 //! What the config file says: plain serde structs, one per table, with
 //! `deny_unknown_fields` so a typo is an error rather than a silent default.
 //!
+//! The shape of the whole file is declared here, so that serde reports
+//! every unknown key with its line and the nearest valid one (its
+//! `deny_unknown_fields` cannot be combined with `flatten`). The types of
+//! a stage's tables and keys belong to the stage (`CorsConfig` to
+//! [`crate::stage::cors`], `[api_keys]` and `[auth]` to
+//! [`crate::stage::authn`], `[rate_limits]` to [`crate::stage::rate_limit`],
+//! `[[upstreams]]` to [`crate::upstream`]); this file names them.
+//!
 //! Nothing here is used per request. [`crate::policy::compile`] turns a
 //! [`Config`] into the immutable [`crate::policy::Policy`] that requests read.
 //! The file and environment loading lives in [`load`].
@@ -16,6 +24,11 @@ pub use load::{ConfigError, ConfigErrors, LoadedConfig, Source};
 pub use rate::{LimitKey, RateSpec};
 pub use secret::{SecretRef, SecretValue};
 pub use units::{ByteSize, ConfigDuration};
+
+pub use crate::stage::authn::{ApiKeysConfig, AuthConfig};
+pub use crate::stage::cors::CorsConfig;
+pub use crate::stage::rate_limit::RateLimitsConfig;
+pub use crate::upstream::UpstreamConfig;
 
 fn default_true() -> bool {
     true
@@ -38,6 +51,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub api_keys: ApiKeysConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
     pub redis: Option<RedisConfig>,
@@ -89,17 +104,34 @@ pub struct ServerConfig {
     /// the kernel's backlog until one closes.
     #[serde(default = "ServerConfig::default_max_connections")]
     pub max_connections: usize,
-    /// How long a client may take to send a request head, counted from the
-    /// connection's opening for its first request (slowloris guard).
+    /// Open connections on the admin listener.
+    #[serde(default = "ServerConfig::default_admin_max_connections")]
+    pub admin_max_connections: usize,
+    /// How long a client may take to send a request head, counted from its
+    /// first byte (and for a connection's first request, from the
+    /// connection's opening): the slowloris guard.
     #[serde(default = "ServerConfig::default_header_read_timeout")]
     pub header_read_timeout: ConfigDuration,
     /// A keep-alive connection with no request in flight is closed after
     /// this long (HTTP/1 and HTTP/2).
     #[serde(default = "ServerConfig::default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
-    /// Largest request head (request line plus headers) accepted.
+    /// Longest request target (path and query); longer is 414.
+    #[serde(default = "ServerConfig::default_max_uri_length")]
+    pub max_uri_length: ByteSize,
+    /// Largest header section (names and values); larger is 431.
     #[serde(default = "ServerConfig::default_max_header_size")]
     pub max_header_size: ByteSize,
+    /// Most header fields in one request; more is 431.
+    #[serde(default = "ServerConfig::default_max_header_count")]
+    pub max_header_count: usize,
+    /// Host names this listener serves (`api.example.com`,
+    /// `*.example.com`); empty serves any valid `Host`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Largest request body of a route without `max_body`.
+    #[serde(default = "ServerConfig::default_max_body")]
+    pub max_body: ByteSize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(default = "ServerConfig::default_drain_timeout")]
     pub drain_timeout: ConfigDuration,
@@ -115,6 +147,18 @@ impl ServerConfig {
     fn default_max_connections() -> usize {
         10_000
     }
+    fn default_admin_max_connections() -> usize {
+        256
+    }
+    fn default_max_uri_length() -> ByteSize {
+        ByteSize(8 * 1024)
+    }
+    fn default_max_header_count() -> usize {
+        100
+    }
+    fn default_max_body() -> ByteSize {
+        ByteSize(10 * 1024 * 1024)
+    }
     fn default_header_read_timeout() -> ConfigDuration {
         ConfigDuration(std::time::Duration::from_secs(10))
     }
@@ -122,7 +166,7 @@ impl ServerConfig {
         ConfigDuration(std::time::Duration::from_secs(60))
     }
     fn default_max_header_size() -> ByteSize {
-        ByteSize(64 * 1024)
+        ByteSize(32 * 1024)
     }
     fn default_drain_timeout() -> ConfigDuration {
         ConfigDuration(std::time::Duration::from_secs(30))
@@ -136,9 +180,14 @@ impl Default for ServerConfig {
             admin_listen: Self::default_admin_listen(),
             trusted_proxies: Vec::new(),
             max_connections: Self::default_max_connections(),
+            admin_max_connections: Self::default_admin_max_connections(),
             header_read_timeout: Self::default_header_read_timeout(),
             idle_timeout: Self::default_idle_timeout(),
+            max_uri_length: Self::default_max_uri_length(),
             max_header_size: Self::default_max_header_size(),
+            max_header_count: Self::default_max_header_count(),
+            hosts: Vec::new(),
+            max_body: Self::default_max_body(),
             drain_timeout: Self::default_drain_timeout(),
         }
     }
@@ -181,45 +230,6 @@ pub struct SecretsConfig {
     pub session_key: Option<SecretRef>,
 }
 
-/// `[[upstreams]]`: a named group of backend targets.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    pub name: String,
-    /// `http://host:port` base URLs, used round-robin.
-    pub targets: Vec<String>,
-    /// Time to establish a TCP connection to a target.
-    #[serde(default = "UpstreamConfig::default_connect_timeout")]
-    pub connect_timeout: ConfigDuration,
-    /// Time from sending the request until the response head arrives.
-    #[serde(default = "UpstreamConfig::default_timeout")]
-    pub timeout: ConfigDuration,
-    /// How long an idle pooled connection is kept.
-    #[serde(default = "UpstreamConfig::default_idle_timeout")]
-    pub idle_timeout: ConfigDuration,
-    /// Idle pooled connections kept per target.
-    #[serde(default = "UpstreamConfig::default_max_idle")]
-    pub max_idle_connections: usize,
-    /// Send the client's `Host` upstream instead of the target's authority.
-    #[serde(default)]
-    pub preserve_host: bool,
-}
-
-impl UpstreamConfig {
-    fn default_connect_timeout() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(5))
-    }
-    fn default_timeout() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(30))
-    }
-    fn default_idle_timeout() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(90))
-    }
-    fn default_max_idle() -> usize {
-        256
-    }
-}
-
 /// `[[routes]]`: a path prefix and what protects it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,57 +254,11 @@ pub struct RouteConfig {
     /// Limits every request must pass; `[rate_limits] default` when omitted,
     /// none when `[]`.
     pub rate_limit: Option<Vec<RateSpec>>,
-}
-
-/// `[cors]`: the browser origins allowed to call routed APIs.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CorsConfig {
-    /// Exact origins (`https://app.example.com`), or `["*"]` for any origin
-    /// (never together with `credentials`).
-    pub origins: Vec<String>,
-    /// Allow cookies and `Authorization` on cross-origin calls.
-    #[serde(default)]
-    pub credentials: bool,
-    /// Methods a cross-origin call may use.
-    #[serde(default = "CorsConfig::default_methods")]
-    pub methods: Vec<String>,
-    /// Request headers a cross-origin call may send.
-    #[serde(default = "CorsConfig::default_headers")]
-    pub headers: Vec<String>,
-    /// Response headers the calling page may read.
-    #[serde(default = "CorsConfig::default_expose")]
-    pub expose_headers: Vec<String>,
-    /// How long a browser may cache a preflight answer.
-    #[serde(default = "CorsConfig::default_max_age")]
-    pub max_age: ConfigDuration,
-}
-
-impl CorsConfig {
-    fn default_methods() -> Vec<String> {
-        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-            .map(String::from)
-            .to_vec()
-    }
-    fn default_headers() -> Vec<String> {
-        [
-            "Content-Type",
-            "Authorization",
-            "X-API-Key",
-            "X-Request-Id",
-            "X-CSRF-Token",
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-    fn default_expose() -> Vec<String> {
-        ["X-Request-Id", "Retry-After", "RateLimit", "RateLimit-Policy"]
-            .map(String::from)
-            .to_vec()
-    }
-    fn default_max_age() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(600))
-    }
+    /// Limits checked before authentication (so a flood costs no key or
+    /// store lookup), counted per `ip`, `route` or `header:NAME`.
+    pub pre_auth_rate_limit: Option<Vec<RateSpec>>,
+    /// Largest request body; `[server] max_body` when omitted.
+    pub max_body: Option<ByteSize>,
 }
 
 /// `[store]`: where consumers, keys and the audit log live.
@@ -386,106 +350,6 @@ impl Default for AuditConfig {
             spill_file: Self::default_spill_file(),
             queue: Self::default_queue(),
             auth_success_sample: Self::default_sample(),
-        }
-    }
-}
-
-/// `[api_keys]`: how keys are presented and cached.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeysConfig {
-    /// Headers a key may arrive in.
-    #[serde(default = "ApiKeysConfig::default_headers")]
-    pub headers: Vec<String>,
-    /// Also accept `Authorization: Bearer <key>`.
-    #[serde(default = "default_true")]
-    pub bearer: bool,
-    /// Pass the key itself on to the upstream (off: the upstream gets the
-    /// `X-Portcullis-*` identity headers instead, and cannot leak the key).
-    #[serde(default)]
-    pub forward_key: bool,
-    /// Keys (found or not) kept in memory.
-    #[serde(default = "ApiKeysConfig::default_cache_size")]
-    pub cache_size: usize,
-    /// How long a cached key is trusted before it is read again. Changes made
-    /// anywhere reach every instance within about a second regardless.
-    #[serde(default = "ApiKeysConfig::default_cache_ttl")]
-    pub cache_ttl: ConfigDuration,
-    /// How often batched usage counts are written.
-    #[serde(default = "ApiKeysConfig::default_usage_flush")]
-    pub usage_flush: ConfigDuration,
-    /// The limit of a key that has none of its own, e.g. "100 per hour".
-    pub default_rate_limit: Option<RateSpec>,
-}
-
-impl ApiKeysConfig {
-    fn default_headers() -> Vec<String> {
-        vec!["X-API-Key".into()]
-    }
-    fn default_cache_size() -> usize {
-        100_000
-    }
-    fn default_cache_ttl() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(300))
-    }
-    fn default_usage_flush() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(5))
-    }
-}
-
-impl Default for ApiKeysConfig {
-    fn default() -> Self {
-        ApiKeysConfig {
-            headers: Self::default_headers(),
-            bearer: true,
-            forward_key: false,
-            cache_size: Self::default_cache_size(),
-            cache_ttl: Self::default_cache_ttl(),
-            usage_flush: Self::default_usage_flush(),
-            default_rate_limit: None,
-        }
-    }
-}
-
-/// `[rate_limits]`: defaults and the in-process limiter.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitsConfig {
-    /// Limits for every route that does not set `rate_limit` (each route
-    /// counts its own).
-    #[serde(default)]
-    pub default: Vec<RateSpec>,
-    /// IPv6 clients are counted by this prefix length (a /64 is one site).
-    #[serde(default = "RateLimitsConfig::default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
-    /// Counters the in-process limiter keeps; when full, the counter
-    /// closest to expiring is dropped to make room.
-    #[serde(default = "RateLimitsConfig::default_max_entries")]
-    pub max_entries: usize,
-    /// At most one `ratelimit.exceeded` audit event per counter per interval.
-    #[serde(default = "RateLimitsConfig::default_audit_interval")]
-    pub audit_interval: ConfigDuration,
-}
-
-impl RateLimitsConfig {
-    fn default_ipv6_prefix() -> u8 {
-        64
-    }
-    fn default_max_entries() -> usize {
-        1_000_000
-    }
-    fn default_audit_interval() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(60))
-    }
-}
-
-impl Default for RateLimitsConfig {
-    fn default() -> Self {
-        RateLimitsConfig {
-            default: Vec::new(),
-            ipv6_prefix: Self::default_ipv6_prefix(),
-            max_entries: Self::default_max_entries(),
-            audit_interval: Self::default_audit_interval(),
         }
     }
 }

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
 use prometheus::IntCounterVec;
+
+use crate::principal::Principal;
 
 use crate::store::keys::KeyRecord;
 use crate::store::{Store, StoreError, now_ms};
@@ -35,21 +36,13 @@ impl Usage {
     }
 }
 
-/// The identity headers sent upstream for a key, built once per cache fill.
-#[derive(Debug, Clone)]
-pub struct IdentityHeaders {
-    pub consumer: HeaderValue,
-    pub key_id: HeaderValue,
-    pub scopes: HeaderValue,
-}
-
 #[derive(Debug)]
 pub enum CachedKey {
     Known {
         record: Box<KeyRecord>,
-        headers: IdentityHeaders,
-        /// The key's own rate limit, compiled.
-        limit: Option<Arc<crate::ratelimit::Limit>>,
+        /// Who the key authenticates as, with its identity headers and its
+        /// own rate limit, built once per cache fill.
+        principal: Principal,
         usage: Arc<Usage>,
         fetched: Instant,
     },
@@ -74,10 +67,6 @@ pub struct KeyCache {
     /// `portcullis_key_cache_lookups_total` by result, resolved once.
     hits: prometheus::IntCounter,
     misses: prometheus::IntCounter,
-}
-
-fn header(text: &str) -> HeaderValue {
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 impl KeyCache {
@@ -132,17 +121,12 @@ impl KeyCache {
                     .entry(record.id.clone())
                     .or_default()
                     .clone();
-                let limit = record.rate_limit.as_deref().and_then(|text| {
+                let quota = record.rate_limit.as_deref().and_then(|text| {
                     let spec = crate::config::rate::parse_rate(text).ok()?;
                     Some(Arc::new(crate::ratelimit::Limit::key_quota(spec)))
                 });
                 CachedKey::Known {
-                    limit,
-                    headers: IdentityHeaders {
-                        consumer: header(&record.consumer),
-                        key_id: header(&record.id),
-                        scopes: header(&record.scopes.join(" ")),
-                    },
+                    principal: Principal::api_key(&record.consumer, &record.id, record.scopes.clone(), quota),
                     record: Box::new(record),
                     usage,
                     fetched: Instant::now(),

@@ -127,6 +127,20 @@ impl LocalLimiter {
         checks
     }
 
+    /// What checking one counter would say, without counting anything.
+    pub fn peek(&self, id: u64, rate: Rate) -> Check {
+        let now = self.now();
+        let map = self.shards[Self::shard_of(id)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        check(rate, map.get(&id).copied(), now)
+    }
+
+    /// Counts one event against one counter (if it has room).
+    pub fn count(&self, id: u64, rate: Rate) -> Check {
+        self.check_one(id, rate, self.now())
+    }
+
     /// The common case of one limit: one lock, nothing to coordinate.
     fn check_one(&self, id: u64, rate: Rate, now: i64) -> Check {
         let mut map = self.shards[Self::shard_of(id)]
@@ -216,6 +230,19 @@ mod tests {
         assert_eq!(third[0].remaining, 97);
         let again = l.check(&counters);
         assert_eq!(again[0].remaining, 97);
+    }
+
+    #[test]
+    fn peeking_counts_nothing() {
+        let l = limiter(1000);
+        let rate = Rate::new(2, 60_000_000, None);
+        let id = 5u64 << 40;
+        assert!(l.peek(id, rate).allowed);
+        assert!(l.count(id, rate).allowed);
+        assert!(l.count(id, rate).allowed);
+        assert!(!l.peek(id, rate).allowed, "the budget is spent");
+        assert!(!l.peek(id, rate).allowed);
+        assert!(!l.count(id, rate).allowed);
     }
 
     #[test]

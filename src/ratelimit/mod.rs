@@ -12,6 +12,11 @@
 //! routes and takes the place of the route's `per key` limits for requests
 //! made with that key; `[api_keys] default_rate_limit` is the own limit of
 //! keys that have none, added to (not replacing) the route's limits.
+//! Limits before authentication count in scopes of their own, so they never
+//! share a counter with a route's limits.
+//!
+//! [`Limiters`] is what a stage asks: the in-process limiter, or Redis with
+//! its outage mode.
 
 pub mod gcra;
 pub mod local;
@@ -21,16 +26,27 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
-use crate::config::{LimitKey, RateSpec};
-use gcra::Rate;
+use crate::config::{LimitKey, OnOutage, RateSpec};
+use gcra::{Check, Rate};
+use local::LocalLimiter;
+use redis::RedisLimiter;
+
+/// The headers describing a request's tightest limit.
+pub type LimitHeaders = [(HeaderName, HeaderValue); 5];
 
 /// Where a limit's counters live.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// Counted per route (by route ID).
     Route(Arc<str>),
+    /// A route's limits before authentication.
+    PreAuth(Arc<str>),
+    /// Counted across the whole gateway, under this name (limits before
+    /// authentication, failed authentications).
+    Gateway(&'static str),
     /// A key's own limit: counted per key everywhere.
     KeyQuota,
 }
@@ -57,6 +73,8 @@ impl Limit {
         let rate = Rate::new(spec.count, period_us, spec.burst);
         let scope_text = match &scope {
             Scope::Route(id) => format!("route:{id}"),
+            Scope::PreAuth(id) => format!("pre-auth:{id}"),
+            Scope::Gateway(name) => format!("gateway:{name}"),
             Scope::KeyQuota => "key-quota".to_string(),
         };
         let family = format!(
@@ -89,6 +107,71 @@ impl Limit {
             item.push_str(&format!(";burst={}", self.rate.burst));
         }
         item
+    }
+}
+
+/// What the backends said about a request's limits.
+pub enum Counted {
+    /// One check per limit, in order.
+    Checks(SmallVec<[Check; 4]>),
+    /// Redis is down and `on_outage = "open"`: no limits apply.
+    Unlimited,
+    /// Redis is down and `on_outage = "closed"`: refuse with 503.
+    Unavailable,
+}
+
+/// The rate-limit backends every limiting stage shares: the in-process
+/// limiter, and Redis when `[redis]` is set.
+#[derive(Clone)]
+pub struct Limiters {
+    pub local: Arc<LocalLimiter>,
+    pub redis: Option<Arc<RedisLimiter>>,
+}
+
+impl Limiters {
+    /// The in-process answer for (limit, subject) pairs, or what the outage
+    /// mode says while Redis is down; `None` when Redis must be asked (see
+    /// [`Limiters::check_shared`]).
+    pub fn check_now(&self, limits: &[&Limit], subjects: &[Subject]) -> Option<Counted> {
+        match &self.redis {
+            None => Some(Counted::Checks(self.check_local(limits, subjects))),
+            Some(redis) if !redis.is_healthy() => Some(self.outage(redis, limits, subjects)),
+            Some(_) => None,
+        }
+    }
+
+    /// Asks Redis (one round trip for all the limits), falling back to the
+    /// outage mode if it does not answer.
+    pub async fn check_shared(&self, limits: &[&Limit], subjects: &[Subject]) -> Counted {
+        let Some(redis) = &self.redis else {
+            return Counted::Checks(self.check_local(limits, subjects));
+        };
+        let keys: Vec<(String, Rate)> = limits
+            .iter()
+            .zip(subjects)
+            .map(|(l, s)| (redis_key(&redis.prefix, l, s), l.rate))
+            .collect();
+        match redis.check(&keys).await {
+            Some(checks) => Counted::Checks(checks.into_iter().collect()),
+            None => self.outage(redis, limits, subjects),
+        }
+    }
+
+    fn check_local(&self, limits: &[&Limit], subjects: &[Subject]) -> SmallVec<[Check; 4]> {
+        let counters: SmallVec<[(u64, Rate); 4]> = limits
+            .iter()
+            .zip(subjects)
+            .map(|(l, s)| (counter_id(&self.local.hasher, l, s), l.rate))
+            .collect();
+        self.local.check(&counters)
+    }
+
+    fn outage(&self, redis: &RedisLimiter, limits: &[&Limit], subjects: &[Subject]) -> Counted {
+        match redis.on_outage {
+            OnOutage::Local => Counted::Checks(self.check_local(limits, subjects)),
+            OnOutage::Open => Counted::Unlimited,
+            OnOutage::Closed => Counted::Unavailable,
+        }
     }
 }
 
@@ -249,11 +332,7 @@ pub fn ceil_secs(us: i64) -> u64 {
 
 /// The headers for a decision on `limits`, whose `RateLimit-Policy` is
 /// `policy` (a route's is made once; see [`RouteLimits`]).
-pub fn headers(
-    limits: &[&Limit],
-    policy: HeaderValue,
-    decision: &Decision,
-) -> [(http::HeaderName, HeaderValue); 5] {
+pub fn headers(limits: &[&Limit], policy: HeaderValue, decision: &Decision) -> LimitHeaders {
     let limit = limits[decision.limit_index];
     let reset = ceil_secs(decision.reset_us);
     // `"name";r=N;t=M`, written by hand: this runs for every limited request

@@ -279,6 +279,27 @@ impl RedisLimiter {
     }
 }
 
+/// What is wrong with `[redis]`, as `(key, problem)` pairs.
+pub fn config_problems(redis: &RedisConfig) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if redis::Client::open(redis.url.as_str()).is_err() {
+        problems.push((
+            "redis.url",
+            "not a Redis URL such as redis://127.0.0.1:6379".to_string(),
+        ));
+    }
+    if redis.timeout.0.is_zero() || redis.timeout.0 > Duration::from_secs(10) {
+        problems.push(("redis.timeout", "must be between 1ms and 10s".to_string()));
+    }
+    if redis.prefix.is_empty() || redis.prefix.contains(['{', '}', ' ']) {
+        problems.push((
+            "redis.prefix",
+            "must be non-empty, without braces or spaces".to_string(),
+        ));
+    }
+    problems
+}
+
 pub fn key_channel(prefix: &str) -> String {
     format!("{prefix}:keys:changed")
 }

@@ -1,25 +1,35 @@
-//! The pipeline stages, one module each, in pipeline order:
+//! The pipeline stages, one folder each: its config types, its compile step
+//! (`compile`, global and per route) and its tests. [`crate::policy`]
+//! lists them in their one order; each phase runs the stages that take part
+//! in it, in that order.
 //!
-//! | stage | module | does |
+//! | stage | phases | does |
 //! | --- | --- | --- |
-//! | request id | [`request_id`] | keeps a well-formed `X-Request-Id` or makes one; echoes it back |
-//! | framing | [`framing`] | refuses request-smuggling shapes and spoofable header spellings |
-//! | client IP | [`client_ip`] | the peer, or the first untrusted `X-Forwarded-For` hop behind trusted proxies |
-//! | CORS | [`cors`] | answers preflights from the origin allow-list; marks allowed cross-origin requests |
-//! | route | [`route`] | normalises the path, finds the longest-prefix route, checks the method |
-//! | authentication | [`authn`] | API keys from headers (or a route's query parameter), checked against the cached store |
-//! | authorisation | [`authz`] | a route's `scopes` must all be held, else 403 |
-//! | rate limit | [`rate_limit`] | every limit of the route (and the key's own) must pass; 429 with `Retry-After`; RateLimit headers |
-//! | upstream headers | [`upstream_headers`] | strips identity and forwarding headers a client could forge, sets `X-Forwarded-*`, `X-Request-Id` and `X-Portcullis-Consumer`/`-Key-Id`/`-Scopes` |
+//! | [`request_id`] | early, response | keeps a well-formed `X-Request-Id` or makes one; echoes it back |
+//! | [`framing`] | early | refuses request-smuggling shapes |
+//! | [`client_ip`] | early | the peer, or the first untrusted `X-Forwarded-For` hop behind trusted proxies |
+//! | [`request_head`] | early | request-target length (414), header count and size (431), a valid `Host` (400) and the host allow-list (421) |
+//! | [`cors`] | early, access, response | the origin allow-list; answers preflights; the upstream's `Access-Control-*` removed |
+//! | [`rate_limit::pre_auth`] | early, access | limits before authentication, global and per route |
+//! | [`route`] | route | normalises the path, finds the longest-prefix route, checks the method |
+//! | [`authn`] | access | failed-authentication limit; API keys from headers (or a route's query parameter), checked against the cached store |
+//! | [`authz`] | access | a route's `scopes` must all be held, else 403 |
+//! | [`rate_limit`] | access, response | every limit of the route (and the key's own) must pass; 429 with `Retry-After`; RateLimit headers |
+//! | [`body_limit`] | body | `max_body`: 413 before reading, or the streamed body cut off |
+//! | [`upstream_headers`] | upstream_request | hop-by-hop and client copies of the gateway's headers removed; `X-Forwarded-*`, `X-Request-Id` and the identity headers set |
+//! | [`access_log`] | logging | route metrics and the access-log line, once per request |
 //!
-//! The proxy itself ([`crate::proxy`]) runs after the last stage.
+//! The proxy itself ([`crate::upstream`]) runs after the last request phase.
 
+pub mod access_log;
 pub mod authn;
 pub mod authz;
+pub mod body_limit;
 pub mod client_ip;
 pub mod cors;
 pub mod framing;
 pub mod rate_limit;
+pub mod request_head;
 pub mod request_id;
 pub mod route;
 pub mod upstream_headers;

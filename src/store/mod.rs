@@ -74,6 +74,42 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// What is wrong with `[store]`, as `(key, problem)` pairs; checked without
+/// connecting, so `check` can report it with everything else.
+pub fn config_problems(config: &StoreConfig) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let url = &config.url;
+    let sqlite = url.starts_with("sqlite:");
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if !sqlite && !postgres {
+        problems.push((
+            "store.url",
+            StoreError::UnsupportedUrl(redact_url(url)).to_string(),
+        ));
+    }
+    if sqlite
+        && url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:")
+            .is_empty()
+    {
+        problems.push((
+            "store.url",
+            "a SQLite store needs a file: sqlite://PATH".to_string(),
+        ));
+    }
+    if config.max_connections == 0 || config.max_connections > 1000 {
+        problems.push(("store.max_connections", "must be between 1 and 1000".to_string()));
+    }
+    if config.connect_timeout.0.is_zero() {
+        problems.push(("store.connect_timeout", "must be more than zero".to_string()));
+    }
+    if config.statement_timeout.0.is_zero() {
+        problems.push(("store.statement_timeout", "must be more than zero".to_string()));
+    }
+    problems
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -206,6 +206,56 @@ connect_timeout = "1s"
     )
 }
 
+/// The value at `path` in a parsed config: keys separated by `.`, list
+/// entries by their index (`upstreams.0.targets`). Panics if a step of the
+/// path is missing, so an edit can never silently do nothing.
+pub fn at<'a>(doc: &'a mut toml::Table, path: &str) -> &'a mut toml::Value {
+    let mut steps = path.split('.');
+    let first = steps.next().expect("a non-empty path");
+    let mut value = doc
+        .get_mut(first)
+        .unwrap_or_else(|| panic!("the config has no `{first}` (in {path})"));
+    for step in steps {
+        value = match value {
+            toml::Value::Table(t) => t
+                .get_mut(step)
+                .unwrap_or_else(|| panic!("the config has no `{step}` (in {path})")),
+            toml::Value::Array(items) => {
+                let i: usize = step
+                    .parse()
+                    .unwrap_or_else(|_| panic!("`{step}` is not an index (in {path})"));
+                items
+                    .get_mut(i)
+                    .unwrap_or_else(|| panic!("the config has no entry {i} (in {path})"))
+            }
+            other => panic!("`{step}` is inside {other:?}, which is not a table (in {path})"),
+        };
+    }
+    value
+}
+
+/// Sets `key` in the table at `table_path` (which must exist; `""` is the
+/// top level) to `value`.
+pub fn set(doc: &mut toml::Table, table_path: &str, key: &str, value: impl Into<toml::Value>) {
+    let table = if table_path.is_empty() {
+        doc
+    } else {
+        match at(doc, table_path) {
+            toml::Value::Table(t) => t,
+            other => panic!("`{table_path}` is {other:?}, not a table"),
+        }
+    };
+    table.insert(key.to_string(), value.into());
+}
+
+/// Config text changed by editing its parsed TOML (never by replacing
+/// strings, which silently does nothing when the text differs).
+pub fn edit(text: &str, change: impl FnOnce(&mut toml::Table)) -> String {
+    let mut doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("not TOML: {e}\n{text}"));
+    change(&mut doc);
+    toml::to_string(&doc).expect("a table serialises")
+}
+
 /// A public catch-all route to `app`.
 pub const PUBLIC_ROOT: &str = r#"
 [[routes]]

@@ -14,22 +14,24 @@
 //! - a missing or repeated `Host` on HTTP/1.1, a repeated `host` or
 //!   `content-length` on HTTP/2 (the upstream gets HTTP/1.1),
 //! - any HTTP/1 request the framing tap has no record for (it stops on
-//!   input it cannot follow, so the request's framing is unknown),
-//! - header names spelled with `_` that a CGI/WSGI backend would read as one
-//!   of the forwarding or identity headers the gateway sets (for example
-//!   `X_Forwarded_For` or `X_Portcullis_Consumer`); those are dropped.
+//!   input it cannot follow, so the request's framing is unknown).
 
-pub mod inspect;
+use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Request, Version};
 
 use crate::body::GatewayBody;
+use crate::compile::CompileCx;
+use crate::connection::tap::RawFraming;
 use crate::error::GatewayError;
-use crate::pipeline::{Flow, RequestCx, Stage, StageResult, Verdict};
-use inspect::RawFraming;
+use crate::pipeline::{Flow, Phases, RequestCx, Stage, StageResult, Verdict};
 
 pub struct FramingStage;
+
+pub fn compile(_cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
+    Some(Arc::new(FramingStage))
+}
 
 fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), &'static str> {
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
@@ -64,34 +66,6 @@ fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), &'static s
     Ok(())
 }
 
-/// Whether `name` (lowercase, as stored) uses underscores to imitate a
-/// header the gateway controls.
-fn imitates_protected(name: &str) -> bool {
-    if !name.contains('_') {
-        return false;
-    }
-    let dashed = name.replace('_', "-");
-    dashed.starts_with("x-portcullis-")
-        || matches!(
-            dashed.as_str(),
-            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-real-ip" | "x-request-id"
-        )
-}
-
-fn drop_imitations(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| imitates_protected(k.as_str())) {
-        return;
-    }
-    let doomed: Vec<_> = headers
-        .keys()
-        .filter(|k| imitates_protected(k.as_str()))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
-}
-
 /// Rules on the framing headers as they were on the wire.
 fn check_raw(raw: RawFraming) -> Result<(), &'static str> {
     if raw.content_lengths > 0 && raw.transfer_encodings > 0 {
@@ -117,13 +91,13 @@ fn check_h2(headers: &HeaderMap) -> Result<(), &'static str> {
 }
 
 impl FramingStage {
-    fn check(cx: &RequestCx, req: &mut Request<GatewayBody>) -> StageResult {
+    fn check(cx: &RequestCx, req: &Request<GatewayBody>) -> StageResult {
         if req.version() <= Version::HTTP_11 {
             // No record means the tap lost track of where requests start on
             // this connection (it stops on input it cannot follow); such a
             // request cannot be vouched for, so it is refused and the
             // connection closed.
-            let raw = cx.connection.heads.next_request().ok_or(GatewayError::malformed(
+            let raw = cx.connection.wire.next_request().ok_or(GatewayError::malformed(
                 "The request's framing could not be followed; send it again on a new connection.",
             ))?;
             check_raw(raw).map_err(GatewayError::malformed)?;
@@ -131,7 +105,6 @@ impl FramingStage {
         } else {
             check_h2(req.headers()).map_err(GatewayError::malformed)?;
         }
-        drop_imitations(req.headers_mut());
         Ok(Flow::Continue)
     }
 }
@@ -141,7 +114,11 @@ impl Stage for FramingStage {
         "framing"
     }
 
-    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+    fn phases(&self) -> Phases {
+        Phases::EARLY
+    }
+
+    fn early<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
         Verdict::Ready(Self::check(cx, req))
     }
 }
@@ -199,17 +176,20 @@ mod tests {
     }
 
     #[test]
-    fn underscore_spellings_of_protected_headers_are_dropped() {
-        let mut h = headers(&[
-            ("x_portcullis_consumer", "admin"),
-            ("x_forwarded_for", "1.2.3.4"),
-            ("x_custom_thing", "kept"),
-            ("x-forwarded-for", "kept-for-client-ip-stage"),
-        ]);
-        drop_imitations(&mut h);
-        assert!(h.get("x_portcullis_consumer").is_none());
-        assert!(h.get("x_forwarded_for").is_none());
-        assert_eq!(h["x_custom_thing"], "kept");
-        assert!(h.get("x-forwarded-for").is_some());
+    fn a_request_the_tap_has_no_record_for_is_refused() {
+        let mut cx = RequestCx::for_test();
+        let mut req = Request::new(GatewayBody::Empty);
+        req.headers_mut().insert(HOST, "x".parse().unwrap());
+        match FramingStage.early(&mut cx, &mut req) {
+            Verdict::Ready(Err(e)) => assert!(e.closes_connection(), "{e}"),
+            _ => panic!("a request without a wire record must be refused"),
+        }
+        // With the tap's record of a clean head, the same request passes.
+        let mut tracker = crate::connection::tap::Tracker::default();
+        tracker.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &cx.connection);
+        assert!(matches!(
+            FramingStage.early(&mut cx, &mut req),
+            Verdict::Ready(Ok(Flow::Continue))
+        ));
     }
 }

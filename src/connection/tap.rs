@@ -1,5 +1,6 @@
-//! A read-side tap on each HTTP/1 connection that notes how every request
-//! head was framed on the wire, before hyper parses it.
+//! A read-side tap on each client connection that notes how every HTTP/1
+//! request head was framed on the wire, before hyper parses it, and when
+//! each head began (for the header read timeout, see [`super`]).
 //!
 //! hyper resolves some ambiguous framings on its own, and in doing so hides
 //! them: with both `Content-Length` and `Transfer-Encoding` it drops the
@@ -11,18 +12,20 @@
 //!
 //! To find where each head starts, the tap follows message framing itself:
 //! fixed-length and chunked bodies are skipped using `httparse`, the parser
-//! hyper uses. Anything it cannot follow (HTTP/2, an upgrade, a malformed
-//! head, which hyper then refuses) switches it off for the rest of the
-//! connection, and requests it has no record for get hyper's own handling.
+//! hyper uses. Anything it cannot follow (HTTP/2, a malformed head, which
+//! hyper then refuses) switches it off for the rest of the connection, and
+//! requests it has no record for are refused by the framing stage.
 
 use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::Connection;
 
 /// How many framing headers one request head carried on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,17 +45,31 @@ const MAX_HEADERS: usize = 128;
 
 /// The per-connection queue of framing records.
 #[derive(Debug, Default)]
-pub struct HeadLog {
+pub struct WireLog {
     pending: Mutex<VecDeque<RawFraming>>,
+    /// Only time heads, keep no records (a listener with no framing stage).
+    timing_only: bool,
 }
 
-impl HeadLog {
+impl WireLog {
+    /// A log that keeps no framing records, for a listener whose requests
+    /// never pass the framing stage (the admin listener).
+    pub fn timing_only() -> WireLog {
+        WireLog {
+            timing_only: true,
+            ..WireLog::default()
+        }
+    }
+
     /// The record for the next request, if the tap has one.
     pub fn next_request(&self) -> Option<RawFraming> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
     }
 
     fn push(&self, record: RawFraming) -> bool {
+        if self.timing_only {
+            return true;
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() >= MAX_PENDING {
             return false;
@@ -179,16 +196,30 @@ fn trailers_end(buf: &[u8]) -> Option<usize> {
 }
 
 impl Tracker {
-    /// Feeds bytes read from the client; queues a record per request head.
-    pub fn feed(&mut self, mut data: &[u8], log: &HeadLog) {
+    /// Stops following the connection.
+    fn switch_off(&mut self, conn: &Connection) {
+        self.state = State::Off;
+        conn.head_finished();
+    }
+
+    /// Feeds bytes read from the client; queues a record per request head
+    /// and tells `conn` when each head begins and ends.
+    pub fn feed(&mut self, mut data: &[u8], conn: &Connection) {
         while !data.is_empty() {
             match &mut self.state {
                 State::Off => return,
                 State::Head(buf) => {
                     if buf.is_empty() && data.starts_with(b"PRI ") {
                         // The HTTP/2 connection preface.
-                        self.state = State::Off;
+                        self.switch_off(conn);
                         return;
+                    }
+                    // Empty lines before a request line are allowed (and
+                    // some clients send one after a body): a head begins
+                    // with its first other byte.
+                    let blank = |b: &u8| matches!(b, b'\r' | b'\n');
+                    if buf.iter().all(blank) && !data.iter().all(blank) {
+                        conn.head_started();
                     }
                     let (parsed, from_buffer) = if buf.is_empty() {
                         (inspect_head(data), false)
@@ -198,8 +229,9 @@ impl Tracker {
                     };
                     match parsed {
                         Ok(Some((len, record, next))) => {
-                            if !log.push(record) {
-                                self.state = State::Off;
+                            conn.head_finished();
+                            if !conn.wire.push(record) {
+                                self.switch_off(conn);
                                 return;
                             }
                             if from_buffer {
@@ -207,7 +239,7 @@ impl Tracker {
                                 // follows the head is the start of the body.
                                 let rest = std::mem::take(buf).split_off(len);
                                 self.state = next;
-                                self.feed(&rest, log);
+                                self.feed(&rest, conn);
                                 return;
                             } else {
                                 self.state = next;
@@ -219,12 +251,12 @@ impl Tracker {
                                 buf.extend_from_slice(data);
                             }
                             if buf.len() > MAX_BUFFERED {
-                                self.state = State::Off;
+                                self.switch_off(conn);
                             }
                             return;
                         }
                         Err(()) => {
-                            self.state = State::Off;
+                            self.switch_off(conn);
                             return;
                         }
                     }
@@ -252,7 +284,7 @@ impl Tracker {
                         }
                         ChunkLine::Partial if buf.len() <= MAX_CHUNK_LINE => return,
                         _ => {
-                            self.state = State::Off;
+                            self.switch_off(conn);
                             return;
                         }
                     }
@@ -283,7 +315,7 @@ impl Tracker {
                         }
                         None if buf.len() <= MAX_BUFFERED => return,
                         None => {
-                            self.state = State::Off;
+                            self.switch_off(conn);
                             return;
                         }
                     }
@@ -297,15 +329,15 @@ impl Tracker {
 pub struct Tapped<T> {
     inner: T,
     tracker: Tracker,
-    log: std::sync::Arc<HeadLog>,
+    conn: Arc<Connection>,
 }
 
 impl<T> Tapped<T> {
-    pub fn new(inner: T, log: std::sync::Arc<HeadLog>) -> Self {
+    pub fn new(inner: T, conn: Arc<Connection>) -> Self {
         Tapped {
             inner,
             tracker: Tracker::default(),
-            log,
+            conn,
         }
     }
 }
@@ -316,7 +348,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tapped<T> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {
-            this.tracker.feed(&buf.filled()[before..], &this.log);
+            this.tracker.feed(&buf.filled()[before..], &this.conn);
         }
         poll
     }
@@ -352,13 +384,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tapped<T> {
 mod tests {
     use super::*;
 
+    pub(super) fn test_connection() -> Connection {
+        Connection::new("127.0.0.1:1".parse().unwrap())
+    }
+
     fn records(stream: &[u8], split_every: usize) -> Vec<RawFraming> {
-        let log = HeadLog::default();
+        let conn = test_connection();
         let mut tracker = Tracker::default();
         for piece in stream.chunks(split_every) {
-            tracker.feed(piece, &log);
+            tracker.feed(piece, &conn);
         }
-        std::iter::from_fn(|| log.next_request()).collect()
+        std::iter::from_fn(|| conn.wire.next_request()).collect()
     }
 
     const CLEAN: RawFraming = RawFraming {
@@ -424,6 +460,31 @@ GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
     }
 
     #[test]
+    fn a_head_is_timed_from_its_first_byte_and_blank_lines_do_not_count() {
+        let conn = test_connection();
+        let mut tracker = Tracker::default();
+        let timing = |conn: &Connection| {
+            conn.head_started_ms.load(std::sync::atomic::Ordering::Relaxed) != crate::connection::NEVER
+        };
+        tracker.feed(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok",
+            &conn,
+        );
+        assert!(!timing(&conn), "a complete head is no longer timed");
+        tracker.feed(b"\r\n", &conn);
+        assert!(!timing(&conn), "an empty line after a body starts no head");
+        tracker.feed(b"GET / HT", &conn);
+        assert!(timing(&conn), "a partial head is timed");
+        tracker.feed(b"TP/1.1\r\nHost: x\r\n\r\n", &conn);
+        assert!(!timing(&conn));
+        tracker.feed(b"PRI * HTTP/2.0\r\n", &conn);
+        assert!(
+            !timing(&conn),
+            "a connection the tap stops following is not timed"
+        );
+    }
+
+    #[test]
     fn switches_off_for_http2_upgrades_and_garbage() {
         assert!(records(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4).is_empty());
         // An Upgrade is not followed: the gateway never switches protocols.
@@ -458,15 +519,15 @@ mod properties {
             b"Upgrade: x\r\n",
         ];
         for _ in 0..20_000 {
-            let log = HeadLog::default();
+            let conn = super::tests::test_connection();
             let mut tracker = Tracker::default();
             for _ in 0..rng.random_range(0..40) {
                 let piece = PIECES[rng.random_range(0..PIECES.len())];
                 let cut = rng.random_range(0..=piece.len());
-                tracker.feed(&piece[..cut], &log);
-                tracker.feed(&piece[cut..], &log);
+                tracker.feed(&piece[..cut], &conn);
+                tracker.feed(&piece[cut..], &conn);
             }
-            assert!(log.pending.lock().unwrap().len() <= MAX_PENDING);
+            assert!(conn.wire.pending.lock().unwrap().len() <= MAX_PENDING);
         }
     }
 }

@@ -14,18 +14,87 @@
 //!   response from the calling page. Refusing cross-site requests outright
 //!   is CSRF protection's job, not CORS's.
 //! - `Vary: Origin` is added whenever the answer depends on the origin.
+//! - `Access-Control-*` headers from the upstream are removed (unless
+//!   `keep_upstream_headers`), so a backend that reflects `Origin` cannot
+//!   widen the allow-list.
+//!
+//! Phases: `early` notes whether the request's origin is allowed, so that
+//! the gateway's own answers before and at routing (400, 404, 405) are
+//! readable by an allowed page; `access` answers preflights on the route
+//! they were routed to (the router routes a preflight by the method it
+//! announces); `response` sets the headers on every response.
+
+use std::sync::Arc;
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use serde::Deserialize;
 
 use crate::body::GatewayBody;
-use crate::config::CorsConfig;
+use crate::compile::CompileCx;
+use crate::config::ConfigDuration;
 use crate::error::GatewayError;
-use crate::pipeline::{Flow, RequestCx, Stage, StageResult, Verdict};
+use crate::pipeline::{Flow, Phases, RequestCx, Route, Stage, StageResult, Verdict};
+
+/// `[cors]`: the browser origins allowed to call routed APIs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `["*"]` for any origin
+    /// (never together with `credentials`).
+    pub origins: Vec<String>,
+    /// Allow cookies and `Authorization` on cross-origin calls.
+    #[serde(default)]
+    pub credentials: bool,
+    /// Methods a cross-origin call may use.
+    #[serde(default = "CorsConfig::default_methods")]
+    pub methods: Vec<String>,
+    /// Request headers a cross-origin call may send.
+    #[serde(default = "CorsConfig::default_headers")]
+    pub headers: Vec<String>,
+    /// Response headers the calling page may read.
+    #[serde(default = "CorsConfig::default_expose")]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default = "CorsConfig::default_max_age")]
+    pub max_age: ConfigDuration,
+    /// Leave the upstream's own `Access-Control-*` headers on its responses
+    /// (for a backend that owns its CORS); by default they are removed, so a
+    /// backend that reflects `Origin` cannot widen the allow-list.
+    #[serde(default)]
+    pub keep_upstream_headers: bool,
+}
+
+impl CorsConfig {
+    fn default_methods() -> Vec<String> {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .map(String::from)
+            .to_vec()
+    }
+    fn default_headers() -> Vec<String> {
+        [
+            "Content-Type",
+            "Authorization",
+            "X-API-Key",
+            "X-Request-Id",
+            "X-CSRF-Token",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn default_expose() -> Vec<String> {
+        ["X-Request-Id", "Retry-After", "RateLimit", "RateLimit-Policy"]
+            .map(String::from)
+            .to_vec()
+    }
+    fn default_max_age() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(600))
+    }
+}
 
 /// The compiled `[cors]` table.
 #[derive(Debug, Clone)]
@@ -41,6 +110,7 @@ pub struct CorsPolicy {
     allow_headers: HeaderValue,
     expose_headers: Option<HeaderValue>,
     max_age: HeaderValue,
+    keep_upstream_headers: bool,
 }
 
 /// Checks one configured origin; returns it lowercased.
@@ -144,6 +214,7 @@ impl CorsPolicy {
             allow_headers: join(&headers),
             expose_headers: (!expose.is_empty()).then(|| join(&expose)),
             max_age: HeaderValue::from(config.max_age.0.as_secs()),
+            keep_upstream_headers: config.keep_upstream_headers,
             origins,
             any_origin,
             credentials: config.credentials,
@@ -187,18 +258,43 @@ pub fn is_preflight<B>(req: &Request<B>) -> bool {
         && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
 }
 
+/// Removes every `Access-Control-*` header (an upstream's).
+fn strip_access_control(headers: &mut HeaderMap) {
+    let is_cors = |name: &HeaderName| name.as_str().starts_with("access-control-");
+    if !headers.keys().any(is_cors) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| is_cors(n)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 pub struct CorsStage {
-    pub audit: crate::audit::Audit,
+    policy: CorsPolicy,
+    audit: crate::audit::Audit,
+}
+
+/// Compiles `[cors]`; without it there is no CORS stage.
+pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
+    let config = cx.config.cors.as_ref()?;
+    match CorsPolicy::compile(config, cx.production()) {
+        Ok(policy) => Some(Arc::new(CorsStage {
+            policy,
+            audit: cx.runtime.audit.clone(),
+        })),
+        Err(errors) => {
+            for (key, e) in errors {
+                cx.problems.at(&key, e);
+            }
+            None
+        }
+    }
 }
 
 impl CorsStage {
-    fn preflight(
-        &self,
-        cx: &RequestCx,
-        cors: &CorsPolicy,
-        req: &Request<GatewayBody>,
-        origin: &HeaderValue,
-    ) -> StageResult {
+    fn preflight(&self, cx: &RequestCx, req: &Request<GatewayBody>, origin: &HeaderValue) -> StageResult {
+        let cors = &self.policy;
         let headers = req.headers();
         let method = headers
             .get(ACCESS_CONTROL_REQUEST_METHOD)
@@ -248,27 +344,41 @@ impl Stage for CorsStage {
         "cors"
     }
 
-    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
-        let Some(cors) = cx.policy.cors.as_ref() else {
-            return Verdict::Ready(Ok(Flow::Continue));
-        };
-        let Some(origin) = req.headers().get(ORIGIN) else {
-            return Verdict::Ready(Ok(Flow::Continue));
-        };
-        if is_preflight(req) {
-            return Verdict::Ready(self.preflight(cx, cors, req, origin));
-        }
-        if cors.allows_origin(origin) {
-            cx.cors_origin = Some(origin.clone());
-        }
-        Verdict::Ready(Ok(Flow::Continue))
+    fn phases(&self) -> Phases {
+        Phases::EARLY.and(Phases::ACCESS).and(Phases::RESPONSE)
     }
 
-    fn on_response(&self, cx: &RequestCx, resp: &mut Response<GatewayBody>) {
-        let Some(cors) = cx.policy.cors.as_ref() else {
-            return;
-        };
+    fn early<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+        if let Some(origin) = req.headers().get(ORIGIN)
+            && !is_preflight(req)
+            && self.policy.allows_origin(origin)
+        {
+            cx.cors_origin = Some(origin.clone());
+        }
+        Verdict::CONTINUE
+    }
+
+    fn access<'a>(
+        &'a self,
+        cx: &'a mut RequestCx,
+        _route: &'a Route,
+        req: &'a mut Request<GatewayBody>,
+    ) -> Verdict<'a> {
+        match req.headers().get(ORIGIN) {
+            Some(origin) if is_preflight(req) => Verdict::Ready(self.preflight(cx, req, origin)),
+            _ => Verdict::CONTINUE,
+        }
+    }
+
+    fn response(&self, cx: &RequestCx, resp: &mut Response<GatewayBody>) {
+        let cors = &self.policy;
         let h = resp.headers_mut();
+        if cx.from_upstream {
+            if cors.keep_upstream_headers {
+                return;
+            }
+            strip_access_control(h);
+        }
         // With a bare `*` the answer is the same for every origin.
         if !cors.any_origin || cors.credentials {
             h.append(VARY, HeaderValue::from_static("Origin"));
@@ -287,6 +397,54 @@ impl Stage for CorsStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stage() -> CorsStage {
+        let config: CorsConfig =
+            toml::from_str("origins = [\"https://app.example.com\"]\ncredentials = true").unwrap();
+        CorsStage {
+            policy: CorsPolicy::compile(&config, true).unwrap(),
+            audit: crate::audit::Audit::disabled(),
+        }
+    }
+
+    #[test]
+    fn the_upstreams_own_cors_headers_never_reach_the_client() {
+        let stage = stage();
+        let mut cx = RequestCx::for_test();
+        let mut req = Request::new(GatewayBody::Empty);
+        req.headers_mut()
+            .insert(ORIGIN, "https://evil.example".parse().unwrap());
+        let _ = stage.early(&mut cx, &mut req);
+        assert!(cx.cors_origin.is_none(), "an unlisted origin is not allowed");
+        cx.from_upstream = true;
+        let mut resp = Response::new(GatewayBody::Empty);
+        let h = resp.headers_mut();
+        h.insert(
+            ACCESS_CONTROL_ALLOW_ORIGIN,
+            "https://evil.example".parse().unwrap(),
+        );
+        h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".parse().unwrap());
+        h.insert("access-control-allow-private-network", "true".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        stage.response(&cx, &mut resp);
+        let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "vary"], "{:?}", resp.headers());
+
+        // An allowed origin gets the gateway's answer, not the upstream's.
+        let mut cx = RequestCx::for_test();
+        req.headers_mut()
+            .insert(ORIGIN, "https://app.example.com".parse().unwrap());
+        let _ = stage.early(&mut cx, &mut req);
+        cx.from_upstream = true;
+        let mut resp = Response::new(GatewayBody::Empty);
+        resp.headers_mut()
+            .insert(ACCESS_CONTROL_ALLOW_ORIGIN, "*".parse().unwrap());
+        stage.response(&cx, &mut resp);
+        assert_eq!(
+            resp.headers()[ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example.com"
+        );
+    }
 
     #[test]
     fn origins_are_validated_per_environment() {

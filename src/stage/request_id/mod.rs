@@ -3,16 +3,23 @@
 //! goes upstream (upstream headers stage), back to the client (here), into
 //! every problem document, log line and audit event.
 
+use std::sync::Arc;
+
 use http::{HeaderName, HeaderValue, Request, Response};
 
 use crate::body::GatewayBody;
-use crate::pipeline::{Flow, RequestCx, Stage, Verdict};
+use crate::compile::CompileCx;
+use crate::pipeline::{Phases, RequestCx, Stage, Verdict};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
 pub struct RequestIdStage;
+
+pub fn compile(_cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
+    Some(Arc::new(RequestIdStage))
+}
 
 /// Whether an incoming ID is safe to keep: short, and only characters that
 /// cannot break a log line, a header or a JSON string.
@@ -42,16 +49,20 @@ impl Stage for RequestIdStage {
         "request_id"
     }
 
-    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+    fn phases(&self) -> Phases {
+        Phases::EARLY.and(Phases::RESPONSE)
+    }
+
+    fn early<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
         let mut incoming = req.headers().get_all(&X_REQUEST_ID).iter();
         cx.request_id = match (incoming.next(), incoming.next()) {
             (Some(id), None) if is_acceptable(id.as_bytes()) => id.clone(),
             _ => generate(),
         };
-        Verdict::Ready(Ok(Flow::Continue))
+        Verdict::CONTINUE
     }
 
-    fn on_response(&self, cx: &RequestCx, resp: &mut Response<GatewayBody>) {
+    fn response(&self, cx: &RequestCx, resp: &mut Response<GatewayBody>) {
         resp.headers_mut().insert(&X_REQUEST_ID, cx.request_id.clone());
     }
 }
@@ -70,6 +81,28 @@ mod tests {
         assert!(!is_acceptable(b"a\"b"));
         assert!(!is_acceptable(b"<script>"));
         assert!(!is_acceptable("caf\u{e9}".as_bytes()));
+    }
+
+    #[test]
+    fn a_good_incoming_id_is_kept_and_a_repeated_one_replaced() {
+        let stage = RequestIdStage;
+        for (sent, kept) in [
+            (&["abc-1"][..], true),
+            (&["abc-1", "abc-2"][..], false),
+            (&["<x>"][..], false),
+        ] {
+            let mut cx = RequestCx::for_test();
+            let mut req = Request::new(GatewayBody::Empty);
+            for id in sent {
+                req.headers_mut().append(&X_REQUEST_ID, id.parse().unwrap());
+            }
+            assert!(matches!(stage.early(&mut cx, &mut req), Verdict::Ready(Ok(_))));
+            assert_eq!(cx.request_id == sent[0], kept, "{sent:?}");
+            assert!(is_acceptable(cx.request_id.as_bytes()));
+            let mut resp = Response::new(GatewayBody::Empty);
+            stage.response(&cx, &mut resp);
+            assert_eq!(resp.headers()[&X_REQUEST_ID], cx.request_id);
+        }
     }
 
     #[test]

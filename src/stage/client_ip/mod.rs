@@ -8,12 +8,14 @@
 //! read, so it cannot dodge an IP limit or an allow-list.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::{HeaderMap, Request};
 use ipnet::IpNet;
 
 use crate::body::GatewayBody;
-use crate::pipeline::{Flow, RequestCx, Stage, Verdict};
+use crate::compile::CompileCx;
+use crate::pipeline::{Phases, RequestCx, Stage, Verdict};
 
 pub static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
@@ -102,12 +104,31 @@ pub struct ClientIpStage {
     pub trusted: TrustedProxies,
 }
 
+/// Compiles `[server] trusted_proxies`.
+pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
+    let trusted = match TrustedProxies::parse(&cx.config.server.trusted_proxies) {
+        Ok(t) => t,
+        Err(bad) => {
+            cx.problems.at(
+                "server.trusted_proxies",
+                format!("not IP addresses or CIDR ranges: {}", bad.join(", ")),
+            );
+            TrustedProxies::default()
+        }
+    };
+    Some(Arc::new(ClientIpStage { trusted }))
+}
+
 impl Stage for ClientIpStage {
     fn name(&self) -> &'static str {
         "client_ip"
     }
 
-    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
+    fn phases(&self) -> Phases {
+        Phases::EARLY
+    }
+
+    fn early<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
         let peer = canonical(cx.peer.ip());
         cx.peer_trusted = self.trusted.contains(peer);
         cx.client_ip = if cx.peer_trusted {
@@ -115,7 +136,7 @@ impl Stage for ClientIpStage {
         } else {
             peer
         };
-        Verdict::Ready(Ok(Flow::Continue))
+        Verdict::CONTINUE
     }
 }
 
@@ -165,6 +186,28 @@ mod tests {
                 "{peer} {headers:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_stage_believes_forwarding_only_from_a_trusted_peer() {
+        let stage = ClientIpStage {
+            trusted: TrustedProxies::parse(&["127.0.0.0/8".into()]).unwrap(),
+        };
+        let mut req = Request::new(GatewayBody::Empty);
+        req.headers_mut()
+            .insert(&X_FORWARDED_FOR, "203.0.113.5".parse().unwrap());
+        let mut cx = RequestCx::for_test();
+        let _ = stage.early(&mut cx, &mut req);
+        assert!(cx.peer_trusted);
+        assert_eq!(cx.client_ip, ip("203.0.113.5"));
+
+        let untrusting = ClientIpStage {
+            trusted: TrustedProxies::default(),
+        };
+        let mut cx = RequestCx::for_test();
+        let _ = untrusting.early(&mut cx, &mut req);
+        assert!(!cx.peer_trusted);
+        assert_eq!(cx.client_ip, ip("127.0.0.1"));
     }
 
     #[test]

@@ -18,7 +18,6 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
@@ -32,34 +31,8 @@ use hyper::client::conn::{TrySendError, http1};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::connect::Address;
 use crate::body::GatewayBody;
-
-/// Where a target's connections go.
-#[derive(Clone, Debug)]
-pub enum Address {
-    /// An IP literal: no lookup needed.
-    Ip(SocketAddr),
-    /// A host name, resolved on every new connection.
-    Name(String, u16),
-}
-
-impl std::fmt::Display for Address {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Address::Ip(addr) => addr.fmt(f),
-            Address::Name(host, port) => write!(f, "{host}:{port}"),
-        }
-    }
-}
-
-impl Address {
-    pub async fn connect(&self) -> std::io::Result<TcpStream> {
-        match self {
-            Address::Ip(addr) => TcpStream::connect(addr).await,
-            Address::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
-        }
-    }
-}
 
 /// Pool settings, from `[[upstreams]]`.
 #[derive(Clone, Copy, Debug)]
@@ -163,16 +136,24 @@ pub struct TargetPool {
     limits: Limits,
     builder: http1::Builder,
     idle: Mutex<IdleList>,
+    /// 1 when the last connection attempt succeeded, 0 when it failed.
+    reachable: prometheus::IntGauge,
 }
 
 impl TargetPool {
-    pub fn new(address: Address, limits: Limits) -> Self {
+    pub fn new(address: Address, limits: Limits, reachable: prometheus::IntGauge) -> Self {
         TargetPool {
             address,
             limits,
             builder: http1::Builder::new(),
             idle: Mutex::new(IdleList::default()),
+            reachable,
         }
+    }
+
+    /// Records whether the target accepted a connection just now.
+    pub fn note_reachable(&self, reachable: bool) {
+        self.reachable.set(i64::from(reachable));
     }
 
     pub fn address(&self) -> &Address {
@@ -203,12 +184,13 @@ impl TargetPool {
     }
 
     async fn connect(&self) -> Result<Box<Conn>, SendError> {
-        let stream = match tokio::time::timeout(self.limits.connect_timeout, self.address.connect()).await {
+        let connected = tokio::time::timeout(self.limits.connect_timeout, self.address.connect()).await;
+        self.note_reachable(matches!(connected, Ok(Ok(_))));
+        let stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => return Err(SendError::Connect(error)),
             Err(_) => return Err(SendError::ConnectTimeout),
         };
-        let _ = stream.set_nodelay(true);
         let (sender, conn) = self
             .builder
             .handshake(TokioIo::new(stream))
@@ -458,6 +440,7 @@ impl std::fmt::Debug for UpstreamBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -469,6 +452,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(10),
                 max_idle: 8,
             },
+            prometheus::IntGauge::new("reachable", "test").unwrap(),
         ))
     }
 

@@ -1,0 +1,180 @@
+//! Listeners and the connections they accept, for both the public and the
+//! admin listener: a cap on open connections, the connection watchdog
+//! (header read and idle timeouts, see [`crate::connection`]), the framing
+//! tap, HTTP/1.1 and HTTP/2 (prior knowledge) on one port, and a drain on
+//! shutdown.
+//!
+//! [`Listener`] is the seam TLS implements: `accept` hands over a raw
+//! stream at once, and `establish` (run in the connection's own task, under
+//! the header read timeout) turns it into what HTTP runs over. For plain TCP
+//! that is the stream itself.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::connection::tap::{Tapped, WireLog};
+use crate::connection::{Connection, Timeouts, close_when_idle};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where connections come from.
+pub trait Listener: Send + 'static {
+    /// What `accept` returns.
+    type Stream: Send + 'static;
+    /// What HTTP runs over.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// The next connection and its peer.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+
+    /// Makes an accepted stream ready for HTTP (a TLS handshake, say).
+    fn establish(&self, stream: Self::Stream) -> impl Future<Output = io::Result<Self::Io>> + Send + 'static;
+}
+
+/// Plain TCP.
+pub struct Plain(pub TcpListener);
+
+impl Listener for Plain {
+    type Stream = TcpStream;
+    type Io = TcpStream;
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
+    }
+
+    fn establish(&self, stream: TcpStream) -> impl Future<Output = io::Result<TcpStream>> + Send + 'static {
+        std::future::ready(Ok(stream))
+    }
+}
+
+/// A listener's connection settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    pub timeouts: Timeouts,
+    /// On shutdown, how long open connections may take to finish.
+    pub drain: Duration,
+    /// Keep each HTTP/1 request's framing record for the framing stage.
+    pub framing_records: bool,
+}
+
+/// An HTTP/1.1 and HTTP/2 builder with the gateway's settings. hyper's own
+/// HTTP/1 header timeout is off: the connection watchdog times heads from
+/// their first byte instead.
+pub fn http_builder(max_head: usize, max_headers: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // One buffer per write: hyper's default hands a response's head and its
+    // body to the kernel as separate iovecs, which costs more in the kernel
+    // than copying a typical API response into the head's buffer (about
+    // 3% of throughput on the benchmark; docs/benchmarks.md).
+    builder
+        .http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(max_head.max(8192))
+        .max_headers(max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_head as u32)
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Accepts connections until `shutdown`, serving each with the service
+/// `make_service` makes for it; then drains.
+pub async fn serve<L, F, S, B>(
+    mut listener: L,
+    limits: ConnectionLimits,
+    builder: auto::Builder<TokioExecutor>,
+    make_service: F,
+    mut shutdown: watch::Receiver<bool>,
+    open: IntGauge,
+) where
+    L: Listener,
+    F: Fn(Arc<Connection>) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener_addr = listener.local_addr().ok();
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let builder = Arc::new(builder);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Usually out of file descriptors: pause instead of spinning.
+                    tracing::warn!(%error, listener = ?listener_addr, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let establish = listener.establish(stream);
+        let conn = Arc::new(if limits.framing_records {
+            Connection::new(peer)
+        } else {
+            Connection::with_wire(peer, WireLog::timing_only())
+        });
+        let service = make_service(conn.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let open = open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            if let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await {
+                let io = TokioIo::new(Tapped::new(io, conn.clone()));
+                let connection = builder.serve_connection(io, service);
+                close_when_idle(watcher.watch(connection), &conn, limits.timeouts).await;
+            }
+            open.dec();
+            drop(permit);
+        });
+    }
+    // Stop accepting at once: new connections are refused while the open
+    // ones drain.
+    drop(listener);
+    let open_now = graceful.count();
+    if open_now > 0 {
+        tracing::info!(connections = open_now, listener = ?listener_addr, "draining in-flight requests");
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!(listener = ?listener_addr, "all connections closed"),
+        _ = tokio::time::sleep(limits.drain) => tracing::warn!(listener = ?listener_addr, "drain timeout reached; closing remaining connections"),
+    }
+}
