@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn healthz_readyz_and_metrics() {
@@ -23,9 +24,24 @@ async fn healthz_readyz_and_metrics() {
     client().get(format!("{base}/status/503")).send().await.unwrap();
     client().get(format!("{base}/%2f")).send().await.unwrap();
 
-    // Counts are recorded when each response ends; give the last one a moment.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let text = metrics_text(gw.admin_addr()).await;
+    // Counts are recorded when each response ends, which can be just after
+    // the client has read it: wait until all five requests are counted.
+    let counted = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("portcullis_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut text = String::new();
+    wait_until_async(
+        "all 5 requests to be counted",
+        std::time::Duration::from_secs(5),
+        async || {
+            text = metrics_text(gw.admin_addr()).await;
+            counted(&text) >= 5.0
+        },
+    )
+    .await;
     let value = |needle: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(needle))
@@ -88,4 +104,128 @@ async fn an_unreachable_upstream_is_reported_and_makes_readyz_fail_only_when_req
         assert_eq!(resp.status(), 200);
         gw.shutdown().await;
     }
+}
+
+/// Whether the server closes `stream` within `limit` (whatever it sends
+/// before is read and ignored).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_closes_silent_and_slow_connections() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = TestUpstream::start().await;
+    let text = edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        set(doc, "server", "header_read_timeout", "1s");
+    });
+    let gw = start_gateway(&text).await;
+    let mut silent = tokio::net::TcpStream::connect(gw.admin_addr()).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(gw.admin_addr()).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a silent admin socket stays open"
+    );
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)).await,
+        "a half-sent head stays open"
+    );
+    // A complete request is still answered, and keep-alive is not cut at the
+    // header timeout.
+    let c = client();
+    let url = format!("http://{}/healthz", gw.admin_addr());
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_has_a_connection_cap_of_its_own() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start().await;
+    let text = edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        set(doc, "server", "admin_max_connections", 3);
+        set(doc, "server", "header_read_timeout", "30s");
+    });
+    let gw = start_gateway(&text).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(gw.admin_addr()).await.unwrap());
+    }
+    // The fourth waits in the kernel's backlog: no answer while the cap is full.
+    let mut fourth = tokio::net::TcpStream::connect(gw.admin_addr()).await.unwrap();
+    fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf)).await;
+    assert!(early.is_err(), "the cap did not hold");
+    // The public listener is not affected.
+    let public = client()
+        .get(format!("http://{}/x", gw.public_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 200);
+    // A slot frees: the waiting connection is served.
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf))
+        .await
+        .expect("served once a slot was free")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_error_is_a_problem_document() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config_with_store(
+        "development",
+        &upstream.url(),
+        None,
+        PUBLIC_ROOT,
+    ))
+    .await;
+    let base = format!("http://{}", gw.admin_addr());
+    let c = client();
+    let resp = c.post(format!("{base}/healthz")).send().await.unwrap();
+    assert!(resp.headers()["allow"].to_str().unwrap().contains("GET"));
+    assert_problem(resp, 405).await;
+    let resp = c
+        .put(format!("{base}/admin/api/v1/consumers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 405).await;
+    let resp = c
+        .post(format!("{base}/admin/api/v1/consumers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 70 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 413).await;
+    let resp = c.get(format!("{base}/nothing-here")).send().await.unwrap();
+    assert_problem(resp, 404).await;
+    let resp = c.get(format!("{base}/admin/api/v1/keys")).send().await.unwrap();
+    assert_problem(resp, 401).await;
+    // The readiness report stays the endpoint's own JSON.
+    let resp = c.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(json(resp).await["status"], "ready");
+    gw.shutdown().await;
 }

@@ -144,6 +144,7 @@ async fn key_states(store_url: Option<&str>) {
     // Expired.
     let short = make_key(&gw, "agent-7", &["tasks:read"], Some(Duration::from_millis(300))).await;
     assert_eq!(get(&gw, "/api/tasks", Some(&short.key)).await.status(), 200);
+    // A real sleep: the key's 300 ms lifetime must run out.
     tokio::time::sleep(Duration::from_millis(400)).await;
     unauthorized(
         get(&gw, "/api/tasks", Some(&short.key)).await,
@@ -294,6 +295,7 @@ async fn rotation_keeps_the_old_key_for_the_grace_period() {
     // Both work during the grace period.
     assert_eq!(get(&gw, "/api/tasks", Some(&old.key)).await.status(), 200);
     assert_eq!(get(&gw, "/api/tasks", Some(&new_key)).await.status(), 200);
+    // A real sleep: the 1 s grace period must run out.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     unauthorized(
         get(&gw, "/api/tasks", Some(&old.key)).await,

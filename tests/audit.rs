@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -33,10 +33,13 @@ async fn gateway(store_url: Option<&str>, extra: &str) -> (TestUpstream, portcul
     (upstream, gw, path)
 }
 
+/// A string from the config file at `config` (`audit.file`, `store.url`…).
+fn config_string(config: &Path, path: &str) -> String {
+    string_at(&std::fs::read_to_string(config).unwrap(), path)
+}
+
 fn audit_file(config: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(config).unwrap();
-    let line = text.lines().find(|l| l.starts_with("file = ")).unwrap();
-    PathBuf::from(line.trim_start_matches("file = ").trim_matches('"'))
+    PathBuf::from(config_string(config, "audit.file"))
 }
 
 fn cli(config: &Path, args: &[&str]) -> (i32, String) {
@@ -185,26 +188,12 @@ async fn refused(gw: &portcullis::Gateway, n: usize, tag: &str) -> Vec<String> {
     ids
 }
 
+/// How many events wait in the spill file of the gateway configured at
+/// `config`.
 fn spilled(config: &Path) -> usize {
-    let path = config.parent().unwrap().join("audit-spill.jsonl");
-    let path = if path.exists() {
-        path
-    } else {
-        let text = std::fs::read_to_string(config).unwrap();
-        let line = text.lines().find(|l| l.starts_with("spill_file = ")).unwrap();
-        PathBuf::from(line.trim_start_matches("spill_file = ").trim_matches('"'))
-    };
-    std::fs::read_to_string(path)
+    std::fs::read_to_string(config_string(config, "audit.spill_file"))
         .map(|t| t.lines().count())
         .unwrap_or(0)
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Checks the store holds the events of `ids`, in that order, and verifies.
@@ -228,15 +217,7 @@ async fn events_spill_while_sqlite_is_locked_and_replay_in_order() {
     gw.shared().runtime.audit.flush().await;
 
     // Another process takes the write lock and holds it: writes fail.
-    let db_url = {
-        let text = std::fs::read_to_string(&config).unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("url = "))
-            .unwrap()
-            .to_string();
-        line.trim_start_matches("url = ").trim_matches('"').to_string()
-    };
+    let db_url = config_string(&config, "store.url");
     let mut locker = sqlx::SqliteConnection::connect(&db_url).await.unwrap();
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
 
@@ -305,8 +286,7 @@ async fn a_spill_left_by_a_stopped_gateway_is_replayed_at_the_next_start() {
     let config = dir.join("portcullis.toml");
     std::fs::write(&config, &text).unwrap();
     // A spill file as an earlier outage would leave it.
-    let spill_line = text.lines().find(|l| l.starts_with("spill_file = ")).unwrap();
-    let spill = PathBuf::from(spill_line.trim_start_matches("spill_file = ").trim_matches('"'));
+    let spill = PathBuf::from(string_at(&text, "audit.spill_file"));
     let events: Vec<String> = (0..3)
         .map(|i| {
             let mut e = portcullis::audit::Event::new("test.spilled", portcullis::audit::Severity::Info);
@@ -330,11 +310,12 @@ async fn a_spill_left_by_a_stopped_gateway_is_replayed_at_the_next_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_deletes_old_events_and_the_rest_still_verifies() {
     let (_upstream, gw, config) = gateway(None, "").await;
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[audit]\n", "[audit]\nretention = \"1s\"\n");
+    let text = edit(&std::fs::read_to_string(&config).unwrap(), |doc| {
+        set(doc, "audit", "retention", "1s")
+    });
     std::fs::write(&config, text).unwrap();
     make_events(&gw).await;
+    // A real sleep: the events must grow older than the 1 s retention.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let fresh = refused(&gw, 2, "fresh").await;
     gw.shared().runtime.audit.flush().await;

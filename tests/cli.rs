@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::binary_path;
+use common::{at, binary_path, edit, set, unset};
 
 const STRONG: &str = "Jq3vX9rT0pLm4WcZ8yHs2NbF6gKd1QaE5uRiO7tVxYw";
 
@@ -207,20 +207,33 @@ auth = ["nonee"]
     assert!(err.contains("3 problems found"), "{err}");
 
     // Semantic problems come once the file parses.
-    let text = text
-        .replace("lisen", "listen")
-        .replace("\"lots\"", "100")
-        .replace("30 secs", "30s");
+    let text = edit(text, |doc| {
+        let listen = unset(doc, "server", "lisen");
+        set(doc, "server", "listen", listen);
+        *at(doc, "server.max_connections") = 100.into();
+        *at(doc, "upstreams.0.timeout") = "30s".into();
+    });
+    // The edited file is laid out anew: the lines the problems must name
+    // are found in it.
+    let line_of = |start: &str| {
+        1 + text
+            .lines()
+            .position(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starts with {start:?} in:\n{text}"))
+    };
+    let (upstream_line, auth_line) = (line_of("upstream = \"ap\""), line_of("auth = [\"nonee\"]"));
     let (code, _, err) = check(&text, &[]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(
-            "portcullis.toml:13: routes[0].upstream (route `/`): no upstream is named `ap`; did you mean `app`?"
-        ),
+        err.contains(&format!(
+            "portcullis.toml:{upstream_line}: routes[0].upstream (route `/`): no upstream is named `ap`; did you mean `app`?"
+        )),
         "{err}"
     );
     assert!(
-        err.contains("portcullis.toml:14: routes[0].auth (route `/`): `nonee`"),
+        err.contains(&format!(
+            "portcullis.toml:{auth_line}: routes[0].auth (route `/`): `nonee`"
+        )),
         "{err}"
     );
     assert!(err.contains("did you mean `none`?"), "{err}");

@@ -9,10 +9,9 @@ use common::*;
 async fn an_untrusted_peer_cannot_claim_another_address() {
     let upstream = TestUpstream::start().await;
     // Trust some other network, not the loopback peer the test connects from.
-    let text = config("development", &upstream.url(), PUBLIC_ROOT).replace(
-        "drain_timeout",
-        "trusted_proxies = [\"10.0.0.0/8\"]\ndrain_timeout",
-    );
+    let text = edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        set(doc, "server", "trusted_proxies", vec!["10.0.0.0/8"])
+    });
     let gw = start_gateway(&text).await;
     client()
         .get(format!("http://{}/", gw.public_addr()))
@@ -32,10 +31,9 @@ async fn an_untrusted_peer_cannot_claim_another_address() {
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_proxy_the_rightmost_untrusted_hop_is_the_client() {
     let upstream = TestUpstream::start().await;
-    let text = config("development", &upstream.url(), PUBLIC_ROOT).replace(
-        "drain_timeout",
-        "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\ndrain_timeout",
-    );
+    let text = edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        set(doc, "server", "trusted_proxies", vec!["127.0.0.1", "10.0.0.0/8"])
+    });
     let gw = start_gateway(&text).await;
     let url = format!("http://{}/", gw.public_addr());
     let cases: &[(&[&str], &str)] = &[

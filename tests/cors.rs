@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 const CORS: &str = r#"
 [cors]
@@ -150,13 +151,10 @@ async fn preflights_are_answered_by_the_gateway() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wildcard_without_credentials_answers_star() {
     let upstream = TestUpstream::start().await;
-    let text = config(
-        "development",
-        &upstream.url(),
-        &CORS
-            .replace("[\"https://app.example.com\"]", "[\"*\"]")
-            .replace("credentials = true", ""),
-    );
+    let text = edit(&config("development", &upstream.url(), CORS), |doc| {
+        *at(doc, "cors.origins") = vec!["*"].into();
+        unset(doc, "cors", "credentials");
+    });
     let gw = start_gateway(&text).await;
     let resp = client()
         .get(format!("http://{}/api", gw.public_addr()))
@@ -166,5 +164,130 @@ async fn a_wildcard_without_credentials_answers_star() {
         .unwrap();
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     assert!(resp.headers().get("access-control-allow-credentials").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_reflects_origin_cannot_widen_the_allow_list() {
+    let upstream = TestUpstream::start().await;
+    let text = config("development", &upstream.url(), CORS);
+    let gw = start_gateway(&text).await;
+    let url = format!("http://{}/api/reflect-origin", gw.public_addr());
+    let from = |origin: &str| client().get(&url).header("origin", origin).send();
+
+    let resp = from("https://evil.example").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().get("access-control-allow-origin").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    assert!(resp.headers().get("access-control-allow-credentials").is_none());
+    assert!(
+        resp.headers()
+            .get("access-control-allow-private-network")
+            .is_none()
+    );
+    let resp = from("https://app.example.com").await.unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        !resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-internal"),
+        "the gateway's expose list, not the backend's"
+    );
+    gw.shutdown().await;
+
+    // A backend that owns its CORS keeps its headers, by a documented switch.
+    let owned = edit(&text, |doc| set(doc, "cors", "keep_upstream_headers", true));
+    let gw = start_gateway(&owned).await;
+    let url = format!("http://{}/api/reflect-origin", gw.public_addr());
+    let resp = client()
+        .get(&url)
+        .header("origin", "https://other.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://other.example"
+    );
+    // The gateway's own answers still carry its policy.
+    let resp = client()
+        .delete(&url)
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_problem(resp, 405).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preflight_meets_the_route_of_the_method_it_announces() {
+    let upstream = TestUpstream::start().await;
+    let text = config(
+        "development",
+        &upstream.url(),
+        r#"
+[cors]
+origins = ["https://app.example.com"]
+
+[[routes]]
+id = "read"
+path = "/api"
+methods = ["GET"]
+upstream = "app"
+auth = ["none"]
+
+[[routes]]
+id = "write"
+path = "/api"
+methods = ["POST"]
+upstream = "app"
+auth = ["none"]
+"#,
+    );
+    let gw = start_gateway(&text).await;
+    let preflight = |path: &str, method: &str| {
+        client()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://{}{path}", gw.public_addr()),
+            )
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", method)
+            .send()
+    };
+    assert_eq!(preflight("/api/x", "POST").await.unwrap().status(), 204);
+    assert_eq!(preflight("/api/x", "GET").await.unwrap().status(), 204);
+    assert_problem(preflight("/nowhere", "GET").await.unwrap(), 404).await;
+    assert_eq!(upstream.count(), 0);
+    // Each preflight was counted under the route its request will meet.
+    let admin = gw.admin_addr();
+    wait_until_async(
+        "both preflights in the metrics",
+        Duration::from_secs(5),
+        async || {
+            let metrics = metrics_text(admin).await;
+            metric(
+                &metrics,
+                "portcullis_requests_total{route=\"write\",status_class=\"2xx\"}",
+            ) == 1.0
+                && metric(
+                    &metrics,
+                    "portcullis_requests_total{route=\"read\",status_class=\"2xx\"}",
+                ) == 1.0
+        },
+    )
+    .await;
     gw.shutdown().await;
 }

@@ -122,16 +122,22 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
 
     let in_flight = tokio::spawn(async move { client().get(url).send().await });
     // Let the request reach the upstream, then ask the gateway to stop.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while upstream.count() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the request to reach the upstream",
+        Duration::from_secs(5),
+        || upstream.count() > 0,
+    )
+    .await;
     bin.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The public listener logs this once it has stopped accepting.
+    assert!(
+        bin.wait_for_output(
+            "\"message\":\"draining in-flight requests\"",
+            Duration::from_secs(5)
+        ),
+        "the listener never reported draining:\n{}",
+        bin.output()
+    );
 
     // New connections are refused while the old request finishes.
     assert!(
@@ -344,4 +350,65 @@ async fn quickstart_serves_the_demo_with_one_command() {
     assert_problem(resp, 405).await;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_never_reach_the_log_through_a_masked_upstream_body() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = r#"
+[[routes]]
+path = "/api"
+upstream = "app"
+auth = ["api_key"]
+api_key_query = "api_key"
+"#;
+    let path = write_config(dir.path(), &upstream.url(), routes, "production");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary_path())
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    cli(&["consumers", "create", "echo"]);
+    let created: serde_json::Value =
+        serde_json::from_str(&cli(&["keys", "create", "--consumer", "echo", "--json"])).unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    let bin = Binary::serve(&path, &[]);
+    // The upstream answers 500 with everything it received: the target
+    // (with the key in the query) and every header.
+    let resp = client()
+        .get(format!("http://{}/api/echo-error?api_key={key}&q=1", bin.public))
+        .header("authorization", "Basic YWRtaW46czNjcmV0LXBhc3N3b3Jk") // admin:s3cret-password
+        .header("cookie", "session=SESSION-COOKIE-VALUE; theme=dark")
+        .header("x-request-id", "redact-1")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 500).await;
+    assert!(
+        upstream.last().target.contains(&key),
+        "the key reached the upstream in the query, as the route allows"
+    );
+    assert!(bin.wait_for_output("masked upstream error response", Duration::from_secs(5)));
+    let output = bin.output();
+    let line = output
+        .lines()
+        .find(|l| l.contains("masked upstream error response"))
+        .unwrap();
+    assert!(line.contains("redact-1") && line.contains("[REDACTED]"), "{line}");
+    for secret in [
+        key.as_str(),
+        "YWRtaW46czNjcmV0LXBhc3N3b3Jk",
+        "s3cret-password",
+        "SESSION-COOKIE-VALUE",
+    ] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+        assert!(!output.contains(secret), "{secret} is somewhere in the output");
+    }
+    assert!(line.contains("q=1"), "the rest of the body is kept: {line}");
 }

@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct Log {
     /// Connection numbers that saw the gateway close them.
     closed: BTreeSet<usize>,
+    /// Connection numbers the upstream closed itself after `/id-then-close`.
+    dropped: BTreeSet<usize>,
     accepted: usize,
 }
 
@@ -64,6 +66,10 @@ impl RawUpstream {
     fn closed(&self) -> BTreeSet<usize> {
         self.log.lock().unwrap().closed.clone()
     }
+
+    fn dropped(&self) -> BTreeSet<usize> {
+        self.log.lock().unwrap().dropped.clone()
+    }
 }
 
 async fn serve(mut stream: TcpStream, id: usize, log: Arc<Mutex<Log>>) {
@@ -90,6 +96,8 @@ async fn serve(mut stream: TcpStream, id: usize, log: Arc<Mutex<Log>>) {
             }
             _ => {
                 if path == "/slow" {
+                    // A real sleep: a slow upstream keeps requests in flight
+                    // together.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 let close = if path == "/close" {
@@ -109,7 +117,11 @@ async fn serve(mut stream: TcpStream, id: usize, log: Arc<Mutex<Log>>) {
                     return;
                 }
                 if path == "/id-then-close" {
+                    // A real sleep: the connection is idle in the gateway's
+                    // pool when the upstream closes it.
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(stream);
+                    log.lock().unwrap().dropped.insert(id);
                     return;
                 }
             }
@@ -131,9 +143,13 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-fn pool_config(upstream: &RawUpstream, pool: &str) -> String {
-    config("development", &upstream.url(), PUBLIC_ROOT)
-        .replace("timeout = \"2s\"", &format!("timeout = \"2s\"\n{pool}"))
+/// The config with `pool` (keys and values) set on the upstream.
+fn pool_config(upstream: &RawUpstream, pool: &[(&str, toml::Value)]) -> String {
+    edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        for (key, value) in pool {
+            set(doc, "upstreams.0", key, value.clone());
+        }
+    })
 }
 
 async fn get(gw: &portcullis::Gateway, path: &str) -> (u16, String) {
@@ -149,21 +165,13 @@ fn idle(gw: &portcullis::Gateway) -> usize {
     gw.shared().policy.load().upstreams[0].idle_connections()
 }
 
-/// Waits up to two seconds for `what` to hold.
-async fn eventually(what: impl Fn() -> bool) -> bool {
-    for _ in 0..200 {
-        if what() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    what()
-}
+/// How long the pool's background work gets to show.
+const SOON: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sequential_requests_reuse_one_connection() {
     let upstream = RawUpstream::start().await;
-    let gw = start_gateway(&pool_config(&upstream, "")).await;
+    let gw = start_gateway(&pool_config(&upstream, &[])).await;
     for _ in 0..5 {
         assert_eq!(get(&gw, "/id").await, (200, "1".to_string()));
     }
@@ -175,13 +183,18 @@ async fn sequential_requests_reuse_one_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
     let upstream = RawUpstream::start().await;
-    let gw = start_gateway(&pool_config(&upstream, "")).await;
+    let gw = start_gateway(&pool_config(&upstream, &[])).await;
     for round in 1..=3 {
         // The upstream closes each connection 50 ms after answering on it;
         // the next request comes after that and must not fail.
         let (status, body) = get(&gw, "/id-then-close").await;
         assert_eq!((status, body), (200, round.to_string()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until(
+            &format!("the upstream to close connection {round}"),
+            Duration::from_secs(5),
+            || upstream.dropped().contains(&round),
+        )
+        .await;
     }
     assert_eq!(upstream.accepted(), 3, "each request needed a new connection");
     gw.shutdown().await;
@@ -190,7 +203,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_the_upstream_asked_to_close_is_not_pooled() {
     let upstream = RawUpstream::start().await;
-    let gw = start_gateway(&pool_config(&upstream, "")).await;
+    let gw = start_gateway(&pool_config(&upstream, &[])).await;
     assert_eq!(get(&gw, "/close").await, (200, "1".to_string()));
     assert_eq!(idle(&gw), 0);
     assert_eq!(get(&gw, "/id").await, (200, "2".to_string()));
@@ -201,11 +214,11 @@ async fn a_connection_the_upstream_asked_to_close_is_not_pooled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let upstream = RawUpstream::start().await;
-    let gw = start_gateway(&pool_config(&upstream, "idle_timeout = \"200ms\"")).await;
+    let gw = start_gateway(&pool_config(&upstream, &[("idle_timeout", "200ms".into())])).await;
     assert_eq!(get(&gw, "/id").await, (200, "1".to_string()));
     assert_eq!(idle(&gw), 1);
     assert!(
-        eventually(|| upstream.closed().contains(&1)).await,
+        eventually(SOON, || upstream.closed().contains(&1)).await,
         "the idle connection was not closed"
     );
     assert_eq!(idle(&gw), 0);
@@ -216,14 +229,14 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_more_than_max_idle_connections_are_kept() {
     let upstream = RawUpstream::start().await;
-    let gw = start_gateway(&pool_config(&upstream, "max_idle_connections = 2")).await;
+    let gw = start_gateway(&pool_config(&upstream, &[("max_idle_connections", 2.into())])).await;
     // Four requests in flight at once need four connections; two stay.
     let requests = (0..4).map(|_| get(&gw, "/slow"));
     let answers = futures_util::future::join_all(requests).await;
     let ids: BTreeSet<String> = answers.into_iter().map(|(_, body)| body).collect();
     assert_eq!(ids.len(), 4, "{ids:?}");
     assert!(
-        eventually(|| upstream.closed().len() == 2).await,
+        eventually(SOON, || upstream.closed().len() == 2).await,
         "{:?}",
         upstream.closed()
     );
@@ -234,7 +247,7 @@ async fn no_more_than_max_idle_connections_are_kept() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_response_abandoned_mid_body_does_not_poison_the_pool() {
     let upstream = RawUpstream::start().await;
-    let gw = start_gateway(&pool_config(&upstream, "")).await;
+    let gw = start_gateway(&pool_config(&upstream, &[])).await;
     assert_eq!(get(&gw, "/id").await, (200, "1".to_string()));
 
     // Read the head and the first chunk of a body that never ends, then go.
@@ -258,7 +271,7 @@ async fn a_response_abandoned_mid_body_does_not_poison_the_pool() {
     // The half-read connection (number 1, taken from the pool) is closed,
     // not pooled: the next requests are answered properly on a new one.
     assert!(
-        eventually(|| upstream.closed().contains(&1)).await,
+        eventually(SOON, || upstream.closed().contains(&1)).await,
         "{:?}",
         upstream.closed()
     );
@@ -280,6 +293,6 @@ async fn responses_without_a_body_return_their_connection() {
             .unwrap();
         assert_eq!(resp.status(), 200);
     }
-    assert!(eventually(|| idle(&gw) == 1).await, "{} idle", idle(&gw));
+    assert!(eventually(SOON, || idle(&gw) == 1).await, "{} idle", idle(&gw));
     gw.shutdown().await;
 }

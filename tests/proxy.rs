@@ -250,8 +250,9 @@ async fn http2_clients_are_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn preserve_host_sends_the_clients_host() {
     let upstream = TestUpstream::start().await;
-    let text = config("development", &upstream.url(), PUBLIC_ROOT)
-        .replace("timeout = \"2s\"", "timeout = \"2s\"\npreserve_host = true");
+    let text = edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        set(doc, "upstreams.0", "preserve_host", true)
+    });
     let gw = start_gateway(&text).await;
     let answer = raw(
         gw.public_addr(),
@@ -260,5 +261,109 @@ async fn preserve_host_sends_the_clients_host() {
     .await;
     assert_eq!(raw_status(&answer), 200);
     assert_eq!(upstream.last().headers["host"], "app.example.com");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn underscore_spellings_of_the_gateways_headers_never_reach_the_upstream() {
+    let upstream = TestUpstream::start().await;
+    let text = config("development", &upstream.url(), PUBLIC_ROOT);
+    let spellings = [
+        "X_Forwarded_Prefix",
+        "X-Forwarded_Prefix",
+        "X_Forwarded-Prefix",
+        "X_Forwarded_Port",
+        "X_Forwarded_Server",
+        "X_Forwarded_For",
+        "X_Forwarded_Host",
+        "X_Real_IP",
+        "X_Request_Id",
+        "X_Portcullis_Consumer",
+        "X-Portcullis_Scopes",
+        "X_Original_URL",
+        "X-Original_URI",
+        "X_Rewrite_URL",
+        "X_HTTP_Method_Override",
+        "X-HTTP_Method",
+        "X_Method-Override",
+    ];
+    for trusted in [false, true] {
+        let text = edit(&text, |doc| {
+            if trusted {
+                set(
+                    doc,
+                    "server",
+                    "trusted_proxies",
+                    toml::Value::Array(vec!["127.0.0.1".into()]),
+                );
+            }
+        });
+        let gw = start_gateway(&text).await;
+        let mut request = b"GET /x HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n".to_vec();
+        for name in spellings {
+            request.extend_from_slice(format!("{name}: /evil\r\n").as_bytes());
+        }
+        request.extend_from_slice(b"X-Forwarded-Prefix: /app\r\nX_Custom_Thing: kept\r\n\r\n");
+        let answer = raw(gw.public_addr(), &request).await;
+        assert_eq!(raw_status(&answer), 200, "{answer}");
+        let got = upstream.last();
+        for name in spellings {
+            let lower = name.to_ascii_lowercase();
+            if lower.contains('_') {
+                assert!(
+                    got.headers.get(&lower).is_none(),
+                    "{name} reached the upstream (trusted: {trusted})"
+                );
+            }
+        }
+        assert_eq!(got.headers["x_custom_thing"], "kept");
+        // The dashed spelling is how a trusted proxy states its prefix.
+        assert_eq!(
+            got.headers.get("x-forwarded-prefix").is_some(),
+            trusted,
+            "trusted: {trusted}"
+        );
+        assert_eq!(got.headers.get_all("x-forwarded-for").iter().count(), 1);
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_cookie_fields_reach_an_http1_upstream_as_one_line() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config("development", &upstream.url(), PUBLIC_ROOT)).await;
+    let url = format!("http://{}/c", gw.public_addr());
+    let resp = h2_client()
+        .get(&url)
+        .header("cookie", "session=abc")
+        .header("cookie", "theme=dark")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let cookies: Vec<_> = upstream
+        .last()
+        .headers
+        .get_all("cookie")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(cookies, ["session=abc; theme=dark"]);
+    // HTTP/1 cookies pass as they were.
+    client()
+        .get(&url)
+        .header("cookie", "a=1; b=2")
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<_> = upstream
+        .last()
+        .headers
+        .get_all("cookie")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
     gw.shutdown().await;
 }

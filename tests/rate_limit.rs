@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn redis_url(test: &str) -> Option<String> {
-    match std::env::var("PORTCULLIS_TEST_REDIS_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            eprintln!("SKIPPED {test} with Redis: PORTCULLIS_TEST_REDIS_URL is not set");
-            None
-        }
-    }
-}
-
 /// A `[redis]` table with a prefix of its own, so tests never share counters.
 fn redis_table(url: &str, on_outage: &str) -> String {
     format!(
@@ -157,7 +147,8 @@ async fn retry_after_is_honest(extra: &str) {
     );
     let doc = assert_problem(refused, 429).await;
     assert_eq!(doc["title"], "Too Many Requests");
-    // Waiting what Retry-After says is enough.
+    // Waiting what Retry-After says is enough (a real sleep: the window
+    // must pass).
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
     assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
     gw.shutdown().await;
@@ -316,11 +307,10 @@ async fn behind_a_trusted_proxy_each_client_counts_alone() {
         &upstream.url(),
         None,
         "[[routes]]\npath = \"/\"\nupstream = \"app\"\nauth = [\"none\"]\nrate_limit = [\"2/hour per ip\"]\n",
-    )
-    .replace(
-        "drain_timeout",
-        "trusted_proxies = [\"127.0.0.1\"]\ndrain_timeout",
     );
+    let text = edit(&text, |doc| {
+        set(doc, "server", "trusted_proxies", vec!["127.0.0.1"])
+    });
     let gw = start_gateway(&text).await;
     assert_eq!(passes(&gw, "/", &[("x-forwarded-for", "203.0.113.1")]).await, 2);
     assert_eq!(passes(&gw, "/", &[("x-forwarded-for", "203.0.113.2")]).await, 2);
@@ -489,7 +479,10 @@ async fn outage(mode: &str) {
         .unwrap()
         .port();
     let Some(redis) = OwnRedis::start(port) else {
-        eprintln!("SKIPPED redis_outage_{mode}: redis-server could not be started");
+        skip_or_fail(
+            &format!("redis_outage_{mode}"),
+            "redis-server could not be started",
+        );
         return;
     };
     let upstream = TestUpstream::start().await;
@@ -500,9 +493,12 @@ async fn outage(mode: &str) {
     assert_eq!(flood(&addrs, "/api", 10, 5, &[]).await, (10, 0, 0));
     assert_eq!(readyz(&gw).await.1["checks"]["redis"]["status"], "ok");
 
-    // Redis dies mid-load.
+    // Redis dies mid-load: once the load has begun to pass.
     let load = tokio::spawn(async move { flood(&addrs, "/api", 100, 5, &[]).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until("the load to reach the upstream", Duration::from_secs(5), || {
+        upstream.count() > 10
+    })
+    .await;
     redis.kill();
     let during = load.await.unwrap();
     let after = flood(&[gw.public_addr()], "/api", 30, 5, &[]).await;

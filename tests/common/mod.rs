@@ -2,12 +2,14 @@
 //! in-process or as the real binary, and raw-socket helpers.
 #![allow(dead_code)]
 
+pub mod h2;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -22,6 +24,81 @@ use portcullis::config::Source;
 use portcullis::config::load::load;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Whether this run is CI's (`CI` set, to any value).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// The value of `var`, which names a service `test` needs (`service`, for
+/// the message). When it is not set the test is skipped with a `SKIPPED`
+/// line on a developer's machine, but fails under CI: there a skipped test
+/// would hide that the service was never there.
+pub fn service_url(var: &str, test: &str, service: &str) -> Option<String> {
+    if let Ok(url) = std::env::var(var) {
+        return Some(url);
+    }
+    skip_or_fail(test, &format!("it needs {service} and {var} is not set"));
+    None
+}
+
+/// Skips `test` (a `SKIPPED` line) outside CI; panics under CI, where a
+/// test must never skip for want of something the run should provide.
+pub fn skip_or_fail(test: &str, reason: &str) {
+    assert!(
+        !in_ci(),
+        "{test} cannot run: {reason}. CI is set, so this fails instead of being skipped"
+    );
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// The Redis URL for a test, from `PORTCULLIS_TEST_REDIS_URL` (see
+/// [`service_url`]: skipped outside CI when unset, failed under CI).
+pub fn redis_url(test: &str) -> Option<String> {
+    service_url("PORTCULLIS_TEST_REDIS_URL", test, "Redis")
+}
+
+/// How often the `wait_*` helpers and [`eventually`] look again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Whether `done` holds within `limit`, looking every [`POLL_INTERVAL`]
+/// (and once more at the deadline). For callers that assert with their own
+/// message.
+pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    eventually_async(limit, async || done()).await
+}
+
+/// [`eventually`] for a condition that must itself await (an HTTP request,
+/// a store query).
+pub async fn eventually_async(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until `done` holds, looking every [`POLL_INTERVAL`]; panics with
+/// "timed out after `limit` waiting for `what`" if it does not within `limit`.
+pub async fn wait_until(what: &str, limit: Duration, done: impl FnMut() -> bool) {
+    assert!(
+        eventually(limit, done).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// [`wait_until`] for a condition that must itself await.
+pub async fn wait_until_async(what: &str, limit: Duration, done: impl AsyncFnMut() -> bool) {
+    assert!(
+        eventually_async(limit, done).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
 
 /// One request as the upstream received it.
 #[derive(Clone, Debug)]
@@ -42,6 +119,11 @@ pub struct Received {
 /// - `/hop`: answers with hop-by-hop headers that must not reach the client;
 /// - `/echo-stream`: streams the request body back as it arrives (records
 ///   the request with an empty body);
+/// - `/echo-error`: `500` with everything received in the body: the request
+///   line and every header (as a backend with a debug error page would);
+/// - `/reflect-origin`: `200` with `Access-Control-Allow-Origin` set to the
+///   request's `Origin`, credentials allowed and `X-Internal` exposed (a
+///   backend that handles CORS carelessly);
 /// - anything else: `200` with JSON `{"path": …, "method": …}`.
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -133,6 +215,27 @@ async fn answer(
     }
     if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if path.ends_with("/echo-error") {
+        let mut text = format!("{} {}\n", head.method, target);
+        for (name, value) in &head.headers {
+            text.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        *response.body_mut() = full(text);
+        return Ok(response);
+    }
+    if path.ends_with("/reflect-origin") {
+        let h = response.headers_mut();
+        if let Some(origin) = head.headers.get("origin") {
+            h.insert("access-control-allow-origin", origin.clone());
+        }
+        h.insert("access-control-allow-credentials", "true".parse().unwrap());
+        h.insert("access-control-expose-headers", "x-internal".parse().unwrap());
+        h.insert("access-control-allow-private-network", "true".parse().unwrap());
     }
     if path == "/hop" {
         let h = response.headers_mut();
@@ -248,6 +351,36 @@ pub fn set(doc: &mut toml::Table, table_path: &str, key: &str, value: impl Into<
     table.insert(key.to_string(), value.into());
 }
 
+/// Removes `key` from the table at `table_path` (`""` is the top level) and
+/// returns its value; panics if the table or the key is missing.
+pub fn unset(doc: &mut toml::Table, table_path: &str, key: &str) -> toml::Value {
+    let table = if table_path.is_empty() {
+        doc
+    } else {
+        match at(doc, table_path) {
+            toml::Value::Table(t) => t,
+            other => panic!("`{table_path}` is {other:?}, not a table"),
+        }
+    };
+    table
+        .remove(key)
+        .unwrap_or_else(|| panic!("the config has no `{key}` in `{table_path}`"))
+}
+
+/// The value at `path` (as for [`at`]) in config text.
+pub fn value_at(text: &str, path: &str) -> toml::Value {
+    let mut doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("not TOML: {e}\n{text}"));
+    at(&mut doc, path).clone()
+}
+
+/// The string at `path` (as for [`at`]) in config text.
+pub fn string_at(text: &str, path: &str) -> String {
+    match value_at(text, path) {
+        toml::Value::String(s) => s,
+        other => panic!("`{path}` is {other:?}, not a string"),
+    }
+}
+
 /// Config text changed by editing its parsed TOML (never by replacing
 /// strings, which silently does nothing when the text differs).
 pub fn edit(text: &str, change: impl FnOnce(&mut toml::Table)) -> String {
@@ -282,6 +415,16 @@ pub async fn start_gateway(text: &str) -> Gateway {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A client that speaks HTTP/2 with prior knowledge (h2c).
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -360,13 +503,14 @@ impl Binary {
         let mut child = cmd.spawn().expect("the binary starts");
         let stdout = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let sink = stdout.clone();
             let tx = tx.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
                     if line.contains("portcullis is listening") {
@@ -376,13 +520,18 @@ impl Binary {
                     s.push_str(&line);
                     s.push('\n');
                 }
-            });
+            }));
         }
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
             Err(_) => {
+                // Once the process is gone its pipes close: the readers
+                // finish with everything it wrote.
                 let _ = child.kill();
-                std::thread::sleep(Duration::from_millis(200));
+                let _ = child.wait();
+                for reader in readers {
+                    let _ = reader.join();
+                }
                 panic!(
                     "the binary did not start listening; output:\n{}",
                     stdout.lock().unwrap()
@@ -462,14 +611,11 @@ async fn pg_admin(base: &str) -> sqlx::PgConnection {
 }
 
 impl PgDatabase {
-    /// `None` (and a note in the output) when `PORTCULLIS_TEST_DATABASE_URL`
-    /// is not set.
+    /// `None` (and a `SKIPPED` line) when `PORTCULLIS_TEST_DATABASE_URL` is
+    /// not set; under CI (`CI` set) that panics instead (see [`service_url`]).
     pub async fn create(test: &str) -> Option<PgDatabase> {
         use sqlx::Row;
-        let Ok(base) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
-            eprintln!("SKIPPED {test} on PostgreSQL: PORTCULLIS_TEST_DATABASE_URL is not set");
-            return None;
-        };
+        let base = service_url("PORTCULLIS_TEST_DATABASE_URL", test, "PostgreSQL")?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
