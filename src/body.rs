@@ -3,9 +3,11 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::upstream::pool::UpstreamBody;
@@ -44,13 +46,31 @@ impl GatewayBody {
         GatewayBody::Full(Some(bytes.into()))
     }
 
-    /// Puts a size limit on a client body; other bodies are left as they are.
-    pub fn limit(self, limit: u64) -> Self {
+    /// Lets go of an HTTP/1 client body the gateway will not use (see
+    /// [`linger`]). HTTP/2 needs no such care: the stream is reset, and the
+    /// connection carries on.
+    pub fn linger(self) {
+        match self {
+            GatewayBody::Streamed(body) => linger(body),
+            GatewayBody::Limited(LimitedBody {
+                inner: Some(inner),
+                linger_on_excess: true,
+                ..
+            }) => linger(inner),
+            _ => {}
+        }
+    }
+
+    /// Puts a size limit on a client body; other bodies are left as they
+    /// are. `http1`: what the client sends past the limit is read and
+    /// discarded for a while ([`linger`]).
+    pub fn limit(self, limit: u64, http1: bool) -> Self {
         match self {
             GatewayBody::Streamed(inner) => GatewayBody::Limited(LimitedBody {
-                inner,
+                inner: Some(inner),
                 remaining: limit,
                 limit,
+                linger_on_excess: http1,
             }),
             other => other,
         }
@@ -63,19 +83,54 @@ impl From<Incoming> for GatewayBody {
     }
 }
 
+/// How long, and how much of, a client body the gateway will not use is
+/// still read and discarded, so the client can finish sending and read the
+/// answer (a 413, a 401) instead of meeting a reset connection: nginx's
+/// lingering close.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: u64 = 16 << 20;
+
+/// Reads and discards the rest of `body`, within [`LINGER_TIME`] and
+/// [`LINGER_BYTES`], in a task of its own; then drops it, which makes hyper
+/// close the connection if the body was not all read.
+pub fn linger(mut body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut read = 0u64;
+        while read <= LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => return,
+            }
+        }
+    });
+}
+
 /// A client body that fails, without passing on the chunk that crossed
 /// it, once more than `limit` bytes arrived: an upstream request with this
-/// body is aborted rather than completed.
+/// body is aborted rather than completed. What the client still sends is
+/// read and discarded for a while ([`linger`]).
 #[derive(Debug)]
 pub struct LimitedBody {
-    inner: Incoming,
+    /// `None` once the limit was crossed.
+    inner: Option<Incoming>,
     remaining: u64,
     limit: u64,
+    linger_on_excess: bool,
 }
 
 impl LimitedBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
+        };
+        let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
@@ -85,6 +140,11 @@ impl LimitedBody {
             let len = data.len() as u64;
             if len > self.remaining {
                 self.remaining = 0;
+                if let Some(inner) = self.inner.take()
+                    && self.linger_on_excess
+                {
+                    linger(inner);
+                }
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
             }
             self.remaining -= len;
@@ -113,7 +173,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Streamed(body) => body.is_end_stream(),
-            GatewayBody::Limited(body) => body.inner.is_end_stream(),
+            GatewayBody::Limited(body) => body.inner.as_ref().is_none_or(Incoming::is_end_stream),
             GatewayBody::Upstream(body) => body.is_end_stream(),
             GatewayBody::Full(bytes) => bytes.is_none(),
             GatewayBody::Empty => true,
@@ -123,7 +183,10 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             GatewayBody::Streamed(body) => body.size_hint(),
-            GatewayBody::Limited(body) => body.inner.size_hint(),
+            GatewayBody::Limited(body) => body
+                .inner
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), Incoming::size_hint),
             GatewayBody::Upstream(body) => body.size_hint(),
             GatewayBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             GatewayBody::Full(None) | GatewayBody::Empty => SizeHint::with_exact(0),

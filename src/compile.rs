@@ -46,10 +46,6 @@ impl<'a> Problems<'a> {
         self.errors.push(error);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
-    }
-
     /// Every problem, in file order (problems without a place last).
     pub fn into_result(mut self) -> Result<(), ConfigErrors> {
         if self.errors.is_empty() {
@@ -63,8 +59,6 @@ impl<'a> Problems<'a> {
 
 /// One `[[routes]]` entry as the compile steps see it.
 pub struct RouteEntry<'a> {
-    /// Its position in the file's route list.
-    pub index: usize,
     /// `routes[3]`.
     pub key: String,
     /// Its `id`, or else its normalised path.
@@ -106,7 +100,6 @@ impl<'a> CompileCx<'a> {
             .zip(route_ids)
             .enumerate()
             .map(|(index, (config, id))| RouteEntry {
-                index,
                 key: format!("routes[{index}]"),
                 id,
                 config,

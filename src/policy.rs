@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::compile::CompileCx;
 use crate::config::{ConfigErrors, Environment, LoadedConfig, SecretRef, SecretValue, secret};
@@ -219,13 +218,6 @@ fn compile_secrets(cx: &mut CompileCx<'_>) -> Secrets {
     Secrets {
         admin_token: resolve_secret(cx, "admin_token", s.admin_token.as_ref()),
         session_key: resolve_secret(cx, "session_key", s.session_key.as_ref()),
-    }
-}
-
-impl Policy {
-    /// The drain timeout of the public listener.
-    pub fn drain_timeout(&self) -> Duration {
-        self.server.public.drain
     }
 }
 

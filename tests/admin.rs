@@ -106,21 +106,6 @@ async fn an_unreachable_upstream_is_reported_and_makes_readyz_fail_only_when_req
     }
 }
 
-/// Whether the server closes `stream` within `limit` (whatever it sends
-/// before is read and ignored).
-async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_closes_silent_and_slow_connections() {
     use tokio::io::AsyncWriteExt;
@@ -135,11 +120,11 @@ async fn the_admin_listener_closes_silent_and_slow_connections() {
         .await
         .unwrap();
     assert!(
-        closed_within(&mut silent, Duration::from_secs(3)).await,
+        common::h2::closes_within(&mut silent, Duration::from_secs(3)).await,
         "a silent admin socket stays open"
     );
     assert!(
-        closed_within(&mut slow, Duration::from_secs(3)).await,
+        common::h2::closes_within(&mut slow, Duration::from_secs(3)).await,
         "a half-sent head stays open"
     );
     // A complete request is still answered, and keep-alive is not cut at the

@@ -46,12 +46,74 @@ fn every_example_passes_check_in_production() {
     }
 }
 
-/// Runs story 5's config against a test upstream, with the environment
-/// overriding what points at production machines.
+/// A story's example config served by the real binary, with the
+/// environment overriding what points at production machines: ephemeral
+/// listeners, a scratch SQLite store, the test upstream, the test Redis.
+struct Story {
+    bin: Binary,
+    config: std::path::PathBuf,
+    envs: Vec<(String, String)>,
+}
+
+impl Story {
+    fn serve(name: &str, upstream: &TestUpstream, redis: String) -> Story {
+        let dir = scratch_dir();
+        let envs: Vec<(String, String)> = vec![
+            ("PORTCULLIS_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+            ("PORTCULLIS_SERVER__ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "PORTCULLIS_STORE__URL".into(),
+                format!("sqlite://{}/story.db", dir.display()),
+            ),
+            (
+                "PORTCULLIS_AUDIT__SPILL_FILE".into(),
+                format!("{}/spill.jsonl", dir.display()),
+            ),
+            (
+                "PORTCULLIS_UPSTREAMS__0__TARGETS".into(),
+                format!("[\"{}\"]", upstream.url()),
+            ),
+            ("PORTCULLIS_REDIS__URL".into(), redis),
+            (
+                "PORTCULLIS_REDIS__PREFIX".into(),
+                format!("story{}", portcullis::keys::random_alnum(8)),
+            ),
+            ("PORTCULLIS_ADMIN_TOKEN".into(), ADMIN.into()),
+        ];
+        let config = example(name);
+        let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let bin = Binary::serve(&config, &refs);
+        Story { bin, config, envs }
+    }
+
+    /// Runs a CLI command against the story's config; returns its stdout.
+    fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(binary_path());
+        cmd.args(args).arg("--config").arg(&self.config);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A new consumer with one key; returns the key.
+    fn key_for(&self, consumer: &str, scopes: &str) -> String {
+        self.cli(&["consumers", "create", consumer]);
+        let mut args = vec!["keys", "create", "--consumer", consumer, "--json"];
+        if !scopes.is_empty() {
+            args.extend(["--scopes", scopes]);
+        }
+        let created: serde_json::Value = serde_json::from_str(&self.cli(&args)).unwrap();
+        created["key"].as_str().unwrap().to_string()
+    }
+}
+
+/// Runs story 5's config against a test upstream.
 #[tokio::test(flavor = "multi_thread")]
 async fn story_5_flask_integrations_works_as_written() {
     let upstream = TestUpstream::start().await;
-    let dir = scratch_dir();
     // Without Redis the story runs on the local fallback outside CI; under
     // CI it must run as written, with Redis.
     let redis = std::env::var("PORTCULLIS_TEST_REDIS_URL").unwrap_or_else(|_| {
@@ -63,31 +125,8 @@ async fn story_5_flask_integrations_works_as_written() {
         eprintln!("note: PORTCULLIS_TEST_REDIS_URL is not set; story 5 runs on the local fallback");
         "redis://127.0.0.1:1".into()
     });
-    let overrides: Vec<(String, String)> = vec![
-        ("PORTCULLIS_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
-        ("PORTCULLIS_SERVER__ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-        (
-            "PORTCULLIS_STORE__URL".into(),
-            format!("sqlite://{}/story5.db", dir.display()),
-        ),
-        (
-            "PORTCULLIS_AUDIT__SPILL_FILE".into(),
-            format!("{}/spill.jsonl", dir.display()),
-        ),
-        (
-            "PORTCULLIS_UPSTREAMS__0__TARGETS".into(),
-            format!("[\"{}\"]", upstream.url()),
-        ),
-        ("PORTCULLIS_REDIS__URL".into(), redis),
-        (
-            "PORTCULLIS_REDIS__PREFIX".into(),
-            format!("story5{}", portcullis::keys::random_alnum(8)),
-        ),
-        ("PORTCULLIS_ADMIN_TOKEN".into(), ADMIN.into()),
-    ];
-    let envs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let config = example("flask-integrations.toml");
-    let bin = Binary::serve(&config, &envs);
+    let story = Story::serve("flask-integrations.toml", &upstream, redis);
+    let bin = &story.bin;
     let base = format!("http://{}", bin.public);
     let c = client();
 
@@ -117,28 +156,7 @@ async fn story_5_flask_integrations_works_as_written() {
             .starts_with("ApiKey")
     );
     assert_problem(resp, 401).await;
-    let cli = |args: &[&str]| {
-        let mut cmd = Command::new(binary_path());
-        cmd.args(args).arg("--config").arg(&config);
-        for (k, v) in &envs {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    cli(&["consumers", "create", "jira-sync"]);
-    let created: serde_json::Value = serde_json::from_str(&cli(&[
-        "keys",
-        "create",
-        "--consumer",
-        "jira-sync",
-        "--scopes",
-        "integrations:backfill",
-        "--json",
-    ]))
-    .unwrap();
-    let key = created["key"].as_str().unwrap().to_string();
+    let key = story.key_for("jira-sync", "integrations:backfill");
 
     // Global defaults on ordinary routes: 1000 per day and 200 per hour.
     let resp = c
@@ -213,4 +231,173 @@ async fn story_5_flask_integrations_works_as_written() {
     assert!(bin.wait_for_output("portcullis is listening", Duration::from_secs(1)));
     let ready = json(ready).await;
     assert_eq!(ready["checks"]["store"]["status"], "ok", "{ready}");
+}
+
+/// Runs story 2's config (the AI assistant platform) against a test
+/// upstream, with the environment overriding what points at production
+/// machines.
+#[tokio::test(flavor = "multi_thread")]
+async fn story_2_ai_assistant_works_as_written() {
+    let Some(redis) = redis_url("story_2_ai_assistant_works_as_written") else {
+        return;
+    };
+    let upstream = TestUpstream::start().await;
+    let story = Story::serve("ai-assistant.toml", &upstream, redis);
+    let bin = &story.bin;
+    let base = format!("http://{}", bin.public);
+    let c = client();
+    const HOST: &str = "assistant.example.com";
+
+    // Only the platform's own names are served.
+    assert_problem(c.get(format!("{base}/health")).send().await.unwrap(), 421).await;
+    let resp = c
+        .get(format!("{base}/health"))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = c
+        .get(format!("{base}/health"))
+        .header("host", "eu.assistant.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let key = story.key_for("web-app", "");
+
+    // Uploads are bounded before any processing: a declared 3 MiB is refused
+    // unread, a streamed one is cut off at 2 MiB, and 1 MiB passes.
+    let upload = |body: reqwest::Body| {
+        c.post(format!("{base}/api/files"))
+            .header("host", HOST)
+            .header("x-api-key", &key)
+            .body(body)
+            .send()
+    };
+    let before = upstream.count();
+    // The client gets to send its body (read and discarded, as nginx's
+    // lingering close does) and reads its 413, rather than meeting a reset.
+    assert_problem(upload(vec![b'f'; 3 << 20].into()).await.unwrap(), 413).await;
+    // One that waits for 100-continue (as curl does for large bodies) is
+    // refused without being asked for its body.
+    let answer = raw(
+        bin.public,
+        format!(
+            "POST /api/files HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {key}\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\nConnection: close\r\n\r\n",
+            3 << 20
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 413, "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert_eq!(
+        upstream.count(),
+        before,
+        "a declared oversize upload never reached the backend"
+    );
+    let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = (0..48)
+        .map(|_| Ok(bytes::Bytes::from(vec![b's'; 64 * 1024])))
+        .collect();
+    let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
+    assert_problem(upload(streamed).await.unwrap(), 413).await;
+    for got in &upstream.received()[before..] {
+        assert!(
+            got.body.len() <= 2 << 20,
+            "{} bytes reached the backend",
+            got.body.len()
+        );
+    }
+    let resp = upload(vec![b'o'; 1 << 20].into()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.last().body.len(), 1 << 20);
+    // The JSON API's own default is tighter.
+    let resp = c
+        .post(format!("{base}/api/chat"))
+        .header("host", HOST)
+        .header("x-api-key", &key)
+        .body(vec![b'j'; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 413).await;
+
+    // Login is limited per IP before anything else runs.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let resp = c
+            .post(format!("{base}/api/auth/login"))
+            .header("host", HOST)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+
+    // Chat is limited per user, in Redis.
+    let resp = c
+        .get(format!("{base}/api/chat"))
+        .header("host", HOST)
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let policy = resp.headers()["ratelimit-policy"].to_str().unwrap().to_string();
+    assert!(
+        policy.contains("q=60;w=60") && policy.contains("q=2000;w=86400"),
+        "{policy}"
+    );
+    assert_eq!(upstream.last().headers["x-portcullis-consumer"], "web-app");
+
+    // Guessing keys: 30 failures are looked up, then the client is refused
+    // without a lookup.
+    let misses = || async {
+        metric(
+            &metrics_text(bin.admin).await,
+            "portcullis_key_cache_lookups_total{result=\"miss\"}",
+        )
+    };
+    for _ in 0..30 {
+        let resp = c
+            .get(format!("{base}/api/chat"))
+            .header("host", HOST)
+            .header("x-api-key", portcullis::keys::generate().key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let after_guesses = misses().await;
+    for _ in 0..20 {
+        let resp = c
+            .get(format!("{base}/api/chat"))
+            .header("host", HOST)
+            .header("x-api-key", portcullis::keys::generate().key)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.headers().contains_key("retry-after"));
+        assert_problem(resp, 429).await;
+    }
+    assert_eq!(
+        misses().await,
+        after_guesses,
+        "no store query once over the failure limit"
+    );
+
+    let ready = json(
+        c.get(format!("http://{}/readyz", bin.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["checks"]["upstream:api"]["status"], "ok", "{ready}");
+    assert!(!bin.output().contains(&key), "the key never reaches the log");
 }

@@ -5,8 +5,7 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const ROUTES: &str = r#"
 [[routes]]
@@ -22,20 +21,6 @@ path = "/"
 upstream = "app"
 auth = ["none"]
 "#;
-
-/// Reads one HTTP/1 answer from `stream` (until the server closes it or a
-/// second passes with nothing new).
-async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_declared_body_over_the_limit_is_refused_before_it_is_read() {
@@ -80,6 +65,18 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_read() {
     assert_eq!(resp.status(), 200);
     assert_eq!(upstream.count(), 2, "refused bodies never reached the upstream");
 
+    // A client that sends a large body anyway gets to send it (it is read
+    // and discarded) and reads its 413, rather than meeting a reset.
+    for _ in 0..5 {
+        let resp = client()
+            .post(url("/small/a"))
+            .body(vec![b'z'; 3 << 20])
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, 413).await;
+    }
+    assert_eq!(upstream.count(), 2);
     // A client that waits for 100-continue is refused without being asked
     // for its body.
     let mut stream = tokio::net::TcpStream::connect(gw.public_addr()).await.unwrap();
@@ -89,7 +86,7 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_read() {
         )
         .await
         .unwrap();
-    let answer = read_answer(&mut stream).await;
+    let answer = read_until_quiet(&mut stream).await;
     assert_eq!(raw_status(&answer), 413, "{answer}");
     assert!(!answer.contains("100 Continue"), "{answer}");
     assert_eq!(upstream.count(), 2);
@@ -126,6 +123,28 @@ async fn a_streamed_body_past_the_limit_never_reaches_the_upstream_whole() {
     let answer = raw(gw.public_addr(), &chunked_upload("/small/big", 4096)).await;
     assert_eq!(raw_status(&answer), 413, "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
+    for got in &upstream.received()[before..] {
+        assert!(
+            got.body.len() <= 1024,
+            "{} bytes reached the upstream",
+            got.body.len()
+        );
+    }
+
+    // A large chunked upload is cut off at the limit, and the client still
+    // reads its 413.
+    for _ in 0..3 {
+        let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = (0..64)
+            .map(|_| Ok(bytes::Bytes::from(vec![b'e'; 32 * 1024])))
+            .collect();
+        let resp = client()
+            .post(format!("http://{}/small/big", gw.public_addr()))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, 413).await;
+    }
     for got in &upstream.received()[before..] {
         assert!(
             got.body.len() <= 1024,

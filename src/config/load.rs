@@ -125,14 +125,7 @@ impl Origin {
 impl LoadedConfig {
     /// An error about `key`, located in the file if the key was written there.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        let offset = self.origin.keys.get(key).copied();
-        ConfigError {
-            location: offset.map(|offset| self.origin.describe(offset)),
-            key: Some(key.to_string()),
-            message: message.into(),
-            offset,
-            ..ConfigError::default()
-        }
+        self.error_near(key, key, message)
     }
 
     /// An error about `key`, located where `key` was written, or else

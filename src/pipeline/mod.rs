@@ -204,8 +204,14 @@ impl Pipeline {
     pub async fn run(&self, cx: &mut RequestCx, mut req: Request<GatewayBody>) -> Response<GatewayBody> {
         let mut response = match self.request_phases(cx, &mut req).await {
             Ok(route) => self.proxy(cx, &route, req).await,
-            Err(Stop::Answer(response)) => response,
-            Err(Stop::Fail(error)) => render(cx, &error),
+            Err(Stop::Answer(response)) => {
+                linger(cx, req, None);
+                response
+            }
+            Err(Stop::Fail(error)) => {
+                linger(cx, req, Some(&error));
+                render(cx, &error)
+            }
         };
         for stage in &self.response {
             stage.response(cx, &mut response);
@@ -261,6 +267,22 @@ impl Pipeline {
         for stage in &self.logging {
             stage.logging(cx, done);
         }
+    }
+}
+
+/// An HTTP/1 request answered before its body was read may finish sending
+/// it (see [`GatewayBody::linger`]), unless its framing cannot be trusted or
+/// it waits for a `100 Continue` it will now never get.
+fn linger(cx: &RequestCx, req: Request<GatewayBody>, error: Option<&GatewayError>) {
+    let waits_for_continue = req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if cx.version < Version::HTTP_2
+        && !waits_for_continue
+        && !error.is_some_and(GatewayError::closes_connection)
+    {
+        req.into_body().linger();
     }
 }
 

@@ -36,10 +36,6 @@ impl<T> Slot<T> {
             _policy: PhantomData,
         }
     }
-
-    pub fn index(&self) -> usize {
-        self.index
-    }
 }
 
 impl<T> Clone for Slot<T> {

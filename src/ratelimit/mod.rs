@@ -120,6 +120,20 @@ pub enum Counted {
     Unavailable,
 }
 
+impl Counted {
+    /// The checks to decide on, `None` when no limit applies (Redis down,
+    /// `open`), or the 503 for Redis down with `closed`.
+    pub fn checks(self) -> Result<Option<SmallVec<[Check; 4]>>, crate::error::GatewayError> {
+        match self {
+            Counted::Checks(checks) => Ok(Some(checks)),
+            Counted::Unlimited => Ok(None),
+            Counted::Unavailable => Err(crate::error::GatewayError::Unavailable(
+                "Rate limiting is unavailable; try again shortly.".into(),
+            )),
+        }
+    }
+}
+
 /// The rate-limit backends every limiting stage shares: the in-process
 /// limiter, and Redis when `[redis]` is set.
 #[derive(Clone)]

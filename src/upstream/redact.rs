@@ -50,10 +50,6 @@ impl Credentials {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Every secret text to hide, longest first (so a secret that contains
     /// another is replaced whole).
     fn secrets(&self) -> Vec<String> {

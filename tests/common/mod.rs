@@ -337,32 +337,28 @@ pub fn at<'a>(doc: &'a mut toml::Table, path: &str) -> &'a mut toml::Value {
     value
 }
 
+/// The table at `table_path` (`""` is the top level); panics if it is
+/// missing or not a table.
+fn table_at<'a>(doc: &'a mut toml::Table, table_path: &str) -> &'a mut toml::Table {
+    if table_path.is_empty() {
+        return doc;
+    }
+    match at(doc, table_path) {
+        toml::Value::Table(t) => t,
+        other => panic!("`{table_path}` is {other:?}, not a table"),
+    }
+}
+
 /// Sets `key` in the table at `table_path` (which must exist; `""` is the
 /// top level) to `value`.
 pub fn set(doc: &mut toml::Table, table_path: &str, key: &str, value: impl Into<toml::Value>) {
-    let table = if table_path.is_empty() {
-        doc
-    } else {
-        match at(doc, table_path) {
-            toml::Value::Table(t) => t,
-            other => panic!("`{table_path}` is {other:?}, not a table"),
-        }
-    };
-    table.insert(key.to_string(), value.into());
+    table_at(doc, table_path).insert(key.to_string(), value.into());
 }
 
 /// Removes `key` from the table at `table_path` (`""` is the top level) and
 /// returns its value; panics if the table or the key is missing.
 pub fn unset(doc: &mut toml::Table, table_path: &str, key: &str) -> toml::Value {
-    let table = if table_path.is_empty() {
-        doc
-    } else {
-        match at(doc, table_path) {
-            toml::Value::Table(t) => t,
-            other => panic!("`{table_path}` is {other:?}, not a table"),
-        }
-    };
-    table
+    table_at(doc, table_path)
         .remove(key)
         .unwrap_or_else(|| panic!("the config has no `{key}` in `{table_path}`"))
 }
@@ -454,6 +450,12 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
+    read_until_quiet(&mut stream).await
+}
+
+/// Everything the server sends on `stream` until it closes the connection
+/// or goes quiet for a second.
+pub async fn read_until_quiet(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {

@@ -73,7 +73,7 @@ impl AuthzStage {
             .detail("reason", "missing_scope")
             .detail("missing", missing.clone());
         if let Some(p) = &cx.principal {
-            event = event.consumer(p.name());
+            event = event.consumer(p.name()).detail("method", p.method().as_str());
             if let Some(id) = p.key_id() {
                 event = event.detail("key_id", id);
             }

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use http::Request;
 use http::header::CONTENT_LENGTH;
+use http::{Request, Version};
 use http_body::Body;
 
 use crate::body::GatewayBody;
@@ -67,7 +67,7 @@ impl Stage for BodyLimitStage {
 
     fn body<'a>(
         &'a self,
-        _cx: &'a mut RequestCx,
+        cx: &'a mut RequestCx,
         route: &'a Route,
         req: &'a mut Request<GatewayBody>,
     ) -> Verdict<'a> {
@@ -87,7 +87,7 @@ impl Stage for BodyLimitStage {
             Some(_) => Verdict::CONTINUE,
             None => {
                 let body = std::mem::take(req.body_mut());
-                *req.body_mut() = body.limit(limit);
+                *req.body_mut() = body.limit(limit, cx.version < Version::HTTP_2);
                 Verdict::CONTINUE
             }
         }

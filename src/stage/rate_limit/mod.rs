@@ -265,14 +265,8 @@ impl RateLimitStage {
         subjects: &[Subject],
         counted: Counted,
     ) -> StageResult {
-        let checks = match counted {
-            Counted::Checks(checks) => checks,
-            Counted::Unlimited => return Ok(Flow::Continue),
-            Counted::Unavailable => {
-                return Err(GatewayError::Unavailable(
-                    "Rate limiting is unavailable; try again shortly.".into(),
-                ));
-            }
+        let Some(checks) = counted.checks()? else {
+            return Ok(Flow::Continue);
         };
         let Some(decision) = Decision::from_checks(&checks) else {
             return Ok(Flow::Continue);

@@ -139,14 +139,8 @@ impl PreAuthLimitStage {
         subjects: &[Subject],
         counted: Counted,
     ) -> StageResult {
-        let checks = match counted {
-            Counted::Checks(checks) => checks,
-            Counted::Unlimited => return Ok(Flow::Continue),
-            Counted::Unavailable => {
-                return Err(GatewayError::Unavailable(
-                    "Rate limiting is unavailable; try again shortly.".into(),
-                ));
-            }
+        let Some(checks) = counted.checks()? else {
+            return Ok(Flow::Continue);
         };
         match Decision::from_checks(&checks) {
             Some(decision) if !decision.allowed => {
