@@ -45,7 +45,7 @@ struct Record {
 }
 
 impl Record {
-    fn finish(self, status: u16, bytes_sent: u64, completed: bool) {
+    fn finish(&self, status: u16, bytes_sent: u64, completed: bool) {
         self.cx.connection.request_finished();
         self.pipeline.log(
             &self.cx,
