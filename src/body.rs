@@ -52,11 +52,8 @@ impl GatewayBody {
     pub fn linger(self) {
         match self {
             GatewayBody::Streamed(body) => linger(body),
-            GatewayBody::Limited(LimitedBody {
-                inner: Some(inner),
-                linger_on_excess: true,
-                ..
-            }) => linger(inner),
+            // A limited body is only made in the body phase, after which
+            // the request goes upstream: it lingers itself when it must.
             _ => {}
         }
     }

@@ -105,13 +105,29 @@ pub fn http_builder(max_head: usize, max_headers: usize) -> auto::Builder<TokioE
     builder
 }
 
+/// A request head the HTTP layer itself refused (a bare 400 or 431 before
+/// a request existed), so that it can still be logged and counted.
+pub fn refused_head_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if error.is_parse_too_large() {
+        Some(431)
+    } else if error.is_parse() {
+        Some(400)
+    } else {
+        None
+    }
+}
+
 /// Accepts connections until `shutdown`, serving each with the service
-/// `make_service` makes for it; then drains.
+/// `make_service` makes for it; then drains. `refused` hears of every head
+/// the HTTP layer refused (see [`refused_head_status`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<L, F, S, B>(
     mut listener: L,
     limits: ConnectionLimits,
     builder: auto::Builder<TokioExecutor>,
     make_service: F,
+    refused: impl Fn(&Connection, u16) + Clone + Send + 'static,
     mut shutdown: watch::Receiver<bool>,
     open: IntGauge,
 ) where
@@ -154,13 +170,19 @@ pub async fn serve<L, F, S, B>(
         let service = make_service(conn.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let refused = refused.clone();
         let open = open.clone();
         open.inc();
         tokio::spawn(async move {
             if let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await {
                 let io = TokioIo::new(Tapped::new(io, conn.clone()));
                 let connection = builder.serve_connection(io, service);
-                close_when_idle(watcher.watch(connection), &conn, limits.timeouts).await;
+                if let Some(Err(error)) =
+                    close_when_idle(watcher.watch(connection), &conn, limits.timeouts).await
+                    && let Some(status) = refused_head_status(&*error)
+                {
+                    refused(&conn, status);
+                }
             }
             open.dec();
             drop(permit);

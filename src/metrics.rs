@@ -61,6 +61,7 @@ pub struct UpstreamMetrics {
     duration: Histogram,
     unreachable: IntCounter,
     timeout: IntCounter,
+    protocol: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -72,6 +73,9 @@ impl UpstreamMetrics {
     }
     pub fn record_timeout(&self) {
         self.timeout.inc();
+    }
+    pub fn record_protocol_error(&self) {
+        self.protocol.inc();
     }
 }
 
@@ -107,7 +111,7 @@ impl Metrics {
         );
         let upstream_errors = counter(
             "portcullis_upstream_errors_total",
-            "Upstream requests that failed, by upstream and kind (unreachable, timeout).",
+            "Upstream requests that failed, by upstream and kind (unreachable, timeout, protocol).",
             &["upstream", "kind"],
         );
         let upstream_reachable = IntGaugeVec::new(
@@ -200,6 +204,7 @@ impl Metrics {
             duration: self.upstream_duration.with_label_values(&[upstream]),
             unreachable: self.upstream_errors.with_label_values(&[upstream, "unreachable"]),
             timeout: self.upstream_errors.with_label_values(&[upstream, "timeout"]),
+            protocol: self.upstream_errors.with_label_values(&[upstream, "protocol"]),
         }
     }
 

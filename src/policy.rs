@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::compile::CompileCx;
 use crate::config::{ConfigErrors, Environment, LoadedConfig, SecretRef, SecretValue, secret};
@@ -43,6 +44,9 @@ pub struct Secrets {
 
 pub struct Policy {
     pub environment: Environment,
+    /// `[log] access_log` (read by the logging phase, and for heads the
+    /// HTTP layer refused).
+    pub access_log: bool,
     pub server: ServerPolicy,
     pub secrets: Secrets,
     pub upstreams: Vec<Arc<Upstream>>,
@@ -58,10 +62,12 @@ pub struct Policy {
 fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
     [
         request_id::compile(cx),
+        // Early, so that the gateway's own refusals (framing, head limits,
+        // routing) carry CORS headers an allowed page can read.
+        cors::compile(cx),
         framing::compile(cx),
         client_ip::compile(cx),
         request_head::compile(cx),
-        cors::compile(cx),
         rate_limit::pre_auth::compile(cx),
         authn::compile(cx),
         authz::compile(cx),
@@ -91,6 +97,7 @@ pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, Confi
     cx.problems.into_result()?;
     Ok(Policy {
         environment: config.environment,
+        access_log: config.log.access_log,
         server: server.expect("no problems means the listeners compiled"),
         secrets,
         upstreams,
@@ -154,9 +161,19 @@ fn compile_server(cx: &mut CompileCx<'_>) -> Option<ServerPolicy> {
         cx.problems
             .at("server.admin_listen", "must differ from server.listen");
     }
+    // A request waiting for a slow upstream moves no bytes; it is answered
+    // (with a 504 at worst) before the stall timeout cuts it.
+    let slowest_upstream = cx
+        .config
+        .upstreams
+        .iter()
+        .map(|u| u.timeout.0)
+        .max()
+        .unwrap_or_default();
     let timeouts = Timeouts {
         header_read: s.header_read_timeout.0,
         idle: s.idle_timeout.0,
+        stall: s.idle_timeout.0.max(slowest_upstream + Duration::from_secs(1)),
     };
     let limits = |max_connections, framing_records| ConnectionLimits {
         max_connections,
@@ -320,7 +337,7 @@ max_body = "2000GiB"
             phases[0],
             (
                 "early",
-                vec!["request_id", "framing", "client_ip", "request_head", "cors"]
+                vec!["request_id", "cors", "framing", "client_ip", "request_head"]
             )
         );
         assert_eq!(

@@ -226,6 +226,7 @@ impl Shared {
                     || new.public.timeouts.header_read != old.public.timeouts.header_read
                     || new.public.timeouts.idle != old.public.timeouts.idle
                     || new.max_head != old.max_head
+                    || new.max_headers != old.max_headers
                 {
                     tracing::warn!("listener settings changed; they take effect after a restart");
                 }
@@ -263,11 +264,34 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watc
     let server = shared.policy.load().server.clone();
     let builder = listener::http_builder(server.max_head, server.max_headers);
     let open = shared.metrics.connections_open.clone();
+    let unrouted = shared.metrics.unrouted.clone();
+    let access_log = shared.policy.load().access_log;
+    let refused = move |connection: &Connection, status: u16| {
+        unrouted.record(status, std::time::Duration::ZERO);
+        if access_log {
+            tracing::info!(
+                target: "access",
+                client_ip = %connection.peer.ip(),
+                status,
+                refused_by = "http parser",
+                "request head refused before it was parsed"
+            );
+        }
+    };
     let service = move |connection: Arc<Connection>| {
         let shared = shared.clone();
         service_fn(move |req| handle(shared.clone(), connection.clone(), req))
     };
-    listener::serve(Plain(listener), server.public, builder, service, shutdown, open).await;
+    listener::serve(
+        Plain(listener),
+        server.public,
+        builder,
+        service,
+        refused,
+        shutdown,
+        open,
+    )
+    .await;
 }
 
 /// Runs one request through the pipeline; its log line is written exactly

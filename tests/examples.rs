@@ -310,6 +310,7 @@ async fn story_2_ai_assistant_works_as_written() {
             "{} bytes reached the backend",
             got.body.len()
         );
+        assert!(!got.body_complete, "the upstream saw a complete request");
     }
     let resp = upload(vec![b'o'; 1 << 20].into()).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -354,15 +355,16 @@ async fn story_2_ai_assistant_works_as_written() {
     );
     assert_eq!(upstream.last().headers["x-portcullis-consumer"], "web-app");
 
-    // Guessing keys: 30 failures are looked up, then the client is refused
-    // without a lookup.
+    // Guessing keys: the budget of 30 lookups is spent, then the client is
+    // refused without a lookup, while its working key (cached) still works.
     let misses = || async {
         metric(
             &metrics_text(bin.admin).await,
             "portcullis_key_cache_lookups_total{result=\"miss\"}",
         )
     };
-    for _ in 0..30 {
+    // The budget of 30 also paid for the real key's first lookup.
+    for _ in 0..29 {
         let resp = c
             .get(format!("{base}/api/chat"))
             .header("host", HOST)
@@ -389,6 +391,14 @@ async fn story_2_ai_assistant_works_as_written() {
         after_guesses,
         "no store query once over the failure limit"
     );
+    let resp = c
+        .get(format!("{base}/api/chat"))
+        .header("host", HOST)
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "a working, cached key is not locked out");
 
     let ready = json(
         c.get(format!("http://{}/readyz", bin.admin))

@@ -238,3 +238,43 @@ async fn http1_keep_alive_lasts_the_idle_timeout_not_the_header_timeout() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_the_http_layer_refuses_are_still_logged_and_counted() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = serve(&upstream, dir.path());
+    // Far past the head limits: hyper's own buffer refuses it, before a
+    // request exists.
+    let answer = raw(
+        bin.public,
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "v".repeat(100_000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 431, "{answer}");
+    let answer = raw(bin.public, b"GET / HTTP/1.1\r\nHost : x\r\n\r\n").await;
+    assert_eq!(raw_status(&answer), 400, "{answer}");
+    wait_until("both refusals in the access log", Duration::from_secs(5), || {
+        bin.output()
+            .lines()
+            .filter(|l| l.contains("\"refused_by\":\"http parser\""))
+            .count()
+            == 2
+    })
+    .await;
+    assert_eq!(logged_with_status(&bin, 431), 1);
+    assert_eq!(logged_with_status(&bin, 400), 1);
+    let metrics = metrics_text(bin.admin).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{route=\"(none)\",status_class=\"4xx\"}"
+        ),
+        2.0
+    );
+    assert_eq!(upstream.count(), 0);
+}

@@ -129,6 +129,7 @@ async fn a_streamed_body_past_the_limit_never_reaches_the_upstream_whole() {
             "{} bytes reached the upstream",
             got.body.len()
         );
+        assert!(!got.body_complete, "the upstream saw a complete request");
     }
 
     // A large chunked upload is cut off at the limit, and the client still
@@ -151,6 +152,7 @@ async fn a_streamed_body_past_the_limit_never_reaches_the_upstream_whole() {
             "{} bytes reached the upstream",
             got.body.len()
         );
+        assert!(!got.body_complete, "the upstream saw a complete request");
     }
 
     // HTTP/2, a streamed body without content-length.
@@ -175,6 +177,7 @@ async fn a_streamed_body_past_the_limit_never_reaches_the_upstream_whole() {
             "{} bytes reached the upstream",
             got.body.len()
         );
+        assert!(!got.body_complete, "the upstream saw a complete request");
     }
     gw.shutdown().await;
 }
@@ -367,10 +370,20 @@ async fn a_flood_of_guessed_keys_costs_no_store_query_past_the_failure_limit() {
         misses,
         "no lookup once the client is over its limit"
     );
-    // The limit holds for the client whatever it sends, a good key included...
+    // Any key that would need a lookup is refused for that client, a good
+    // one included...
     assert_problem(from("203.0.113.7", &good).await.unwrap(), 429).await;
     // ...and only for that client.
     assert_eq!(from("198.51.100.9", &good).await.unwrap().status(), 200);
+    // A key in the cache costs no lookup: the client over its budget is not
+    // locked out of it (an attacker behind a shared address cannot lock out
+    // its neighbours' working keys).
+    assert_eq!(from("203.0.113.7", &good).await.unwrap().status(), 200);
+    assert_eq!(
+        cache_misses(&gw).await,
+        misses + 1.0,
+        "only the good key's own first lookup"
+    );
     // Requests without any key are not failed attempts.
     for _ in 0..30 {
         let resp = client()

@@ -16,7 +16,6 @@
 
 pub mod api;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, InFlightBody};
 use crate::listener::{self, Plain};
 use crate::server::Shared;
 use crate::upstream::Readiness;
@@ -113,14 +112,30 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
     let builder = listener::http_builder(64 * 1024, 100);
     let service = move |connection: Arc<Connection>| {
         let router = router.clone();
-        let peer: SocketAddr = connection.peer;
         service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
+            // In flight until the response body is done, so the watchdog
+            // applies the idle timeout between requests, not the first
+            // request's deadline.
+            let request = connection.start_request();
+            req.extensions_mut().insert(ConnectInfo(connection.peer));
             // A router is always ready; `call` needs no `poll_ready` first.
-            router.clone().call(req)
+            let answer = router.clone().call(req);
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| InFlightBody::new(body, request)))
+            }
         })
     };
-    listener::serve(Plain(listener), server.admin, builder, service, shutdown, open).await;
+    listener::serve(
+        Plain(listener),
+        server.admin,
+        builder,
+        service,
+        |_: &Connection, _| {},
+        shutdown,
+        open,
+    )
+    .await;
 }
 
 async fn healthz() -> Response {

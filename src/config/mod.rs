@@ -122,6 +122,9 @@ pub struct ServerConfig {
     /// Largest header section (names and values); larger is 431.
     #[serde(default = "ServerConfig::default_max_header_size")]
     pub max_header_size: ByteSize,
+    /// Largest single header field; larger is 431.
+    #[serde(default = "ServerConfig::default_max_header_field_size")]
+    pub max_header_field_size: ByteSize,
     /// Most header fields in one request; more is 431.
     #[serde(default = "ServerConfig::default_max_header_count")]
     pub max_header_count: usize,
@@ -151,6 +154,9 @@ impl ServerConfig {
         256
     }
     fn default_max_uri_length() -> ByteSize {
+        ByteSize(8 * 1024)
+    }
+    fn default_max_header_field_size() -> ByteSize {
         ByteSize(8 * 1024)
     }
     fn default_max_header_count() -> usize {
@@ -185,6 +191,7 @@ impl Default for ServerConfig {
             idle_timeout: Self::default_idle_timeout(),
             max_uri_length: Self::default_max_uri_length(),
             max_header_size: Self::default_max_header_size(),
+            max_header_field_size: Self::default_max_header_field_size(),
             max_header_count: Self::default_max_header_count(),
             hosts: Vec::new(),
             max_body: Self::default_max_body(),

@@ -6,9 +6,17 @@
 //! - sends no request within the header read timeout of opening (a silent
 //!   socket, or one that stops inside the HTTP/2 preface);
 //! - takes longer than the header read timeout to send a request head,
-//!   counted from the head's first byte (slowloris);
+//!   counted from the head's first byte (slowloris); a head pipelined behind
+//!   a request in flight is timed from when that request finishes, since
+//!   nothing reads it before;
 //! - sits with no request in flight for the idle timeout after its last
-//!   request (keep-alive, HTTP/1 and HTTP/2 alike).
+//!   request (keep-alive, HTTP/1 and HTTP/2 alike);
+//! - has requests in flight but moves no byte either way for the stall
+//!   timeout: a client that stops reading its response (or never opens its
+//!   HTTP/2 window) cannot hold the connection, as nginx's `send_timeout`
+//!   ensures. The stall timeout is at least the longest upstream timeout, so
+//!   a request waiting for a slow upstream is answered (a 504 at worst)
+//!   before it applies.
 //!
 //! hyper's own HTTP/1 header timeout is not used: it starts when hyper
 //! begins waiting for the next head, so it would end an idle keep-alive
@@ -17,9 +25,13 @@
 pub mod tap;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http_body::{Body, Frame, SizeHint};
 use tap::WireLog;
 
 /// No time recorded.
@@ -33,6 +45,8 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// Between requests.
     pub idle: Duration,
+    /// With requests in flight, between two reads or writes on the socket.
+    pub stall: Duration,
 }
 
 /// One client connection.
@@ -46,7 +60,9 @@ pub struct Connection {
     /// Requests started and not yet finished (logged).
     in_flight: AtomicUsize,
     /// When a request last started or finished, in ms since `opened`.
-    last_activity_ms: AtomicU64,
+    last_request_ms: AtomicU64,
+    /// When bytes last moved on the socket, either way, in ms since `opened`.
+    last_io_ms: AtomicU64,
     /// When the request head being read now began, in ms since `opened`.
     head_started_ms: AtomicU64,
 }
@@ -72,7 +88,8 @@ impl Connection {
             wire,
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            last_activity_ms: AtomicU64::new(NEVER),
+            last_request_ms: AtomicU64::new(NEVER),
+            last_io_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NEVER),
         }
     }
@@ -87,12 +104,26 @@ impl Connection {
 
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_activity_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+        let now = self.elapsed_ms();
+        self.last_request_ms.store(now, Ordering::Relaxed);
+        self.last_io_ms.store(now, Ordering::Relaxed);
     }
 
     pub fn request_finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.last_activity_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+        let now = self.elapsed_ms();
+        self.last_request_ms.store(now, Ordering::Relaxed);
+        // A head pipelined behind this request is read from now on.
+        if self.head_started_ms.load(Ordering::Relaxed) != NEVER {
+            self.head_started_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a request in flight until the returned guard is dropped (for
+    /// services that do not log through the pipeline: the admin listener).
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.request_started();
+        InFlight(self.clone())
     }
 
     /// Requests started and not yet logged.
@@ -110,19 +141,28 @@ impl Connection {
         self.head_started_ms.store(NEVER, Ordering::Relaxed);
     }
 
+    /// Bytes moved on the socket (the tap calls this on every read and
+    /// write that moved some).
+    pub fn io_happened(&self) {
+        self.last_io_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
     /// The earliest deadline that applies now, or `Expired`. The answer
     /// never lies further ahead than half the header timeout, so a head that
     /// starts while the watchdog sleeps is still cut off in time.
     pub fn idleness(&self, timeouts: Timeouts) -> Idleness {
         let now = Instant::now();
         let recheck = now + (timeouts.header_read / 2).max(Duration::from_millis(50));
-        let deadline = match self.head_started_ms.load(Ordering::Relaxed) {
-            NEVER if self.in_flight() > 0 => return Idleness::CheckAt(recheck),
-            NEVER => match self.last_activity_ms.load(Ordering::Relaxed) {
-                NEVER => self.opened + timeouts.header_read,
-                ms => self.at(ms) + timeouts.idle,
-            },
-            started => self.at(started) + timeouts.header_read,
+        let deadline = if self.in_flight() > 0 {
+            self.at(self.last_io_ms.load(Ordering::Relaxed)) + timeouts.stall
+        } else {
+            match self.head_started_ms.load(Ordering::Relaxed) {
+                NEVER => match self.last_request_ms.load(Ordering::Relaxed) {
+                    NEVER => self.opened + timeouts.header_read,
+                    ms => self.at(ms) + timeouts.idle,
+                },
+                started => self.at(started) + timeouts.header_read,
+            }
         };
         if now >= deadline {
             Idleness::Expired
@@ -132,16 +172,66 @@ impl Connection {
     }
 }
 
+/// A request in flight on its connection; dropping it finishes the request.
+#[derive(Debug)]
+pub struct InFlight(Arc<Connection>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A response body that keeps its request in flight until it is dropped.
+pub struct InFlightBody<B> {
+    inner: B,
+    _request: InFlight,
+}
+
+impl<B> InFlightBody<B> {
+    pub fn new(inner: B, request: InFlight) -> Self {
+        InFlightBody {
+            inner,
+            _request: request,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Drives a connection until it ends or its watchdog finds it idle or slow
-/// (see the module docs); dropping the connection future closes it.
-pub async fn close_when_idle(connection: impl std::future::Future, watched: &Connection, timeouts: Timeouts) {
+/// (see the module docs); dropping the connection future closes it. Returns
+/// the connection's own result, or `None` when the watchdog closed it.
+pub async fn close_when_idle<F: std::future::Future>(
+    connection: F,
+    watched: &Connection,
+    timeouts: Timeouts,
+) -> Option<F::Output> {
     tokio::pin!(connection);
     let mut check_at = tokio::time::Instant::now() + timeouts.header_read.min(timeouts.idle);
     loop {
         tokio::select! {
-            _ = &mut connection => return,
+            output = &mut connection => return Some(output),
             _ = tokio::time::sleep_until(check_at) => match watched.idleness(timeouts) {
-                Idleness::Expired => return,
+                Idleness::Expired => return None,
                 Idleness::CheckAt(at) => check_at = at.into(),
             },
         }
@@ -155,6 +245,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         header_read: Duration::from_millis(200),
         idle: Duration::from_secs(60),
+        stall: Duration::from_millis(400),
     };
 
     fn conn() -> Connection {
@@ -186,11 +277,29 @@ mod tests {
     }
 
     #[test]
-    fn a_request_in_flight_is_never_idle() {
+    fn a_request_in_flight_holds_the_connection_only_while_bytes_move() {
         let c = conn();
         c.request_started();
-        std::thread::sleep(Duration::from_millis(210));
+        // A head pipelined behind it is not timed while it waits.
+        c.head_started();
+        std::thread::sleep(Duration::from_millis(250));
+        c.io_happened();
+        assert!(matches!(c.idleness(T), Idleness::CheckAt(_)), "bytes moved");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            matches!(c.idleness(T), Idleness::CheckAt(_)),
+            "within the stall timeout"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            c.idleness(T),
+            Idleness::Expired,
+            "stalled for longer than the stall timeout"
+        );
+        // Once the request finishes, the pipelined head's clock starts.
+        c.request_finished();
         assert!(matches!(c.idleness(T), Idleness::CheckAt(_)));
-        assert_eq!(c.in_flight(), 1);
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(c.idleness(T), Idleness::Expired);
     }
 }

@@ -42,6 +42,9 @@ const MAX_PENDING: usize = 4096;
 /// Largest head, chunk-size line or trailer section the tap will buffer.
 const MAX_BUFFERED: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 128;
+/// The most header fields hyper can be configured to accept (twice the
+/// largest `max_header_count`).
+pub const MAX_HEADERS_EVER: usize = 2000;
 
 /// The per-connection queue of framing records.
 #[derive(Debug, Default)]
@@ -116,11 +119,25 @@ fn inspect_head(buf: &[u8]) -> Result<Option<(usize, RawFraming, State)>, ()> {
     // Left uninitialised: httparse fills only what it parses, and zeroing
     // 128 entries (4 KiB) for every request head costs more than parsing it.
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    match inspect_head_with(buf, &mut headers) {
+        // A head with more fields than the common case: as many as hyper is
+        // allowed to accept, so the request-head stage can judge it.
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS_EVER];
+            inspect_head_with(buf, &mut many).map_err(|_| ())
+        }
+        other => other.map_err(|_| ()),
+    }
+}
+
+fn inspect_head_with<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, RawFraming, State)>, httparse::Error> {
     let mut request = httparse::Request::new(&mut []);
-    let len = match request.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
+    let len = match request.parse_with_uninit_headers(buf, headers)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
     };
     let mut record = RawFraming::default();
     let mut length = None;
@@ -348,15 +365,38 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tapped<T> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {
-            this.tracker.feed(&buf.filled()[before..], &this.conn);
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                this.note_io();
+            }
+            this.tracker.feed(read, &this.conn);
         }
         poll
     }
 }
 
+impl<T> Tapped<T> {
+    /// Bytes moved: the stall timeout starts again. Only a connection with
+    /// a request in flight is timed that way, so others skip the clock read.
+    fn note_io(&self) {
+        if self.conn.in_flight() > 0 {
+            self.conn.io_happened();
+        }
+    }
+
+    fn wrote(&self, poll: &Poll<io::Result<usize>>) {
+        if matches!(poll, Poll::Ready(Ok(n)) if *n > 0) {
+            self.note_io();
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tapped<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&poll);
+        poll
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -372,7 +412,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tapped<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&poll);
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {

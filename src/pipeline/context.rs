@@ -72,6 +72,7 @@ impl RequestCx {
 
     /// A context for unit tests of stage decisions: an HTTP/1.1 request
     /// from 127.0.0.1.
+    #[cfg(test)]
     pub fn for_test() -> Self {
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("a valid address");
         RequestCx::new(Arc::new(Connection::new(peer)), Version::HTTP_11)

@@ -73,6 +73,7 @@ impl Route {
 
     /// A route `test` to an unused local port, with these slots, for unit
     /// tests of stage decisions.
+    #[cfg(test)]
     pub fn for_test_with(slots: RouteSlots) -> Route {
         let metrics = crate::metrics::Metrics::new();
         let upstream = Arc::new(Upstream::for_test("http://127.0.0.1:9", &metrics));
@@ -80,6 +81,7 @@ impl Route {
     }
 
     /// [`Route::for_test_with`] no slots.
+    #[cfg(test)]
     pub fn for_test() -> Route {
         Route::for_test_with(RouteSlots::default())
     }

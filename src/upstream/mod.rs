@@ -209,6 +209,7 @@ impl Upstream {
     }
 
     /// An upstream named `app` with one target, for unit tests.
+    #[cfg(test)]
     pub fn for_test(target: &str, metrics: &Metrics) -> Upstream {
         let config = UpstreamConfig {
             name: "app".into(),
@@ -296,7 +297,7 @@ impl Upstream {
             // A protocol switch nobody asked for (the gateway strips
             // `Upgrade`): relaying it would leave the client with a bare 101
             // on a dead connection, or an HTTP/2 protocol error.
-            self.metrics.record_unreachable();
+            self.metrics.record_protocol_error();
             tracing::warn!(
                 request_id = forwarding.request_id,
                 upstream = %self.name,
@@ -352,10 +353,9 @@ impl Upstream {
         head: http::response::Parts,
         body: UpstreamBody,
     ) -> GatewayError {
-        let limited = http_body_util::Limited::new(body, MASKED_BODY_LOG_LIMIT);
-        let original = match tokio::time::timeout(Duration::from_secs(2), limited.collect()).await {
-            Ok(Ok(collected)) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-            Ok(Err(_)) => format!("(body longer than {MASKED_BODY_LOG_LIMIT} bytes or unreadable)"),
+        let original = match tokio::time::timeout(Duration::from_secs(2), first_bytes(body)).await {
+            Ok(Ok(start)) => String::from_utf8_lossy(&start).into_owned(),
+            Ok(Err(_)) => "(body unreadable)".to_string(),
             Err(_) => "(body not received within 2 s)".to_string(),
         };
         let mut logged = forwarding.credentials.redact(&original);
@@ -373,6 +373,20 @@ impl Upstream {
             retry_after: head.headers.get(header::RETRY_AFTER).cloned(),
         }
     }
+}
+
+/// The first [`MASKED_BODY_LOG_LIMIT`] bytes of a body (the rest is never
+/// read; the connection is closed rather than pooled).
+async fn first_bytes(mut body: UpstreamBody) -> Result<Vec<u8>, hyper::Error> {
+    let mut start = Vec::new();
+    while start.len() < MASKED_BODY_LOG_LIMIT {
+        let Some(frame) = body.frame().await else { break };
+        if let Some(data) = frame?.data_ref() {
+            let room = MASKED_BODY_LOG_LIMIT - start.len();
+            start.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Ok(start)
 }
 
 fn truncate_at_char(text: &mut String, max: usize) {

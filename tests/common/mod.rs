@@ -107,7 +107,11 @@ pub struct Received {
     /// Path and query exactly as received.
     pub target: String,
     pub headers: HeaderMap,
+    /// The body bytes that arrived (all of them, or those before the body
+    /// broke off).
     pub body: Bytes,
+    /// Whether the body arrived whole (false: the sender aborted it).
+    pub body_complete: bool,
 }
 
 /// A real HTTP server on an ephemeral port that records what it receives.
@@ -187,11 +191,25 @@ async fn answer(
             target: head.uri.to_string(),
             headers: head.headers.clone(),
             body: Bytes::new(),
+            body_complete: false,
         });
         return Ok(Response::new(body.boxed()));
     }
-    let (head, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let (head, mut incoming) = req.into_parts();
+    // Read frame by frame, so that what arrived before an abort is kept.
+    let mut received = Vec::new();
+    let body_complete = loop {
+        match incoming.frame().await {
+            None => break true,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    received.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) => break false,
+        }
+    };
+    let body = Bytes::from(received);
     let target = head
         .uri
         .path_and_query()
@@ -202,6 +220,7 @@ async fn answer(
         target: target.clone(),
         headers: head.headers.clone(),
         body: body.clone(),
+        body_complete,
     });
     let path = head.uri.path().to_string();
     let mut response = Response::new(full(Bytes::new()));

@@ -1,8 +1,16 @@
 //! `[auth] failure_limit`: failed authentications are limited per client
-//! IP. Past the limit the client gets 429 with `Retry-After` on every route
-//! that needs authentication, before its credential is read or looked up,
-//! so a flood of guessed keys costs no store query; the refusals are one
-//! `auth.failure_limited` audit event per client per window.
+//! IP, so a flood of guessed keys costs no store query past the limit.
+//!
+//! Each client has a budget (GCRA, like the rate limits). A key that is not
+//! in the cache is charged to the budget *before* it is looked up, in one
+//! step (so concurrent guesses cannot all pass a check before any is
+//! counted), and is answered 429 with `Retry-After`, without the lookup,
+//! when the budget is spent; any other failed authentication (a malformed
+//! key, a wrong secret for a cached key) is charged afterwards. A key that
+//! is in the cache costs no lookup and is never refused by this limit, so an
+//! attacker behind a shared address cannot lock out its neighbours' working
+//! keys. The refusals are one `auth.failure_limited` audit event per client
+//! per window.
 //!
 //! Counted in process (GCRA, like the rate limits), not in Redis: checking
 //! it is then free of round trips on every authenticated request. With
@@ -90,19 +98,20 @@ impl FailureLimiter {
         )
     }
 
-    /// `Some(seconds to wait)` when this client has used up its failures.
-    pub fn refusal(&self, cx: &RequestCx) -> Option<u64> {
+    /// Charges a store lookup to this client's budget, or returns the
+    /// seconds to wait when the budget is spent (the lookup must not run).
+    pub fn charge_lookup(&self, cx: &RequestCx) -> Result<(), u64> {
         let id = self.counter(cx);
-        let check = self.local.peek(id, self.limit.rate);
+        let check = self.local.count(id, self.limit.rate);
         if check.allowed {
-            return None;
+            return Ok(());
         }
         let retry_after = ceil_secs(check.retry_after_us).max(1);
         self.audit_once(cx, id, retry_after);
-        Some(retry_after)
+        Err(retry_after)
     }
 
-    /// Counts one failed authentication.
+    /// Charges a failed authentication that cost no lookup.
     pub fn record_failure(&self, cx: &RequestCx) {
         self.local.count(self.counter(cx), self.limit.rate);
     }

@@ -191,6 +191,9 @@ pub struct AuthnStage {
     /// Leave the key in the request for the upstream.
     forward_key: bool,
     failures: Option<FailureLimiter>,
+    /// Keep the credentials a request carries for redaction (production,
+    /// where upstream error bodies are logged).
+    redact: bool,
     slot: Slot<RouteAuth>,
 }
 
@@ -219,6 +222,7 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         challenge: key_challenge(config),
         forward_key: config.api_keys.forward_key,
         failures,
+        redact: production,
         slot,
     }))
 }
@@ -337,10 +341,20 @@ fn bearer_key(value: &HeaderValue) -> Option<&str> {
 }
 
 /// The key a request presents: its text, and the header value it came in
-/// (kept so that logs of the upstream's answer can be scrubbed of it).
+/// (kept so that logs of the upstream's answer can be scrubbed of it; for a
+/// query parameter, its value as written in the URL).
 struct Presented {
     text: String,
     carrier: HeaderValue,
+}
+
+impl Presented {
+    /// The key as decoded, when it came percent-encoded in the query.
+    fn decoded_from_query(&self) -> Option<HeaderValue> {
+        (self.carrier.as_bytes() != self.text.as_bytes())
+            .then(|| HeaderValue::from_str(&self.text).ok())
+            .flatten()
+    }
 }
 
 impl AuthnStage {
@@ -379,10 +393,10 @@ impl AuthnStage {
             }
         }
         if let (Some(param), Some(query)) = (query_param, req.uri().query()) {
-            for (k, v) in form_urlencoded_pairs(query) {
+            for (k, v, raw) in form_urlencoded_pairs(query) {
                 if k == param {
                     add(&v, &|| {
-                        HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static(""))
+                        HeaderValue::from_str(raw).unwrap_or(HeaderValue::from_static(""))
                     })?;
                 }
             }
@@ -390,8 +404,18 @@ impl AuthnStage {
         Ok(found)
     }
 
-    fn fail(&self, cx: &RequestCx, failure: AuthFailure, key_id: Option<&str>) -> GatewayError {
+    /// A 401, audited; the failure is charged to the client's failure
+    /// budget unless no credential was presented, or its lookup was charged
+    /// already (`charged`).
+    fn fail(
+        &self,
+        cx: &RequestCx,
+        failure: AuthFailure,
+        key_id: Option<&str>,
+        charged: bool,
+    ) -> GatewayError {
         if failure != AuthFailure::Missing
+            && !charged
             && let Some(failures) = &self.failures
         {
             failures.record_failure(cx);
@@ -410,12 +434,20 @@ impl AuthnStage {
         }
     }
 
-    /// Judges a presented secret (as its hash) against the cached entry.
-    fn decide(&self, cx: &mut RequestCx, entry: Arc<CachedKey>, hash: [u8; 32], id: &str) -> StageResult {
+    /// Judges a presented secret (as its hash) against the cached entry;
+    /// `charged`: the lookup that found it was charged to the failure budget.
+    fn decide(
+        &self,
+        cx: &mut RequestCx,
+        entry: Arc<CachedKey>,
+        hash: [u8; 32],
+        id: &str,
+        charged: bool,
+    ) -> StageResult {
         let (record, usage, principal) = match &*entry {
             CachedKey::Unknown { .. } => {
                 let _ = bool::from(hash.ct_eq(&NO_HASH));
-                return Err(self.fail(cx, AuthFailure::Invalid, Some(id)));
+                return Err(self.fail(cx, AuthFailure::Invalid, Some(id), charged));
             }
             CachedKey::Known {
                 record,
@@ -425,14 +457,14 @@ impl AuthnStage {
             } => (record, usage, principal),
         };
         if !bool::from(hash.ct_eq(&record.secret_hash)) {
-            return Err(self.fail(cx, AuthFailure::Invalid, Some(id)));
+            return Err(self.fail(cx, AuthFailure::Invalid, Some(id), charged));
         }
         let now = now_ms();
         if record.revoked_at.is_some() {
-            return Err(self.fail(cx, AuthFailure::Revoked, Some(id)));
+            return Err(self.fail(cx, AuthFailure::Revoked, Some(id), charged));
         }
         if record.expires_at.is_some_and(|t| t <= now) {
-            return Err(self.fail(cx, AuthFailure::Expired, Some(id)));
+            return Err(self.fail(cx, AuthFailure::Expired, Some(id), charged));
         }
         usage.record(now);
         if self.audit.sample_success() {
@@ -479,8 +511,8 @@ impl AuthnStage {
     }
 }
 
-/// `a=1&b=%20x` as decoded pairs.
-fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+/// `a=1&b=%20x` as decoded pairs, each with its value as written.
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String, &str)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |s: &str| {
@@ -488,7 +520,7 @@ fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> 
                 .decode_utf8_lossy()
                 .into_owned()
         };
-        (decode(k), decode(v))
+        (decode(k), decode(v), v)
     })
 }
 
@@ -511,19 +543,28 @@ impl Stage for AuthnStage {
             return Verdict::CONTINUE;
         };
         if auth.is_public() || !auth.methods.contains(&AuthMethod::ApiKey) {
+            // A key sent where none is read is still a secret the upstream
+            // might echo into a logged error body.
+            if self.redact {
+                for name in &self.key_headers {
+                    for value in req.headers().get_all(name) {
+                        cx.credentials.add_token(value.clone());
+                    }
+                }
+            }
             return Verdict::CONTINUE;
-        }
-        if let Some(retry_after_secs) = self.failures.as_ref().and_then(|f| f.refusal(cx)) {
-            return Verdict::Ready(Err(GatewayError::AuthFailuresLimited { retry_after_secs }));
         }
         let presented = match self.presented(req, auth.key_query.as_deref()) {
             Ok(Some(presented)) => presented,
-            Ok(None) => return Verdict::Ready(Err(self.fail(cx, AuthFailure::Missing, None))),
-            Err(failure) => return Verdict::Ready(Err(self.fail(cx, failure, None))),
+            Ok(None) => return Verdict::Ready(Err(self.fail(cx, AuthFailure::Missing, None, false))),
+            Err(failure) => return Verdict::Ready(Err(self.fail(cx, failure, None, false))),
         };
+        if let Some(decoded) = presented.decoded_from_query() {
+            cx.credentials.add_token(decoded);
+        }
         cx.credentials.add_token(presented.carrier);
         let Some(key) = keys::parse(&presented.text) else {
-            return Verdict::Ready(Err(self.fail(cx, AuthFailure::Malformed, None)));
+            return Verdict::Ready(Err(self.fail(cx, AuthFailure::Malformed, None, false)));
         };
         let hash = keys::hash_secret(key.secret);
         let id = key.id.to_string();
@@ -536,11 +577,20 @@ impl Stage for AuthnStage {
             )));
         };
         if let Some(entry) = cache.get_fresh(&id) {
-            return Verdict::Ready(self.decide(cx, entry, hash, &id));
+            return Verdict::Ready(self.decide(cx, entry, hash, &id, false));
         }
+        // Not in the cache: the lookup is charged to the client's failure
+        // budget first, in one step, and refused without running once the
+        // budget is spent.
+        if let Some(failures) = &self.failures
+            && let Err(retry_after_secs) = failures.charge_lookup(cx)
+        {
+            return Verdict::Ready(Err(GatewayError::AuthFailuresLimited { retry_after_secs }));
+        }
+        let charged = self.failures.is_some();
         Verdict::Pending(Box::pin(async move {
             match cache.lookup(&id).await {
-                Ok(entry) => self.decide(cx, entry, hash, &id),
+                Ok(entry) => self.decide(cx, entry, hash, &id, charged),
                 Err(error) => {
                     tracing::error!(request_id = cx.request_id(), %error, "key lookup failed");
                     Err(GatewayError::Unavailable("the key store is not available".into()))
@@ -563,6 +613,7 @@ mod tests {
             challenge: HeaderValue::from_static("ApiKey"),
             forward_key: false,
             failures,
+            redact: true,
             slot: Slot::new(0),
         }
     }
@@ -621,31 +672,29 @@ mod tests {
     }
 
     #[test]
-    fn past_the_failure_limit_a_client_is_refused_before_any_lookup() {
+    fn lookups_and_failures_share_one_budget_charged_before_the_lookup() {
         let runtime = crate::runtime::Runtime::offline();
         let limit = FailureLimit::Limit(crate::config::rate::parse_rate("3 per minute").unwrap());
         let failures = FailureLimiter::compile(Some(&limit), true, &runtime, 64).unwrap();
         let s = stage(failures);
         let cx = RequestCx::for_test();
-        for _ in 0..3 {
-            assert!(s.failures.as_ref().unwrap().refusal(&cx).is_none());
-            let _ = s.fail(&cx, AuthFailure::Invalid, None);
-        }
-        let wait = s
-            .failures
-            .as_ref()
-            .unwrap()
-            .refusal(&cx)
-            .expect("refused after three failures");
+        let budget = s.failures.as_ref().unwrap();
+        // A failure that cost no lookup, then two lookups: the budget of three is spent.
+        let _ = s.fail(&cx, AuthFailure::Malformed, None, false);
+        assert!(budget.charge_lookup(&cx).is_ok());
+        // A failure found by a charged lookup is not charged twice.
+        let _ = s.fail(&cx, AuthFailure::Invalid, None, true);
+        assert!(budget.charge_lookup(&cx).is_ok());
+        let wait = budget.charge_lookup(&cx).expect_err("the fourth is refused");
         assert!((1..=20).contains(&wait), "{wait}");
         // A missing key is not a failed attempt.
         let fresh = stage(
             FailureLimiter::compile(Some(&limit), true, &crate::runtime::Runtime::offline(), 64).unwrap(),
         );
         for _ in 0..10 {
-            let _ = fresh.fail(&cx, AuthFailure::Missing, None);
+            let _ = fresh.fail(&cx, AuthFailure::Missing, None, false);
         }
-        assert!(fresh.failures.as_ref().unwrap().refusal(&cx).is_none());
+        assert!(fresh.failures.as_ref().unwrap().charge_lookup(&cx).is_ok());
     }
 
     #[test]

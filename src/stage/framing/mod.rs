@@ -2,10 +2,11 @@
 //!
 //! hyper already rejects malformed request lines, obsolete line folding,
 //! invalid `Content-Length` values and differing duplicate lengths before a
-//! request exists. This stage refuses, with a 400 problem document, the
-//! shapes hyper tolerates but a backend or another proxy might not (the
-//! framing headers as they were on the wire come from [`inspect`], since
-//! hyper hides some of them):
+//! request exists. This stage refuses, with a 400 problem document (and, on
+//! HTTP/1, a closed connection), the shapes hyper tolerates but a backend or
+//! another proxy might not (the framing headers as they were on the wire
+//! come from the connection's tap, [`crate::connection::tap`], since hyper
+//! hides some of them):
 //!
 //! - `Content-Length` together with `Transfer-Encoding` (CL.TE / TE.CL),
 //! - more than one `Content-Length` or `Transfer-Encoding` field, even with

@@ -2,9 +2,11 @@
 //!
 //! - a request target longer than `[server] max_uri_length` (8 KiB, nginx's
 //!   `large_client_header_buffers` line limit): 414;
-//! - more header fields than `max_header_count` (100), or a header section
-//!   larger than `max_header_size` (32 KiB, nginx's four 8 KiB buffers):
-//!   431;
+//! - more header fields than `max_header_count` (100; HTTP/2 `cookie`
+//!   fields count as the one line they become), a header section larger than
+//!   `max_header_size` (32 KiB, nginx's four 8 KiB buffers), or one field
+//!   larger than `max_header_field_size` (8 KiB, nginx's buffer for one
+//!   line): 431;
 //! - a `Host` (or HTTP/2 `:authority`, or the authority of an absolute-form
 //!   target) that is not a valid authority (RFC 9112 §3.2, RFC 3986
 //!   §3.2.2: a host name, an IPv4 address or a bracketed IPv6 address, and
@@ -20,8 +22,8 @@
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
-use http::header::HOST;
-use http::{Request, Uri};
+use http::header::{COOKIE, HOST};
+use http::{Request, Uri, Version};
 
 use crate::body::GatewayBody;
 use crate::compile::CompileCx;
@@ -34,6 +36,7 @@ const LINE_OVERHEAD: usize = 4;
 pub struct RequestHeadStage {
     max_uri_length: usize,
     max_header_size: usize,
+    max_header_field_size: usize,
     max_header_count: usize,
     hosts: Option<HostList>,
 }
@@ -71,6 +74,13 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         cx.problems
             .at("server.max_header_size", "must be between 8KiB and 1MiB");
     }
+    let field = server.max_header_field_size.0;
+    if !(1024..=size.max(1024)).contains(&field) {
+        cx.problems.at(
+            "server.max_header_field_size",
+            "must be between 1KiB and server.max_header_size",
+        );
+    }
     if !(16..=1000).contains(&server.max_header_count) {
         cx.problems
             .at("server.max_header_count", "must be between 16 and 1000");
@@ -93,6 +103,7 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
     Some(Arc::new(RequestHeadStage {
         max_uri_length: uri as usize,
         max_header_size: size as usize,
+        max_header_field_size: field as usize,
         max_header_count: server.max_header_count,
         hosts: (!server.hosts.is_empty()).then_some(hosts),
     }))
@@ -164,16 +175,29 @@ impl RequestHeadStage {
             });
         }
         let headers = req.headers();
-        if headers.len() > self.max_header_count {
+        let mut fields = headers.len();
+        if req.version() == Version::HTTP_2 {
+            // Cookie crumbs reach the upstream as one line.
+            fields -= headers.get_all(COOKIE).iter().count().saturating_sub(1);
+        }
+        if fields > self.max_header_count {
             return Err(GatewayError::HeadersTooLarge(format!(
                 "The request has more than {} header fields.",
                 self.max_header_count
             )));
         }
-        let size: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + LINE_OVERHEAD)
-            .sum();
+        let (mut size, mut largest) = (0, 0);
+        for (name, value) in headers {
+            let line = name.as_str().len() + value.len() + LINE_OVERHEAD;
+            size += line;
+            largest = largest.max(line);
+        }
+        if largest > self.max_header_field_size {
+            return Err(GatewayError::HeadersTooLarge(format!(
+                "A request header is larger than {} bytes.",
+                self.max_header_field_size
+            )));
+        }
         if size > self.max_header_size {
             return Err(GatewayError::HeadersTooLarge(format!(
                 "The request's headers are larger than {} bytes.",
@@ -234,6 +258,7 @@ mod tests {
         RequestHeadStage {
             max_uri_length: 64,
             max_header_size: 256,
+            max_header_field_size: 200,
             max_header_count: 8,
             hosts: (!hosts.is_empty()).then_some(list),
         }
@@ -307,6 +332,23 @@ mod tests {
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(status(&open, request("/", &many)), 431);
         assert_eq!(status(&open, request("/", &[("x-big", &"v".repeat(300))])), 431);
+        assert_eq!(
+            status(&open, request("/", &[("x-line", &"v".repeat(199))])),
+            431,
+            "one field too large"
+        );
+        assert_eq!(
+            status(
+                &open,
+                request("/", &[("x-a", &"v".repeat(120)), ("x-b", &"v".repeat(120))])
+            ),
+            200
+        );
+        let crumbs: Vec<(&str, &str)> = (0..12).map(|_| ("cookie", "c=1")).collect();
+        let mut h2 = request("/", &crumbs);
+        *h2.version_mut() = Version::HTTP_2;
+        assert_eq!(status(&open, h2), 200, "HTTP/2 cookie crumbs count as one field");
+        assert_eq!(status(&open, request("/", &crumbs)), 431);
         assert_eq!(
             status(&open, request("/", &[("host", "evil.example/reset")])),
             400
