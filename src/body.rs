@@ -49,12 +49,12 @@ impl GatewayBody {
     /// Lets go of an HTTP/1 client body the gateway will not use (see
     /// [`linger`]). HTTP/2 needs no such care: the stream is reset, and the
     /// connection carries on.
+    ///
+    /// A limited body is only made in the body phase, after which the
+    /// request goes upstream; it lingers by itself when it must.
     pub fn linger(self) {
-        match self {
-            GatewayBody::Streamed(body) => linger(body),
-            // A limited body is only made in the body phase, after which
-            // the request goes upstream: it lingers itself when it must.
-            _ => {}
+        if let GatewayBody::Streamed(body) = self {
+            linger(body)
         }
     }
 
