@@ -61,8 +61,10 @@ pub struct Connection {
     in_flight: AtomicUsize,
     /// When a request last started or finished, in ms since `opened`.
     last_request_ms: AtomicU64,
-    /// When bytes last moved on the socket, either way, in ms since `opened`.
-    last_io_ms: AtomicU64,
+    /// Reads and writes that moved bytes on the socket (a count, not a
+    /// time: the watchdog notes when it last saw the count change, so the
+    /// hot path reads no clock).
+    io_events: AtomicU64,
     /// When the request head being read now began, in ms since `opened`.
     head_started_ms: AtomicU64,
 }
@@ -89,7 +91,7 @@ impl Connection {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_request_ms: AtomicU64::new(NEVER),
-            last_io_ms: AtomicU64::new(0),
+            io_events: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NEVER),
         }
     }
@@ -104,9 +106,7 @@ impl Connection {
 
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let now = self.elapsed_ms();
-        self.last_request_ms.store(now, Ordering::Relaxed);
-        self.last_io_ms.store(now, Ordering::Relaxed);
+        self.last_request_ms.store(self.elapsed_ms(), Ordering::Relaxed);
     }
 
     pub fn request_finished(&self) {
@@ -144,17 +144,24 @@ impl Connection {
     /// Bytes moved on the socket (the tap calls this on every read and
     /// write that moved some).
     pub fn io_happened(&self) {
-        self.last_io_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+        self.io_events.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The earliest deadline that applies now, or `Expired`. The answer
     /// never lies further ahead than half the header timeout, so a head that
-    /// starts while the watchdog sleeps is still cut off in time.
-    pub fn idleness(&self, timeouts: Timeouts) -> Idleness {
+    /// starts while the watchdog sleeps is still cut off in time (and bytes
+    /// that moved are noticed within that too).
+    pub fn idleness(&self, timeouts: Timeouts, progress: &mut Progress) -> Idleness {
         let now = Instant::now();
         let recheck = now + (timeouts.header_read / 2).max(Duration::from_millis(50));
+        let io = self.io_events.load(Ordering::Relaxed);
+        if io != progress.io_seen {
+            progress.io_seen = io;
+            progress.at = now;
+        }
         let deadline = if self.in_flight() > 0 {
-            self.at(self.last_io_ms.load(Ordering::Relaxed)) + timeouts.stall
+            let started = self.at(self.last_request_ms.load(Ordering::Relaxed));
+            progress.at.max(started) + timeouts.stall
         } else {
             match self.head_started_ms.load(Ordering::Relaxed) {
                 NEVER => match self.last_request_ms.load(Ordering::Relaxed) {
@@ -169,6 +176,29 @@ impl Connection {
         } else {
             Idleness::CheckAt(deadline.min(recheck))
         }
+    }
+}
+
+/// What the watchdog last saw of a connection's traffic.
+#[derive(Debug)]
+pub struct Progress {
+    io_seen: u64,
+    /// When the watchdog saw the traffic count change.
+    at: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            io_seen: 0,
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
     }
 }
 
@@ -226,11 +256,12 @@ pub async fn close_when_idle<F: std::future::Future>(
     timeouts: Timeouts,
 ) -> Option<F::Output> {
     tokio::pin!(connection);
+    let mut progress = Progress::new();
     let mut check_at = tokio::time::Instant::now() + timeouts.header_read.min(timeouts.idle);
     loop {
         tokio::select! {
             output = &mut connection => return Some(output),
-            _ = tokio::time::sleep_until(check_at) => match watched.idleness(timeouts) {
+            _ = tokio::time::sleep_until(check_at) => match watched.idleness(timeouts, &mut progress) {
                 Idleness::Expired => return None,
                 Idleness::CheckAt(at) => check_at = at.into(),
             },
@@ -255,51 +286,57 @@ mod tests {
     #[test]
     fn a_connection_without_a_request_expires_after_the_header_timeout() {
         let c = conn();
-        assert!(matches!(c.idleness(T), Idleness::CheckAt(_)));
+        let mut p = Progress::new();
+        assert!(matches!(c.idleness(T, &mut p), Idleness::CheckAt(_)));
         std::thread::sleep(Duration::from_millis(210));
-        assert_eq!(c.idleness(T), Idleness::Expired);
+        assert_eq!(c.idleness(T, &mut p), Idleness::Expired);
     }
 
     #[test]
     fn between_requests_the_idle_timeout_applies_not_the_header_timeout() {
         let c = conn();
+        let mut p = Progress::new();
         c.request_started();
         c.request_finished();
         std::thread::sleep(Duration::from_millis(210));
         assert!(
-            matches!(c.idleness(T), Idleness::CheckAt(_)),
+            matches!(c.idleness(T, &mut p), Idleness::CheckAt(_)),
             "idle keep-alive stays open"
         );
         // A head that starts and does not finish is cut off after the header timeout.
         c.head_started();
         std::thread::sleep(Duration::from_millis(210));
-        assert_eq!(c.idleness(T), Idleness::Expired);
+        assert_eq!(c.idleness(T, &mut p), Idleness::Expired);
     }
 
     #[test]
     fn a_request_in_flight_holds_the_connection_only_while_bytes_move() {
         let c = conn();
+        let mut p = Progress::new();
         c.request_started();
         // A head pipelined behind it is not timed while it waits.
         c.head_started();
         std::thread::sleep(Duration::from_millis(250));
         c.io_happened();
-        assert!(matches!(c.idleness(T), Idleness::CheckAt(_)), "bytes moved");
+        assert!(
+            matches!(c.idleness(T, &mut p), Idleness::CheckAt(_)),
+            "bytes moved"
+        );
         std::thread::sleep(Duration::from_millis(250));
         assert!(
-            matches!(c.idleness(T), Idleness::CheckAt(_)),
+            matches!(c.idleness(T, &mut p), Idleness::CheckAt(_)),
             "within the stall timeout"
         );
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(
-            c.idleness(T),
+            c.idleness(T, &mut p),
             Idleness::Expired,
             "stalled for longer than the stall timeout"
         );
         // Once the request finishes, the pipelined head's clock starts.
         c.request_finished();
-        assert!(matches!(c.idleness(T), Idleness::CheckAt(_)));
+        assert!(matches!(c.idleness(T, &mut p), Idleness::CheckAt(_)));
         std::thread::sleep(Duration::from_millis(210));
-        assert_eq!(c.idleness(T), Idleness::Expired);
+        assert_eq!(c.idleness(T, &mut p), Idleness::Expired);
     }
 }

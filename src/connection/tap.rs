@@ -376,12 +376,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tapped<T> {
 }
 
 impl<T> Tapped<T> {
-    /// Bytes moved: the stall timeout starts again. Only a connection with
-    /// a request in flight is timed that way, so others skip the clock read.
+    /// Bytes moved: the stall timeout starts again.
     fn note_io(&self) {
-        if self.conn.in_flight() > 0 {
-            self.conn.io_happened();
-        }
+        self.conn.io_happened();
     }
 
     fn wrote(&self, poll: &Poll<io::Result<usize>>) {
