@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# User-space instructions per request of one portcullis binary, counted by
+# callgrind (repeatable, unlike wall-clock numbers on a shared VM).
+#
+#   bench/callgrind.sh BIN public|key [SECONDS]
+#
+# Starts an nginx upstream (`return 200 "ok\n"`) and BIN under valgrind
+# with bench/portcullis.toml, both on loopback ports 18181-18183, warms the
+# route up with instrumentation off, then counts instructions while wrk
+# (-t1 -c16) loads the route for SECONDS (default 20), and prints the total
+# divided by the requests wrk made. Needs nginx, wrk, valgrind, curl.
+set -euo pipefail
+BIN=$1; ROUTE=$2; SECONDS_OF_LOAD=${3:-20}
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+D=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-callgrind.XXXX")
+cat > "$D/nginx.conf" <<NG
+worker_processes 1; daemon off; pid $D/nginx.pid; error_log $D/error.log;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $D; proxy_temp_path $D; fastcgi_temp_path $D;
+  uwsgi_temp_path $D; scgi_temp_path $D;
+  server { listen 127.0.0.1:18181; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
+NG
+nginx -c "$D/nginx.conf" -p "$D" & NGINX=$!
+VALGRIND=
+cleanup() { kill "$NGINX" ${VALGRIND:+"$VALGRIND"} 2>/dev/null || true; }
+trap cleanup EXIT
+sed -e "s#{portcullis_port}#18182#; s#{portcullis_admin_port}#18183#; s#{prefix}#$D#; s#{upstream_port}#18181#" \
+    "$here/portcullis.toml" > "$D/portcullis.toml"
+"$BIN" consumers create bench --config "$D/portcullis.toml" >/dev/null
+KEY=$("$BIN" keys create --consumer bench --json --config "$D/portcullis.toml" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$D/callgrind.out" \
+    "$BIN" serve --config "$D/portcullis.toml" > "$D/portcullis.log" 2>&1 & VALGRIND=$!
+for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:18182/ && break; sleep 0.5; done
+URL=http://127.0.0.1:18182/; HEADER=()
+if [ "$ROUTE" = key ]; then URL=http://127.0.0.1:18182/key; HEADER=(-H "X-API-Key: $KEY"); fi
+for _ in $(seq 1 50); do curl -sf -o /dev/null "${HEADER[@]}" "$URL"; done
+callgrind_control -i on "$VALGRIND" >/dev/null 2>&1
+wrk -t1 -c16 -d"${SECONDS_OF_LOAD}s" "${HEADER[@]}" "$URL" > "$D/wrk.txt"
+callgrind_control -i off "$VALGRIND" >/dev/null 2>&1
+kill "$VALGRIND"; wait "$VALGRIND" 2>/dev/null || true; VALGRIND=
+REQUESTS=$(awk '/requests in/ {print $1}' "$D/wrk.txt")
+INSTRUCTIONS=$(awk '/Collected :/ {print $NF}' "$D/portcullis.log")
+echo "$ROUTE: $REQUESTS requests, $INSTRUCTIONS instructions, $((INSTRUCTIONS / REQUESTS)) per request"
+grep -q "Non-2xx" "$D/wrk.txt" && { echo "wrk saw non-2xx answers:"; cat "$D/wrk.txt"; exit 1; }
+rm -rf "$D"
