@@ -127,8 +127,9 @@ async fn the_admin_listener_closes_silent_and_slow_connections() {
         common::h2::closes_within(&mut slow, Duration::from_secs(3)).await,
         "a half-sent head stays open"
     );
-    // A complete request is still answered, and keep-alive is not cut at the
-    // header timeout.
+    // A complete request is still answered. (That keep-alive lasts the idle
+    // timeout, not the header timeout, is tests/review_attacks.rs's
+    // `admin_keep_alive_lasts_the_idle_timeout_not_the_header_timeout`.)
     let c = client();
     let url = format!("http://{}/healthz", gw.admin_addr());
     assert_eq!(c.get(&url).send().await.unwrap().status(), 200);

@@ -1,7 +1,7 @@
-//! Review of issue 8: attacks on the new code paths, through real sockets.
-//! Each test here failed against the change as reviewed (see the report);
-//! each has a positive control so that the failure is the defect, not the
-//! harness.
+//! Attacks on the pipeline's new code paths, through real sockets, from a
+//! review of the change that introduced them. Each test failed against the
+//! code as reviewed and passes since its fix; each has a positive control,
+//! so that a failure is the gateway's, not the harness's.
 
 mod common;
 
