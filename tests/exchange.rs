@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::h2::{H2Connection, closes_within, code};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The real binary in front of `upstream`, with the access log on, a
@@ -154,43 +154,6 @@ async fn an_http1_client_that_disconnects_before_its_response_is_logged_as_499()
     assert_eq!(logged_with_status(&bin, 499), 1);
 }
 
-/// Sends a GET for `path` on `stream` and reads its whole response.
-async fn get_on(stream: &mut TcpStream, path: &str) -> String {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before the answer: {}",
-            String::from_utf8_lossy(&answer)
-        );
-        answer.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_string())
-                })
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if body.len() >= length {
-                return text;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn http1_keep_alive_lasts_the_idle_timeout_not_the_header_timeout() {
     let upstream = TestUpstream::start().await;
@@ -200,11 +163,14 @@ async fn http1_keep_alive_lasts_the_idle_timeout_not_the_header_timeout() {
     });
     let gw = start_gateway(&text).await;
     let mut stream = TcpStream::connect(gw.public_addr()).await.unwrap();
-    assert_eq!(raw_status(&get_on(&mut stream, "/a").await), 200);
+    assert_eq!(
+        raw_status(&get_on(&mut stream, "/a").await.expect("an answer")),
+        200
+    );
     // A real wait: longer than the header timeout, shorter than the idle one.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     assert_eq!(
-        raw_status(&get_on(&mut stream, "/b").await),
+        raw_status(&get_on(&mut stream, "/b").await.expect("keep-alive ended early")),
         200,
         "keep-alive ended early"
     );
@@ -225,7 +191,10 @@ async fn http1_keep_alive_lasts_the_idle_timeout_not_the_header_timeout() {
 
     // An idle connection is closed after the idle timeout, not before.
     let mut idle = TcpStream::connect(gw.public_addr()).await.unwrap();
-    assert_eq!(raw_status(&get_on(&mut idle, "/d").await), 200);
+    assert_eq!(
+        raw_status(&get_on(&mut idle, "/d").await.expect("an answer")),
+        200
+    );
     let started = Instant::now();
     assert!(
         closes_within(&mut idle, Duration::from_secs(6)).await,

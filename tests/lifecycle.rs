@@ -364,20 +364,7 @@ auth = ["api_key"]
 api_key_query = "api_key"
 "#;
     let path = write_config(dir.path(), &upstream.url(), routes, "production");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(binary_path())
-            .args(args)
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    cli(&["consumers", "create", "echo"]);
-    let created: serde_json::Value =
-        serde_json::from_str(&cli(&["keys", "create", "--consumer", "echo", "--json"])).unwrap();
-    let key = created["key"].as_str().unwrap().to_string();
+    let key = cli_key(&path, "echo");
     let bin = Binary::serve(&path, &[]);
     // The upstream answers 500 with everything it received: the target
     // (with the key in the query) and every header.

@@ -12,49 +12,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Sends a GET for `path` on `stream` and reads its whole response
-/// (Content-Length framed); `None` if the server closed the connection
-/// first.
-async fn get_on(stream: &mut TcpStream, path: &str) -> Option<String> {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    read_response(stream).await
-}
-
-/// Reads one Content-Length framed response; `None` if the connection
-/// closed (or failed) before it was complete.
-async fn read_response(stream: &mut TcpStream) -> Option<String> {
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("an answer or a close within 10 s")
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        answer.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_string())
-                })
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if body.len() >= length {
-                return Some(text);
-            }
-        }
-    }
-}
-
 fn get_fields(path: &[u8]) -> [Field<'_>; 4] {
     [
         (b":method", b"GET"),
@@ -319,20 +276,7 @@ auth = ["none"]
         upstream.url()
     );
     std::fs::write(&path, text).unwrap();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(binary_path())
-            .args(args)
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    cli(&["consumers", "create", "echo"]);
-    let created: serde_json::Value =
-        serde_json::from_str(&cli(&["keys", "create", "--consumer", "echo", "--json"])).unwrap();
-    let key = created["key"].as_str().unwrap().to_string();
+    let key = cli_key(&path, "echo");
     let secret = key.rsplit('_').next().unwrap().to_string();
     let bin = Binary::serve(&path, &[]);
     let logged = |request_id: &str| {

@@ -486,6 +486,49 @@ pub async fn read_until_quiet(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends a GET for `path` on `stream` and reads its whole response
+/// (Content-Length framed); `None` if the server closed the connection
+/// first.
+pub async fn get_on(stream: &mut TcpStream, path: &str) -> Option<String> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    read_response(stream).await
+}
+
+/// Reads one Content-Length framed response; `None` if the connection
+/// closed (or failed) before it was complete.
+pub async fn read_response(stream: &mut TcpStream) -> Option<String> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer or a close within 10 s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Some(text);
+            }
+        }
+    }
+}
+
 /// The status code of the first response in a raw answer.
 pub fn raw_status(answer: &str) -> u16 {
     answer
@@ -493,6 +536,30 @@ pub fn raw_status(answer: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+/// Runs a CLI command of the real binary against `config`; returns its
+/// stdout, failing the test if the command fails.
+pub fn run_cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary_path())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A new consumer with one key, made with the CLI; returns the key.
+pub fn cli_key(config: &Path, consumer: &str) -> String {
+    run_cli(config, &["consumers", "create", consumer]);
+    let created: serde_json::Value = serde_json::from_str(&run_cli(
+        config,
+        &["keys", "create", "--consumer", consumer, "--json"],
+    ))
+    .unwrap();
+    created["key"].as_str().unwrap().to_string()
 }
 
 /// The real binary, started with `args`, stdout and stderr captured.
