@@ -384,6 +384,21 @@ async fn a_flood_of_guessed_keys_costs_no_store_query_past_the_failure_limit() {
         misses + 1.0,
         "only the good key's own first lookup"
     );
+    // The same wrong key over and over: looked up once, then answered from
+    // the cache, and past the budget with 429 as well.
+    let misses = cache_misses(&gw).await;
+    let wrong = random_key();
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(from("192.0.2.44", &wrong).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses[..20], [401; 20], "{statuses:?}");
+    assert_eq!(statuses[20..], [429; 5], "{statuses:?}");
+    assert_eq!(
+        cache_misses(&gw).await,
+        misses + 1.0,
+        "one lookup, then the cache"
+    );
     // Requests without any key are not failed attempts.
     for _ in 0..30 {
         let resp = client()
@@ -397,8 +412,8 @@ async fn a_flood_of_guessed_keys_costs_no_store_query_past_the_failure_limit() {
     assert_eq!(from("198.51.100.10", &good).await.unwrap().status(), 200);
     assert_eq!(
         audit_count(&gw, "auth.failure_limited").await,
-        1,
-        "audited once per window"
+        2,
+        "audited once per client per window (two clients went over)"
     );
     gw.shutdown().await;
 }

@@ -6,11 +6,12 @@
 //! step (so concurrent guesses cannot all pass a check before any is
 //! counted), and is answered 429 with `Retry-After`, without the lookup,
 //! when the budget is spent; any other failed authentication (a malformed
-//! key, a wrong secret for a cached key) is charged afterwards. A key that
-//! is in the cache costs no lookup and is never refused by this limit, so an
-//! attacker behind a shared address cannot lock out its neighbours' working
-//! keys. The refusals are one `auth.failure_limited` audit event per client
-//! per window.
+//! key, a wrong secret or an unknown ID found in the cache) is charged when
+//! it fails, and answered 429 instead of 401 once the budget is spent. A
+//! working key that is in the cache costs no lookup and is never refused by
+//! this limit, so an attacker behind a shared address cannot lock out its
+//! neighbours' working keys. The refusals are one `auth.failure_limited`
+//! audit event per client per window.
 //!
 //! Counted in process (GCRA, like the rate limits), not in Redis: checking
 //! it is then free of round trips on every authenticated request. With
@@ -98,9 +99,9 @@ impl FailureLimiter {
         )
     }
 
-    /// Charges a store lookup to this client's budget, or returns the
-    /// seconds to wait when the budget is spent (the lookup must not run).
-    pub fn charge_lookup(&self, cx: &RequestCx) -> Result<(), u64> {
+    /// Charges a store lookup or a failed authentication to this client's
+    /// budget, or returns the seconds to wait when the budget is spent.
+    pub fn charge(&self, cx: &RequestCx) -> Result<(), u64> {
         let id = self.counter(cx);
         let check = self.local.count(id, self.limit.rate);
         if check.allowed {
@@ -109,11 +110,6 @@ impl FailureLimiter {
         let retry_after = ceil_secs(check.retry_after_us).max(1);
         self.audit_once(cx, id, retry_after);
         Err(retry_after)
-    }
-
-    /// Charges a failed authentication that cost no lookup.
-    pub fn record_failure(&self, cx: &RequestCx) {
-        self.local.count(self.counter(cx), self.limit.rate);
     }
 
     fn audit_once(&self, cx: &RequestCx, id: u64, retry_after: u64) {

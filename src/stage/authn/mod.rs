@@ -404,9 +404,10 @@ impl AuthnStage {
         Ok(found)
     }
 
-    /// A 401, audited; the failure is charged to the client's failure
-    /// budget unless no credential was presented, or its lookup was charged
-    /// already (`charged`).
+    /// A 401, audited. The failure is charged to the client's failure
+    /// budget, unless no credential was presented or its lookup was charged
+    /// already (`charged`); a client past its budget gets 429 instead, and
+    /// no `auth.failure` event (its refusals are audited once per window).
     fn fail(
         &self,
         cx: &RequestCx,
@@ -417,8 +418,9 @@ impl AuthnStage {
         if failure != AuthFailure::Missing
             && !charged
             && let Some(failures) = &self.failures
+            && let Err(retry_after_secs) = failures.charge(cx)
         {
-            failures.record_failure(cx);
+            return GatewayError::AuthFailuresLimited { retry_after_secs };
         }
         let mut event = Event::new("auth.failure", Severity::Warning)
             .for_request(cx)
@@ -583,7 +585,7 @@ impl Stage for AuthnStage {
         // budget first, in one step, and refused without running once the
         // budget is spent.
         if let Some(failures) = &self.failures
-            && let Err(retry_after_secs) = failures.charge_lookup(cx)
+            && let Err(retry_after_secs) = failures.charge(cx)
         {
             return Verdict::Ready(Err(GatewayError::AuthFailuresLimited { retry_after_secs }));
         }
@@ -681,12 +683,17 @@ mod tests {
         let budget = s.failures.as_ref().unwrap();
         // A failure that cost no lookup, then two lookups: the budget of three is spent.
         let _ = s.fail(&cx, AuthFailure::Malformed, None, false);
-        assert!(budget.charge_lookup(&cx).is_ok());
+        assert!(budget.charge(&cx).is_ok());
         // A failure found by a charged lookup is not charged twice.
         let _ = s.fail(&cx, AuthFailure::Invalid, None, true);
-        assert!(budget.charge_lookup(&cx).is_ok());
-        let wait = budget.charge_lookup(&cx).expect_err("the fourth is refused");
+        assert!(budget.charge(&cx).is_ok());
+        let wait = budget.charge(&cx).expect_err("the fourth is refused");
         assert!((1..=20).contains(&wait), "{wait}");
+        // Past the budget, a failure is answered 429, not 401.
+        assert!(matches!(
+            s.fail(&cx, AuthFailure::Invalid, None, false),
+            GatewayError::AuthFailuresLimited { .. }
+        ));
         // A missing key is not a failed attempt.
         let fresh = stage(
             FailureLimiter::compile(Some(&limit), true, &crate::runtime::Runtime::offline(), 64).unwrap(),
@@ -694,7 +701,7 @@ mod tests {
         for _ in 0..10 {
             let _ = fresh.fail(&cx, AuthFailure::Missing, None, false);
         }
-        assert!(fresh.failures.as_ref().unwrap().charge_lookup(&cx).is_ok());
+        assert!(fresh.failures.as_ref().unwrap().charge(&cx).is_ok());
     }
 
     #[test]
