@@ -276,7 +276,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         header_read: Duration::from_millis(200),
         idle: Duration::from_secs(60),
-        stall: Duration::from_millis(400),
+        stall: Duration::from_millis(1000),
     };
 
     fn conn() -> Connection {
@@ -327,7 +327,8 @@ mod tests {
             matches!(c.idleness(T, &mut p), Idleness::CheckAt(_)),
             "within the stall timeout"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        // (Oversleeping only makes this later, never earlier.)
+        std::thread::sleep(Duration::from_millis(900));
         assert_eq!(
             c.idleness(T, &mut p),
             Idleness::Expired,
