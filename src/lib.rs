@@ -10,6 +10,7 @@ pub mod body;
 pub mod compile;
 pub mod config;
 pub mod connection;
+pub mod cookies;
 pub mod demo;
 pub mod error;
 pub mod keys;

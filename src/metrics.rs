@@ -31,6 +31,41 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     /// For requests that matched no route.
     pub unrouted: RouteMetrics,
+    pub auth: AuthMetrics,
+}
+
+/// Authentication outcomes, by method: successes through handles made once
+/// (no label lookup on the request path), failures by reason.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    /// api_key, jwt, session.
+    successes: [IntCounter; 3],
+    outcomes: IntCounterVec,
+}
+
+impl AuthMetrics {
+    fn new(outcomes: IntCounterVec) -> AuthMetrics {
+        let success = |method| outcomes.with_label_values(&[method, "success"]);
+        AuthMetrics {
+            successes: [success("api_key"), success("jwt"), success("session")],
+            outcomes,
+        }
+    }
+
+    pub fn success(&self, method: crate::principal::Method) {
+        use crate::principal::Method;
+        let i = match method {
+            Method::ApiKey => 0,
+            Method::Jwt => 1,
+            Method::Session => 2,
+        };
+        self.successes[i].inc();
+    }
+
+    /// A refusal; `method` is "none" when no credential was presented.
+    pub fn failure(&self, method: &str, reason: &str) {
+        self.outcomes.with_label_values(&[method, reason]).inc();
+    }
 }
 
 /// Handles for one route.
@@ -142,8 +177,14 @@ impl Metrics {
             "Rate-limit decisions, by route and result (allowed, limited).",
             &["route", "result"],
         );
+        let auth_outcomes = counter(
+            "portcullis_auth_total",
+            "Authentication outcomes, by method (api_key, jwt, session, none) and outcome (success, or the refusal's reason).",
+            &["method", "outcome"],
+        );
         for collector in [
             Box::new(rate_limited.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_outcomes.clone()),
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
@@ -169,6 +210,7 @@ impl Metrics {
             config_reloads,
             rate_limited,
             unrouted,
+            auth: AuthMetrics::new(auth_outcomes),
         }
     }
 

@@ -197,8 +197,12 @@ fn compile_server(cx: &mut CompileCx<'_>) -> Option<ServerPolicy> {
 /// Resolves one secret. In production a missing, short, weak or inline
 /// secret is an error; in development a missing one is generated for this
 /// run, with a warning.
-fn resolve_secret(cx: &mut CompileCx<'_>, name: &str, reference: Option<&SecretRef>) -> Option<SecretValue> {
-    let key = format!("secrets.{name}");
+pub(crate) fn resolve_secret(
+    cx: &mut CompileCx<'_>,
+    key: &str,
+    reference: Option<&SecretRef>,
+) -> Option<SecretValue> {
+    let key = key.to_string();
     let production = cx.production();
     let reference = reference?;
     if production && matches!(reference, SecretRef::Inline(_)) {
@@ -233,8 +237,8 @@ fn resolve_secret(cx: &mut CompileCx<'_>, name: &str, reference: Option<&SecretR
 fn compile_secrets(cx: &mut CompileCx<'_>) -> Secrets {
     let s = &cx.config.secrets;
     Secrets {
-        admin_token: resolve_secret(cx, "admin_token", s.admin_token.as_ref()),
-        session_key: resolve_secret(cx, "session_key", s.session_key.as_ref()),
+        admin_token: resolve_secret(cx, "secrets.admin_token", s.admin_token.as_ref()),
+        session_key: resolve_secret(cx, "secrets.session_key", s.session_key.as_ref()),
     }
 }
 

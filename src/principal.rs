@@ -1,5 +1,5 @@
 //! Who a request authenticated as: one type that every kind of
-//! authentication fills (API keys now; JWTs and login sessions next), read by
+//! authentication fills (API keys, JWTs and login sessions), read by
 //! authorisation, rate limiting, audit and the access log, and rendered as
 //! the identity headers the upstream receives.
 //!
@@ -19,19 +19,39 @@ pub static X_PORTCULLIS_CONSUMER: HeaderName = HeaderName::from_static("x-portcu
 pub static X_PORTCULLIS_KEY_ID: HeaderName = HeaderName::from_static("x-portcullis-key-id");
 pub static X_PORTCULLIS_SCOPES: HeaderName = HeaderName::from_static("x-portcullis-scopes");
 pub static X_PORTCULLIS_USER: HeaderName = HeaderName::from_static("x-portcullis-user");
+pub static X_PORTCULLIS_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
+pub static X_PORTCULLIS_ISSUER: HeaderName = HeaderName::from_static("x-portcullis-issuer");
 
 /// How a principal authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     ApiKey,
+    Jwt,
+    Session,
 }
 
 impl Method {
     pub fn as_str(self) -> &'static str {
         match self {
             Method::ApiKey => "api_key",
+            Method::Jwt => "jwt",
+            Method::Session => "session",
         }
     }
+}
+
+/// A person's identity, as a token or a login session asserts it.
+#[derive(Debug, Default)]
+pub struct UserIdentity {
+    /// The user, `sub` by default.
+    pub user: String,
+    /// Which configured issuer or provider vouched for them.
+    pub issuer: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    /// Further headers for the upstream (selected claims), already named
+    /// `X-Portcullis-Claim-*`.
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// An authenticated identity.
@@ -44,13 +64,16 @@ struct Identity {
     consumer: Option<String>,
     user: Option<String>,
     key_id: Option<String>,
+    issuer: Option<String>,
     scopes: Vec<String>,
+    roles: Vec<String>,
     quota: Option<Arc<Limit>>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Header text, or a marker when the value cannot be a header (names and
-/// scopes are validated when stored, so this does not happen in practice).
+/// Header text, or a marker when the value cannot be a header (key names
+/// and scopes are validated when stored; a token's claims are checked for
+/// header-safe text when verified).
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
@@ -74,8 +97,42 @@ impl Principal {
             consumer: Some(consumer.to_string()),
             user: None,
             key_id: Some(key_id.to_string()),
+            issuer: None,
             scopes,
+            roles: Vec::new(),
             quota,
+            headers,
+        }))
+    }
+
+    /// The principal of a person, from a JWT or a login session. Built once
+    /// per verified token (the token cache keeps it) or per session load.
+    pub fn user(method: Method, identity: UserIdentity) -> Principal {
+        let UserIdentity {
+            user,
+            issuer,
+            scopes,
+            roles,
+            extra_headers,
+        } = identity;
+        let mut headers = vec![
+            (X_PORTCULLIS_USER.clone(), header_value(&user)),
+            (X_PORTCULLIS_ISSUER.clone(), header_value(&issuer)),
+            (X_PORTCULLIS_SCOPES.clone(), header_value(&scopes.join(" "))),
+        ];
+        if !roles.is_empty() {
+            headers.push((X_PORTCULLIS_ROLES.clone(), header_value(&roles.join(" "))));
+        }
+        headers.extend(extra_headers);
+        Principal(Arc::new(Identity {
+            method,
+            consumer: None,
+            user: Some(user),
+            key_id: None,
+            issuer: Some(issuer),
+            scopes,
+            roles,
+            quota: None,
             headers,
         }))
     }
@@ -89,8 +146,8 @@ impl Principal {
         self.0.consumer.as_deref()
     }
 
-    /// The person, for logins.
-    pub fn user(&self) -> Option<&str> {
+    /// The person, for tokens and logins.
+    pub fn user_name(&self) -> Option<&str> {
         self.0.user.as_deref()
     }
 
@@ -103,6 +160,16 @@ impl Principal {
         &self.0.scopes
     }
 
+    /// Roles, for people (API keys hold scopes only).
+    pub fn roles(&self) -> &[String] {
+        &self.0.roles
+    }
+
+    /// The issuer or login provider that vouched for a person.
+    pub fn issuer(&self) -> Option<&str> {
+        self.0.issuer.as_deref()
+    }
+
     /// The principal's own rate limit, if it has one.
     pub fn quota(&self) -> Option<&Arc<Limit>> {
         self.0.quota.as_ref()
@@ -110,7 +177,7 @@ impl Principal {
 
     /// Who to name in logs and audit events: the user, else the consumer.
     pub fn name(&self) -> &str {
-        self.user().or(self.consumer()).unwrap_or("")
+        self.user_name().or(self.consumer()).unwrap_or("")
     }
 
     /// Sets the identity headers on a request for the upstream.
@@ -140,5 +207,27 @@ mod tests {
         assert_eq!(h[&X_PORTCULLIS_SCOPES], "tasks:read tasks:write");
         assert_eq!(p.name(), "agent-7");
         assert_eq!(p.method().as_str(), "api_key");
+    }
+
+    #[test]
+    fn a_user_principal_names_the_user_and_lists_roles_only_when_held() {
+        let p = Principal::user(
+            Method::Jwt,
+            UserIdentity {
+                user: "alice".into(),
+                issuer: "app".into(),
+                scopes: vec!["chat".into()],
+                roles: vec![],
+                extra_headers: vec![],
+            },
+        );
+        let mut h = HeaderMap::new();
+        p.write_headers(&mut h);
+        assert_eq!(h[&X_PORTCULLIS_USER], "alice");
+        assert_eq!(h[&X_PORTCULLIS_ISSUER], "app");
+        assert_eq!(h[&X_PORTCULLIS_SCOPES], "chat");
+        assert!(h.get(&X_PORTCULLIS_ROLES).is_none());
+        assert!(h.get(&X_PORTCULLIS_CONSUMER).is_none());
+        assert_eq!(p.name(), "alice");
     }
 }

@@ -9,6 +9,7 @@ use crate::keys::KeyCache;
 use crate::metrics::Metrics;
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::redis::RedisLimiter;
+use crate::stage::authn::jwt::JwksRegistry;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -23,6 +24,8 @@ pub struct Runtime {
     pub redis: Option<Arc<RedisLimiter>>,
     /// When each rate-limit counter last made an audit event.
     pub limit_audit: Arc<quick_cache::sync::Cache<u64, std::time::Instant>>,
+    /// JWT issuers' key sets, kept warm across reloads.
+    pub jwks: Arc<JwksRegistry>,
 }
 
 impl Runtime {
@@ -34,11 +37,12 @@ impl Runtime {
         }
     }
 
-    /// No store, no Redis and no audit, with a metrics registry of its own:
+    /// No store, no Redis, no audit and no key fetching, with a metrics registry of its own:
     /// enough to compile and check a config.
     pub fn offline() -> Runtime {
         let metrics = Arc::new(Metrics::new());
         Runtime {
+            jwks: JwksRegistry::offline(&metrics),
             limiter: Arc::new(LocalLimiter::new(1024, &metrics)),
             metrics,
             store: None,

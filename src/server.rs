@@ -32,6 +32,7 @@ use crate::policy::{Policy, compile};
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::runtime::Runtime;
+use crate::stage::authn::jwt::JwksRegistry;
 use crate::store::{Store, StoreError};
 
 /// What every connection and the admin listener share.
@@ -106,6 +107,7 @@ async fn start_services(
         None => None,
     };
     let runtime = Runtime {
+        jwks: JwksRegistry::new(&metrics, audit.clone()),
         metrics,
         store: Some(store),
         keys: Some(keys),

@@ -5,7 +5,9 @@
 //! - `GET /readyz`: 200 when what the gateway itself needs works (the store;
 //!   Redis, when rate limits refuse traffic without it); every upstream is
 //!   probed and reported, and makes the answer 503 only if it is configured
-//!   with `readiness = "require"`.
+//!   with `readiness = "require"`. Each JWT issuer's JWKS is reported
+//!   (`ok`, `stale` or `unavailable`) as a warning that does not change the
+//!   answer.
 //! - `GET /metrics`: Prometheus text format.
 //! - `/admin/api/v1/…`: the admin REST API ([`api`]), with its OpenAPI
 //!   document at `/admin/api/v1/openapi.json`.
@@ -174,6 +176,27 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             ready = false;
         }
         checks.insert("redis".into(), value);
+    }
+    // An issuer whose keys cannot be refreshed is a warning, not a reason
+    // to leave the load balancer: every instance shares the issuer, and
+    // other routes still work.
+    for (issuer, health) in shared.runtime.jwks.health() {
+        use crate::stage::authn::jwt::Health;
+        let value = match health {
+            Health::Ok => json!({ "status": "ok" }),
+            Health::Stale { since_ms, error } => json!({
+                "status": "stale",
+                "warning": "the JWKS cannot be refreshed; the last good keys serve until jwks_max_stale",
+                "failing_since_ms": since_ms,
+                "detail": error,
+            }),
+            Health::Unavailable { error } => json!({
+                "status": "unavailable",
+                "warning": "no usable keys; this issuer's tokens are refused with 503",
+                "detail": error,
+            }),
+        };
+        checks.insert(format!("jwks:{issuer}"), value);
     }
     for (upstream, result) in results {
         let required = upstream.readiness == Readiness::Require;

@@ -252,9 +252,21 @@ pub struct RouteConfig {
     /// Authentication methods, any of which admits a request; `["none"]`
     /// marks a public route. Required in production.
     pub auth: Option<Vec<String>>,
-    /// Scopes a key must hold, all of them, to use this route.
+    /// Scopes the caller must hold, all of them, to use this route.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Roles of which the caller must hold at least one (people only: JWTs
+    /// and login sessions; API keys hold no roles).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The `[[auth.jwt]]` issuers (by name) whose tokens this route accepts;
+    /// all when omitted.
+    pub jwt_issuers: Option<Vec<String>>,
+    /// A cookie that may carry the token on this route.
+    pub jwt_cookie: Option<String>,
+    /// A header that may carry the token on this route (besides
+    /// `Authorization: Bearer`).
+    pub jwt_header: Option<String>,
     /// A query parameter that may carry the API key on this route (off by
     /// default: URLs end up in logs and browser history).
     pub api_key_query: Option<String>,

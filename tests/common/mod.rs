@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod h2;
+pub mod jwt;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -134,26 +135,39 @@ pub struct TestUpstream {
     received: Arc<Mutex<Vec<Received>>>,
 }
 
+/// Serves HTTP/1 and HTTP/2 on an ephemeral loopback port, answering each
+/// request with `answer`, until the test's runtime ends.
+pub async fn serve_http<F, Fut, B>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(answer))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 impl TestUpstream {
     pub async fn start() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(req, log.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = serve_http(move |req| answer(req, log.clone())).await;
         TestUpstream { addr, received }
     }
 
@@ -427,8 +441,11 @@ pub async fn start_gateway(text: &str) -> Gateway {
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
 }
 
+/// A plain-HTTP client. It trusts no certificate authority: loading the
+/// system's roots costs ~10 ms per client, and tests make many clients.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        .tls_certs_only(std::iter::empty())
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
@@ -438,6 +455,7 @@ pub fn client() -> reqwest::Client {
 /// A client that speaks HTTP/2 with prior knowledge (h2c).
 pub fn h2_client() -> reqwest::Client {
     reqwest::Client::builder()
+        .tls_certs_only(std::iter::empty())
         .no_proxy()
         .http2_prior_knowledge()
         .timeout(Duration::from_secs(10))

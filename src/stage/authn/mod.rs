@@ -1,41 +1,40 @@
 //! Authentication: who is calling.
 //!
-//! A route lists the methods that admit a request (`auth = ["api_key"]`);
-//! `["none"]` marks it public. For API keys the key is read from the
-//! configured headers (`X-API-Key` by default), from
-//! `Authorization: Bearer`, or, only where a route names one, from a query
-//! parameter. Then:
+//! A route lists the methods that admit a request (`auth = ["api_key",
+//! "jwt"]`); `["none"]` marks it public. The first method, in the route's
+//! order, whose credential the request presents decides: a bad API key is
+//! refused, not tried as something else. With none presented the answer is
+//! 401 with a `WWW-Authenticate` challenge for every method.
 //!
-//! - a client past `[auth] failure_limit`: 429, before anything is read
-//!   or looked up (see [`failure_limit`]);
-//! - no key, or a key without the `pc_<id>_<secret>` shape: 401;
-//! - an unknown ID or a wrong secret: 401, after the same work (a SHA-256
-//!   and a constant-time comparison) either way;
-//! - only once the secret matched: 401 for an expired or revoked key;
-//! - a good key: the request carries its [`Principal`].
+//! - [`api_key`]: keys from the store;
+//! - [`jwt`]: signed tokens of the `[[auth.jwt]]` issuers.
 //!
 //! Every 401 has `WWW-Authenticate` and a problem document, and is an
-//! `auth.failure` audit event (never with the key). Successes are sampled
-//! into `auth.success` events.
+//! `auth.failure` audit event (never with the credential). Every presented
+//! credential that fails is charged to `[auth] failure_limit` (see
+//! [`failure_limit`]). Successes are sampled into `auth.success` events.
 
+pub mod api_key;
 pub mod failure_limit;
+pub mod jwt;
+mod jwt_method;
 
 use std::sync::Arc;
 
-use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue, Request};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use crate::audit::{Audit, Event, Severity};
 use crate::body::GatewayBody;
-use crate::compile::CompileCx;
+use crate::compile::{CompileCx, Problems, RouteEntry};
 use crate::config::{ConfigDuration, RateSpec};
 use crate::error::GatewayError;
-use crate::keys::{self, CachedKey, KeyCache};
-use crate::pipeline::{Flow, Phases, RequestCx, Route, Slot, Stage, StageResult, Verdict};
-use crate::store::now_ms;
+use crate::metrics::AuthMetrics;
+use crate::pipeline::{Phases, RequestCx, Route, Slot, Stage, Verdict};
+use crate::principal::Method;
+pub use api_key::ApiKeyAuth;
 pub use failure_limit::{FailureLimit, FailureLimiter};
+use jwt::{IssuerSet, JwtIssuerConfig, JwtVerifier};
 
 fn default_true() -> bool {
     true
@@ -98,14 +97,37 @@ impl Default for ApiKeysConfig {
     }
 }
 
-/// `[auth]`: rules for every kind of authentication.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// `[auth]`: rules for every kind of authentication, and the JWT issuers.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Failed authentications a client IP may make before it is refused
     /// with 429 without a lookup: `"100 per minute"` in production,
     /// `"off"` in development, unless set.
     pub failure_limit: Option<FailureLimit>,
+    /// `[[auth.jwt]]`: issuers whose tokens `auth = ["jwt"]` accepts.
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
+    /// Verified tokens kept in memory, so a token sent again costs no
+    /// signature check.
+    #[serde(default = "AuthConfig::default_jwt_cache_size")]
+    pub jwt_cache_size: usize,
+}
+
+impl AuthConfig {
+    fn default_jwt_cache_size() -> usize {
+        10_000
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            failure_limit: None,
+            jwt: Vec::new(),
+            jwt_cache_size: Self::default_jwt_cache_size(),
+        }
+    }
 }
 
 /// One way a request may authenticate.
@@ -115,27 +137,41 @@ pub enum AuthMethod {
     None,
     /// A key from the store.
     ApiKey,
+    /// A token of a configured issuer.
+    Jwt,
 }
 
 impl AuthMethod {
     /// Methods a route may name, for messages.
-    pub const NAMES: &'static [&'static str] = &["none", "api_key"];
+    pub const NAMES: &'static [&'static str] = &["none", "api_key", "jwt"];
 
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "none" => Some(AuthMethod::None),
             "api_key" => Some(AuthMethod::ApiKey),
+            "jwt" => Some(AuthMethod::Jwt),
             _ => None,
         }
     }
 }
 
 /// What a route requires: its slot in this stage.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RouteAuth {
     pub methods: Vec<AuthMethod>,
     /// Query parameter that may carry a key on this route.
     pub key_query: Option<String>,
+    /// The issuers whose tokens this route accepts.
+    pub jwt_issuers: IssuerSet,
+    /// A cookie that may carry the token on this route.
+    pub jwt_cookie: Option<String>,
+    /// A header that may carry the token on this route.
+    pub jwt_header: Option<HeaderName>,
+    /// `WWW-Authenticate` for a request without credentials.
+    challenge: HeaderValue,
+    /// `WWW-Authenticate` for a refused bearer token (RFC 6750's
+    /// `error="invalid_token"`).
+    token_challenge: HeaderValue,
 }
 
 impl RouteAuth {
@@ -144,7 +180,7 @@ impl RouteAuth {
     }
 }
 
-/// Why authentication failed.
+/// Why an API key was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,
@@ -177,19 +213,34 @@ impl AuthFailure {
             AuthFailure::Revoked => "The API key has been revoked.",
         }
     }
+
+    fn refusal(self) -> Refusal {
+        Refusal {
+            method: Some(Method::ApiKey),
+            reason: self.reason(),
+            detail: self.detail(),
+            presented: self != AuthFailure::Missing,
+        }
+    }
+}
+
+/// A refusal of any method, as audited and answered.
+#[derive(Clone, Copy, Debug)]
+struct Refusal {
+    /// `None` when no credential of any method was presented.
+    method: Option<Method>,
+    reason: &'static str,
+    detail: &'static str,
+    /// A credential was presented (and the failure counts against the
+    /// client's failure budget).
+    presented: bool,
 }
 
 pub struct AuthnStage {
-    keys: Option<Arc<KeyCache>>,
     audit: Audit,
-    /// Headers a key may arrive in.
-    key_headers: Vec<HeaderName>,
-    /// Whether `Authorization: Bearer` may carry a key.
-    bearer: bool,
-    /// The `WWW-Authenticate` challenge sent with a 401.
-    challenge: HeaderValue,
-    /// Leave the key in the request for the upstream.
-    forward_key: bool,
+    metrics: AuthMetrics,
+    api_keys: ApiKeyAuth,
+    jwt: Option<Arc<JwtVerifier>>,
     failures: Option<FailureLimiter>,
     /// Keep the credentials a request carries for redaction (production,
     /// where upstream error bodies are logged).
@@ -197,12 +248,13 @@ pub struct AuthnStage {
     slot: Slot<RouteAuth>,
 }
 
-/// Compiles `[api_keys]`, `[auth]` and every route's `auth` and
-/// `api_key_query`.
+/// Compiles `[api_keys]`, `[auth]` (with its JWT issuers) and every
+/// route's `auth`, `api_key_query`, `jwt_issuers`, `jwt_cookie` and
+/// `jwt_header`.
 pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
     let config = cx.config;
     let production = cx.production();
-    let key_headers = compile_key_headers(cx);
+    let api_keys = ApiKeyAuth::compile(cx);
     let failures = FailureLimiter::compile(
         config.auth.failure_limit.as_ref(),
         production,
@@ -213,52 +265,36 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         cx.problems.at("auth.failure_limit", problem);
         None
     });
-    let slot = cx.per_route(|route, problems| Some(compile_route(route, problems, production)));
+    let jwt = jwt_method::compile_issuers(cx).map(Arc::new);
+    let slot = cx.per_route(|route, problems| {
+        Some(compile_route(
+            route,
+            problems,
+            production,
+            &api_keys,
+            jwt.as_deref(),
+        ))
+    });
     Some(Arc::new(AuthnStage {
-        keys: cx.runtime.keys.clone(),
         audit: cx.runtime.audit.clone(),
-        key_headers,
-        bearer: config.api_keys.bearer,
-        challenge: key_challenge(config),
-        forward_key: config.api_keys.forward_key,
+        metrics: cx.runtime.metrics.auth.clone(),
+        api_keys,
+        jwt,
         failures,
         redact: production,
         slot,
     }))
 }
 
-fn compile_key_headers(cx: &mut CompileCx<'_>) -> Vec<HeaderName> {
-    let keys = &cx.config.api_keys;
-    let mut names = Vec::new();
-    for name in &keys.headers {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) if h == AUTHORIZATION || h == http::header::COOKIE => cx.problems.at(
-                "api_keys.headers",
-                format!("`{name}` cannot carry keys; use `bearer = true` for Authorization"),
-            ),
-            Ok(h) => names.push(h),
-            Err(_) => cx
-                .problems
-                .at("api_keys.headers", format!("`{name}` is not a header name")),
-        }
-    }
-    if names.is_empty() && !keys.bearer {
-        cx.problems
-            .at("api_keys", "keys need a header or `bearer = true`");
-    }
-    names
-}
-
 fn compile_route(
-    route: &crate::compile::RouteEntry<'_>,
-    problems: &mut crate::compile::Problems<'_>,
+    route: &RouteEntry<'_>,
+    problems: &mut Problems<'_>,
     production: bool,
+    api_keys: &ApiKeyAuth,
+    jwt: Option<&JwtVerifier>,
 ) -> RouteAuth {
     let config = route.config;
-    let mut policy = RouteAuth {
-        methods: Vec::new(),
-        key_query: config.api_key_query.clone(),
-    };
+    let mut methods = Vec::new();
     match &config.auth {
         None => {
             if production {
@@ -268,7 +304,7 @@ fn compile_route(
                     "the route has no `auth`; production requires one (write auth = [\"none\"] for a public route)",
                 );
             }
-            policy.methods.push(AuthMethod::None);
+            methods.push(AuthMethod::None);
         }
         Some(names) => {
             if names.is_empty() {
@@ -280,7 +316,8 @@ fn compile_route(
             }
             for name in names {
                 match AuthMethod::parse(name) {
-                    Some(m) => policy.methods.push(m),
+                    Some(m) if !methods.contains(&m) => methods.push(m),
+                    Some(_) => problems.in_route(route, "auth", format!("`{name}` is listed twice")),
                     None => {
                         let hint = crate::config::load::nearest(name, AuthMethod::NAMES)
                             .map(|n| format!("; did you mean `{n}`?"))
@@ -298,232 +335,131 @@ fn compile_route(
             }
         }
     }
-    if policy.methods.contains(&AuthMethod::None) && policy.methods.len() > 1 {
+    if methods.contains(&AuthMethod::None) && methods.len() > 1 {
         problems.in_route(
             route,
             "auth",
             "\"none\" makes a route public; it cannot be combined with other methods",
         );
     }
-    if policy.key_query.is_some() && !policy.methods.contains(&AuthMethod::ApiKey) {
+    if config.api_key_query.is_some() && !methods.contains(&AuthMethod::ApiKey) {
         problems.in_route(
             route,
             "api_key_query",
             "only routes with auth = [\"api_key\"] read keys",
         );
     }
-    policy
-}
-
-/// The `WWW-Authenticate` challenge for API-key routes.
-fn key_challenge(config: &crate::config::Config) -> HeaderValue {
-    let header = config
-        .api_keys
-        .headers
-        .first()
-        .map(String::as_str)
-        .unwrap_or("Authorization");
-    let mut text = format!("ApiKey realm=\"portcullis\", header=\"{header}\"");
-    if config.api_keys.bearer {
-        text.push_str(", Bearer realm=\"portcullis\"");
+    let (jwt_issuers, jwt_cookie, jwt_header) = jwt_method::compile_route(route, problems, &methods, jwt);
+    let (challenge, token_challenge) = challenges(&methods, api_keys);
+    RouteAuth {
+        methods,
+        key_query: config.api_key_query.clone(),
+        jwt_issuers,
+        jwt_cookie,
+        jwt_header,
+        challenge,
+        token_challenge,
     }
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("ApiKey realm=\"portcullis\""))
 }
 
-/// Work done for an unknown ID, so it costs what a wrong secret costs.
-const NO_HASH: [u8; 32] = [0u8; 32];
-
-/// Whether an `Authorization` value is `Bearer <an API key>`.
-fn bearer_key(value: &HeaderValue) -> Option<&str> {
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && token.starts_with(keys::PREFIX)).then_some(token)
-}
-
-/// The key a request presents: its text, and the header value it came in
-/// (kept so that logs of the upstream's answer can be scrubbed of it; for a
-/// query parameter, its value as written in the URL).
-struct Presented {
-    text: String,
-    carrier: HeaderValue,
-}
-
-impl Presented {
-    /// The key as decoded, when it came percent-encoded in the query.
-    fn decoded_from_query(&self) -> Option<HeaderValue> {
-        (self.carrier.as_bytes() != self.text.as_bytes())
-            .then(|| HeaderValue::from_str(&self.text).ok())
-            .flatten()
+/// The `WWW-Authenticate` challenges of a route's methods: without and
+/// with RFC 6750's `error="invalid_token"` on the Bearer one.
+fn challenges(methods: &[AuthMethod], api_keys: &ApiKeyAuth) -> (HeaderValue, HeaderValue) {
+    let mut parts: Vec<String> = Vec::new();
+    let mut bearer = false;
+    for method in methods {
+        match method {
+            AuthMethod::ApiKey => {
+                parts.push(api_keys.challenge());
+                bearer |= api_keys.reads_bearer();
+            }
+            AuthMethod::Jwt => bearer = true,
+            AuthMethod::None => {}
+        }
     }
+    let render = |extra: &str| {
+        let mut all = parts.clone();
+        if bearer {
+            all.push(format!("Bearer realm=\"portcullis\"{extra}"));
+        }
+        HeaderValue::try_from(all.join(", "))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"portcullis\""))
+    };
+    (render(""), render(", error=\"invalid_token\""))
 }
 
 impl AuthnStage {
-    /// The key text the request presents, if exactly one distinct one.
-    fn presented(
-        &self,
-        req: &Request<GatewayBody>,
-        query_param: Option<&str>,
-    ) -> Result<Option<Presented>, AuthFailure> {
-        let mut found: Option<Presented> = None;
-        let mut add = |text: &str, carrier: &dyn Fn() -> HeaderValue| -> Result<(), AuthFailure> {
-            match &found {
-                Some(existing) if existing.text != text => Err(AuthFailure::Ambiguous),
-                Some(_) => Ok(()),
-                None => {
-                    found = Some(Presented {
-                        text: text.to_string(),
-                        carrier: carrier(),
-                    });
-                    Ok(())
-                }
-            }
-        };
-        for name in &self.key_headers {
-            for value in req.headers().get_all(name) {
-                let text = value.to_str().map_err(|_| AuthFailure::Malformed)?.trim();
-                add(text, &|| value.clone())?;
-            }
-        }
-        if self.bearer {
-            for value in req.headers().get_all(AUTHORIZATION) {
-                value.to_str().map_err(|_| AuthFailure::Malformed)?;
-                if let Some(token) = bearer_key(value) {
-                    add(token, &|| value.clone())?;
-                }
-            }
-        }
-        if let (Some(param), Some(query)) = (query_param, req.uri().query()) {
-            for (k, v, raw) in form_urlencoded_pairs(query) {
-                if k == param {
-                    add(&v, &|| {
-                        HeaderValue::from_str(raw).unwrap_or(HeaderValue::from_static(""))
-                    })?;
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// A 401, audited. The failure is charged to the client's failure
-    /// budget, unless no credential was presented or its lookup was charged
-    /// already (`charged`); a client past its budget gets 429 instead, and
-    /// no `auth.failure` event (its refusals are audited once per window).
+    /// A refusal, audited and counted: 401, or 429 once the client's failure
+    /// budget is spent. A presented credential is charged to the budget
+    /// unless its lookup was charged already (`charged`); a client past
+    /// its budget gets no `auth.failure` event (its refusals are audited
+    /// once per window).
     fn fail(
         &self,
         cx: &RequestCx,
-        failure: AuthFailure,
+        auth: &RouteAuth,
+        refusal: Refusal,
         key_id: Option<&str>,
         charged: bool,
     ) -> GatewayError {
-        if failure != AuthFailure::Missing
+        if refusal.presented
             && !charged
             && let Some(failures) = &self.failures
             && let Err(retry_after_secs) = failures.charge(cx)
         {
             return GatewayError::AuthFailuresLimited { retry_after_secs };
         }
+        let method = refusal.method.map(Method::as_str).unwrap_or("none");
         let mut event = Event::new("auth.failure", Severity::Warning)
             .for_request(cx)
-            .detail("method", "api_key")
-            .detail("reason", failure.reason());
+            .detail("method", method)
+            .detail("reason", refusal.reason);
         if let Some(id) = key_id {
             event = event.detail("key_id", id);
         }
         self.audit.emit(event);
+        self.metrics.failure(method, refusal.reason);
+        let token_refused = refusal.presented && refusal.method == Some(Method::Jwt);
         GatewayError::Unauthorized {
-            detail: failure.detail(),
-            challenge: self.challenge.clone(),
+            detail: refusal.detail,
+            challenge: if token_refused {
+                auth.token_challenge.clone()
+            } else {
+                auth.challenge.clone()
+            },
         }
     }
 
-    /// Judges a presented secret (as its hash) against the cached entry;
-    /// `charged`: the lookup that found it was charged to the failure budget.
-    fn decide(
-        &self,
-        cx: &mut RequestCx,
-        entry: Arc<CachedKey>,
-        hash: [u8; 32],
-        id: &str,
-        charged: bool,
-    ) -> StageResult {
-        let (record, usage, principal) = match &*entry {
-            CachedKey::Unknown { .. } => {
-                let _ = bool::from(hash.ct_eq(&NO_HASH));
-                return Err(self.fail(cx, AuthFailure::Invalid, Some(id), charged));
-            }
-            CachedKey::Known {
-                record,
-                usage,
-                principal,
-                ..
-            } => (record, usage, principal),
-        };
-        if !bool::from(hash.ct_eq(&record.secret_hash)) {
-            return Err(self.fail(cx, AuthFailure::Invalid, Some(id), charged));
-        }
-        let now = now_ms();
-        if record.revoked_at.is_some() {
-            return Err(self.fail(cx, AuthFailure::Revoked, Some(id), charged));
-        }
-        if record.expires_at.is_some_and(|t| t <= now) {
-            return Err(self.fail(cx, AuthFailure::Expired, Some(id), charged));
-        }
-        usage.record(now);
+    /// A success, sampled into the audit log and counted.
+    fn succeeded(&self, cx: &RequestCx, method: Method, name: &str, key_id: Option<&str>) {
+        self.metrics.success(method);
         if self.audit.sample_success() {
-            self.audit.emit(
-                Event::new("auth.success", Severity::Info)
-                    .for_request(cx)
-                    .consumer(record.consumer.as_str())
-                    .detail("method", "api_key")
-                    .detail("key_id", id),
-            );
-        }
-        cx.principal = Some(principal.clone());
-        Ok(Flow::Continue)
-    }
-
-    /// Removes the key from the headers it may have come in, so the
-    /// upstream (and its logs) never see it. A key in the query string is
-    /// left where it is: routes opt into that knowingly.
-    fn hide_key(&self, req: &mut Request<GatewayBody>) {
-        for name in &self.key_headers {
-            req.headers_mut().remove(name);
-        }
-        // Every Authorization line that carried the key goes; others (say,
-        // Basic for the backend's own use) stay, in order.
-        if self.bearer
-            && req
-                .headers()
-                .get_all(AUTHORIZATION)
-                .iter()
-                .any(|v| bearer_key(v).is_some())
-        {
-            let kept: Vec<HeaderValue> = req
-                .headers()
-                .get_all(AUTHORIZATION)
-                .iter()
-                .filter(|v| bearer_key(v).is_none())
-                .cloned()
-                .collect();
-            req.headers_mut().remove(AUTHORIZATION);
-            for value in kept {
-                req.headers_mut().append(AUTHORIZATION, value);
+            let mut event = Event::new("auth.success", Severity::Info)
+                .for_request(cx)
+                .consumer(name)
+                .detail("method", method.as_str());
+            if let Some(id) = key_id {
+                event = event.detail("key_id", id);
             }
+            self.audit.emit(event);
         }
     }
-}
 
-/// `a=1&b=%20x` as decoded pairs, each with its value as written.
-fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String, &str)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
+    /// No credential of any of the route's methods.
+    fn missing(&self, cx: &RequestCx, auth: &RouteAuth) -> GatewayError {
+        let detail = match auth.methods.as_slice() {
+            [AuthMethod::ApiKey] => AuthFailure::Missing.detail(),
+            [AuthMethod::Jwt] => "This route needs a bearer token.",
+            _ => "This route needs credentials.",
         };
-        (decode(k), decode(v), v)
-    })
+        let refusal = Refusal {
+            method: None,
+            reason: "missing",
+            detail,
+            presented: false,
+        };
+        self.fail(cx, auth, refusal, None, false)
+    }
 }
 
 impl Stage for AuthnStage {
@@ -544,185 +480,29 @@ impl Stage for AuthnStage {
         let Some(auth) = route.get(self.slot) else {
             return Verdict::CONTINUE;
         };
-        if auth.is_public() || !auth.methods.contains(&AuthMethod::ApiKey) {
-            // A key sent where none is read is still a secret the upstream
-            // might echo into a logged error body.
-            if self.redact {
-                for name in &self.key_headers {
-                    for value in req.headers().get_all(name) {
-                        cx.credentials.add_token(value.clone());
+        if self.redact && !auth.methods.contains(&AuthMethod::ApiKey) {
+            self.api_keys.note_unread(cx, req);
+        }
+        for method in &auth.methods {
+            match method {
+                AuthMethod::None => return Verdict::CONTINUE,
+                AuthMethod::ApiKey => match self.api_keys.presented(req, auth.key_query.as_deref()) {
+                    Ok(Some(presented)) => return self.api_key_access(cx, auth, req, presented),
+                    Ok(None) => {}
+                    Err(failure) => {
+                        return Verdict::Ready(Err(self.fail(cx, auth, failure.refusal(), None, false)));
                     }
-                }
+                },
+                AuthMethod::Jwt => match self.jwt_presented(req, auth) {
+                    Ok(Some(token)) => return self.jwt_access(cx, auth, req, token),
+                    Ok(None) => {}
+                    Err(refusal) => return Verdict::Ready(Err(self.fail(cx, auth, refusal, None, false))),
+                },
             }
-            return Verdict::CONTINUE;
         }
-        let presented = match self.presented(req, auth.key_query.as_deref()) {
-            Ok(Some(presented)) => presented,
-            Ok(None) => return Verdict::Ready(Err(self.fail(cx, AuthFailure::Missing, None, false))),
-            Err(failure) => return Verdict::Ready(Err(self.fail(cx, failure, None, false))),
-        };
-        if let Some(decoded) = presented.decoded_from_query() {
-            cx.credentials.add_token(decoded);
-        }
-        cx.credentials.add_token(presented.carrier);
-        let Some(key) = keys::parse(&presented.text) else {
-            return Verdict::Ready(Err(self.fail(cx, AuthFailure::Malformed, None, false)));
-        };
-        let hash = keys::hash_secret(key.secret);
-        let id = key.id.to_string();
-        if !self.forward_key {
-            self.hide_key(req);
-        }
-        let Some(cache) = self.keys.clone() else {
-            return Verdict::Ready(Err(GatewayError::Unavailable(
-                "the key store is not available".into(),
-            )));
-        };
-        if let Some(entry) = cache.get_fresh(&id) {
-            return Verdict::Ready(self.decide(cx, entry, hash, &id, false));
-        }
-        // Not in the cache: the lookup is charged to the client's failure
-        // budget first, in one step, and refused without running once the
-        // budget is spent.
-        if let Some(failures) = &self.failures
-            && let Err(retry_after_secs) = failures.charge(cx)
-        {
-            return Verdict::Ready(Err(GatewayError::AuthFailuresLimited { retry_after_secs }));
-        }
-        let charged = self.failures.is_some();
-        Verdict::Pending(Box::pin(async move {
-            match cache.lookup(&id).await {
-                Ok(entry) => self.decide(cx, entry, hash, &id, charged),
-                Err(error) => {
-                    tracing::error!(request_id = cx.request_id(), %error, "key lookup failed");
-                    Err(GatewayError::Unavailable("the key store is not available".into()))
-                }
-            }
-        }))
+        Verdict::Ready(Err(self.missing(cx, auth)))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stage(failures: Option<FailureLimiter>) -> AuthnStage {
-        AuthnStage {
-            keys: None,
-            audit: Audit::disabled(),
-            key_headers: vec![HeaderName::from_static("x-api-key")],
-            bearer: true,
-            challenge: HeaderValue::from_static("ApiKey"),
-            forward_key: false,
-            failures,
-            redact: true,
-            slot: Slot::new(0),
-        }
-    }
-
-    fn request(headers: &[(&str, &str)], uri: &str) -> Request<GatewayBody> {
-        let mut req = Request::new(GatewayBody::Empty);
-        *req.uri_mut() = uri.parse().unwrap();
-        for (k, v) in headers {
-            req.headers_mut()
-                .append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        req
-    }
-
-    #[test]
-    fn one_key_from_any_carrier_and_two_different_ones_are_ambiguous() {
-        let s = stage(None);
-        let key = keys::generate().key;
-        let other = keys::generate().key;
-        let same = request(
-            &[("x-api-key", &key), ("authorization", &format!("Bearer {key}"))],
-            "/",
-        );
-        assert_eq!(s.presented(&same, None).unwrap().unwrap().text, key);
-        let two = request(
-            &[("x-api-key", &key), ("authorization", &format!("Bearer {other}"))],
-            "/",
-        );
-        assert_eq!(s.presented(&two, None).err(), Some(AuthFailure::Ambiguous));
-        let query = request(&[], &format!("/x?token={key}"));
-        assert!(
-            s.presented(&query, None).unwrap().is_none(),
-            "the query is read only where a route says"
-        );
-        assert_eq!(s.presented(&query, Some("token")).unwrap().unwrap().text, key);
-        let basic = request(&[("authorization", "Basic dTpw")], "/");
-        assert!(s.presented(&basic, None).unwrap().is_none());
-    }
-
-    #[test]
-    fn the_key_is_removed_but_other_authorization_lines_stay() {
-        let s = stage(None);
-        let key = keys::generate().key;
-        let mut req = request(
-            &[
-                ("x-api-key", &key),
-                ("authorization", "Basic dTpw"),
-                ("authorization", &format!("Bearer {key}")),
-            ],
-            "/",
-        );
-        s.hide_key(&mut req);
-        assert!(req.headers().get("x-api-key").is_none());
-        let left: Vec<_> = req.headers().get_all(AUTHORIZATION).iter().collect();
-        assert_eq!(left, ["Basic dTpw"]);
-    }
-
-    #[test]
-    fn lookups_and_failures_share_one_budget_charged_before_the_lookup() {
-        let runtime = crate::runtime::Runtime::offline();
-        let limit = FailureLimit::Limit(crate::config::rate::parse_rate("3 per minute").unwrap());
-        let failures = FailureLimiter::compile(Some(&limit), true, &runtime, 64).unwrap();
-        let s = stage(failures);
-        let cx = RequestCx::for_test();
-        let budget = s.failures.as_ref().unwrap();
-        // A failure that cost no lookup, then two lookups: the budget of three is spent.
-        let _ = s.fail(&cx, AuthFailure::Malformed, None, false);
-        assert!(budget.charge(&cx).is_ok());
-        // A failure found by a charged lookup is not charged twice.
-        let _ = s.fail(&cx, AuthFailure::Invalid, None, true);
-        assert!(budget.charge(&cx).is_ok());
-        let wait = budget.charge(&cx).expect_err("the fourth is refused");
-        assert!((1..=20).contains(&wait), "{wait}");
-        // Past the budget, a failure is answered 429, not 401.
-        assert!(matches!(
-            s.fail(&cx, AuthFailure::Invalid, None, false),
-            GatewayError::AuthFailuresLimited { .. }
-        ));
-        // A missing key is not a failed attempt.
-        let fresh = stage(
-            FailureLimiter::compile(Some(&limit), true, &crate::runtime::Runtime::offline(), 64).unwrap(),
-        );
-        for _ in 0..10 {
-            let _ = fresh.fail(&cx, AuthFailure::Missing, None, false);
-        }
-        assert!(fresh.failures.as_ref().unwrap().charge(&cx).is_ok());
-    }
-
-    #[test]
-    fn the_failure_limit_is_on_in_production_and_off_in_development_by_default() {
-        let runtime = crate::runtime::Runtime::offline();
-        assert!(
-            FailureLimiter::compile(None, true, &runtime, 64)
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            FailureLimiter::compile(None, false, &runtime, 64)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            FailureLimiter::compile(Some(&FailureLimit::Off), true, &runtime, 64)
-                .unwrap()
-                .is_none()
-        );
-        let per_key = FailureLimit::Limit(crate::config::rate::parse_rate("3 per minute per key").unwrap());
-        assert!(FailureLimiter::compile(Some(&per_key), true, &runtime, 64).is_err());
-    }
-}
+mod tests;

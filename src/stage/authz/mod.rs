@@ -1,6 +1,9 @@
-//! Authorisation: what the caller may do here. A route's `scopes` must all
-//! be held by the request's principal, or the answer is 403 (and an
-//! `auth.failure` audit event with reason `missing_scope`).
+//! Authorisation: what the caller may do here, for every kind of
+//! authentication. A route's `scopes` must all be held by the request's
+//! principal, and of its `roles` at least one; otherwise the answer is 403
+//! (and an `auth.failure` audit event with reason `missing_scope` or
+//! `missing_role`). API keys hold scopes but no roles, so a route with
+//! `roles` admits only people (JWTs and login sessions).
 
 use std::sync::Arc;
 
@@ -11,42 +14,59 @@ use crate::body::GatewayBody;
 use crate::compile::CompileCx;
 use crate::error::GatewayError;
 use crate::pipeline::{Flow, Phases, RequestCx, Route, Slot, Stage, StageResult, Verdict};
+use crate::principal::Method;
 
 /// A route's requirements: its slot in this stage (routes without `scopes`
-/// have none).
+/// or `roles` have none).
 #[derive(Debug)]
-pub struct RouteScopes(Vec<String>);
+pub struct RouteRequires {
+    /// All of these.
+    scopes: Vec<String>,
+    /// Any of these.
+    roles: Vec<String>,
+}
 
 pub struct AuthzStage {
     audit: Audit,
-    slot: Slot<RouteScopes>,
+    slot: Slot<RouteRequires>,
 }
 
 /// Compiles every route's `scopes`.
 pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
     let slot = cx.per_route(|route, problems| {
-        let scopes = &route.config.scopes;
-        if scopes.is_empty() {
+        let (scopes, roles) = (&route.config.scopes, &route.config.roles);
+        if scopes.is_empty() && roles.is_empty() {
             return None;
         }
-        let authenticated = route
-            .config
-            .auth
-            .as_ref()
-            .is_some_and(|methods| methods.iter().any(|m| m != "none"));
-        if !authenticated {
-            problems.in_route(
-                route,
-                "scopes",
-                "scopes need an authenticated route (auth = [\"api_key\"])",
-            );
-        }
-        for scope in scopes {
-            if crate::keys::manage::validate_scope(scope).is_err() {
-                problems.in_route(route, "scopes", format!("`{scope}` is not a valid scope"));
+        let methods = route.config.auth.as_deref().unwrap_or_default();
+        let authenticated = methods.iter().any(|m| m != "none");
+        for (field, set) in [("scopes", !scopes.is_empty()), ("roles", !roles.is_empty())] {
+            if set && !authenticated {
+                problems.in_route(
+                    route,
+                    field,
+                    format!("{field} need an authenticated route (auth = [\"api_key\"] or [\"jwt\"])"),
+                );
             }
         }
-        Some(RouteScopes(scopes.clone()))
+        if !roles.is_empty() && methods.iter().all(|m| m == "api_key") && authenticated {
+            problems.in_route(
+                route,
+                "roles",
+                "API keys hold no roles; roles need auth = [\"jwt\"] (or a login session)",
+            );
+        }
+        for (field, names) in [("scopes", scopes), ("roles", roles)] {
+            for name in names {
+                if crate::keys::manage::validate_scope(name).is_err() {
+                    problems.in_route(route, field, format!("`{name}` is not a valid name"));
+                }
+            }
+        }
+        Some(RouteRequires {
+            scopes: scopes.clone(),
+            roles: roles.clone(),
+        })
     });
     Some(Arc::new(AuthzStage {
         audit: cx.runtime.audit.clone(),
@@ -56,22 +76,47 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
 
 impl AuthzStage {
     fn check(&self, cx: &RequestCx, route: &Route) -> StageResult {
-        let Some(RouteScopes(required)) = route.get(self.slot) else {
+        let Some(requires) = route.get(self.slot) else {
             return Ok(Flow::Continue);
         };
-        let held = cx.principal.as_ref().map(|p| p.scopes()).unwrap_or(&[]);
-        let missing: Vec<&str> = required
+        let principal = cx.principal.as_ref();
+        let held = principal.map(|p| p.scopes()).unwrap_or(&[]);
+        let missing: Vec<&str> = requires
+            .scopes
             .iter()
             .filter(|s| !held.contains(s))
             .map(String::as_str)
             .collect();
-        if missing.is_empty() {
-            return Ok(Flow::Continue);
+        let who = match principal.map(|p| p.method()) {
+            Some(Method::ApiKey) | None => "The API key",
+            Some(Method::Jwt) => "The token",
+            Some(Method::Session) => "Your session",
+        };
+        if !missing.is_empty() {
+            self.refused(cx, "missing_scope", &missing);
+            return Err(GatewayError::Forbidden(format!(
+                "{who} lacks the scope{} this route requires: {}.",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.join(", ")
+            )));
         }
+        let roles = principal.map(|p| p.roles()).unwrap_or(&[]);
+        if !requires.roles.is_empty() && !requires.roles.iter().any(|r| roles.contains(r)) {
+            let wanted: Vec<&str> = requires.roles.iter().map(String::as_str).collect();
+            self.refused(cx, "missing_role", &wanted);
+            return Err(GatewayError::Forbidden(format!(
+                "{who} holds none of the roles this route requires: {}.",
+                wanted.join(", ")
+            )));
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn refused(&self, cx: &RequestCx, reason: &str, missing: &[&str]) {
         let mut event = Event::new("auth.failure", Severity::Warning)
             .for_request(cx)
-            .detail("reason", "missing_scope")
-            .detail("missing", missing.clone());
+            .detail("reason", reason)
+            .detail("missing", missing);
         if let Some(p) = &cx.principal {
             event = event.consumer(p.name()).detail("method", p.method().as_str());
             if let Some(id) = p.key_id() {
@@ -79,11 +124,6 @@ impl AuthzStage {
             }
         }
         self.audit.emit(event);
-        Err(GatewayError::Forbidden(format!(
-            "The API key lacks the scope{} this route requires: {}.",
-            if missing.len() == 1 { "" } else { "s" },
-            missing.join(", ")
-        )))
     }
 }
 

@@ -161,7 +161,7 @@ fn subject(limit: &Limit, cx: &RequestCx, req: &Request<GatewayBody>, ipv6_prefi
             .map(Subject::text)
             .unwrap_or_else(ip),
         LimitKey::User => principal
-            .and_then(|p| p.user().or(p.consumer()))
+            .and_then(|p| p.user_name().or(p.consumer()))
             .map(Subject::text)
             .unwrap_or_else(ip),
         LimitKey::Header(name) => req
