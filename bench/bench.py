@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+import tokens  # noqa: E402  (bench/tokens.py: the JWT scenarios' tokens)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX_TARGETS = ("upstream", "nginx")
 SERVICES = ("redis",)
@@ -426,7 +428,8 @@ class Bench:
         self.comparisons = comparisons
         self.portcullis_env = portcullis_env
         self.instances: dict[str, Instance] = instances
-        self.generated_env: dict[str, str] = {}  # e.g. BENCH_API_KEY, made at start
+        # e.g. BENCH_API_KEY, made at start; the JWTs of the JWT scenarios.
+        self.generated_env: dict[str, str] = tokens.bench_tokens()
         self.services: dict[str, dict] = {}  # "redis" -> {"problem", "pid", "version", ...}
         self.tmp = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
         os.chmod(self.tmp, 0o755)  # nginx workers run as nobody when we are root
@@ -442,6 +445,8 @@ class Bench:
             # Unique per run, e.g. for the Redis key prefix of the shared Redis.
             "run_id": self.tmp.name,
             "redis_url": self.args.redis_url,
+            # The JWT fixture keys, for [[auth.jwt]] public_keys.
+            "jwt_keys": str(tokens.FIXTURES),
             **{f"{k}_port": v for k, v in self.ports.items()},
         }
         try:

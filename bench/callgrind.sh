@@ -2,7 +2,8 @@
 # User-space instructions per request of one portcullis binary, counted by
 # callgrind (repeatable, unlike wall-clock numbers on a shared VM).
 #
-#   bench/callgrind.sh BIN public|key [SECONDS]
+#   bench/callgrind.sh BIN public|key|jwt-rs256|jwt-es256 [SECONDS]
+#   KEEP=1 bench/callgrind.sh ...   # keep the callgrind.out for callgrind_annotate
 #
 # Starts an nginx upstream (`return 200 "ok\n"`) and BIN under valgrind
 # with bench/portcullis.toml, both on loopback ports 18181-18183, warms the
@@ -25,6 +26,7 @@ VALGRIND=
 cleanup() { kill "$NGINX" ${VALGRIND:+"$VALGRIND"} 2>/dev/null || true; }
 trap cleanup EXIT
 sed -e "s#{portcullis_port}#18182#; s#{portcullis_admin_port}#18183#; s#{prefix}#$D#; s#{upstream_port}#18181#" \
+    -e "s#{jwt_keys}#$here/../tests/fixtures/jwt#g" \
     "$here/portcullis.toml" > "$D/portcullis.toml"
 "$BIN" consumers create bench --config "$D/portcullis.toml" >/dev/null
 KEY=$("$BIN" keys create --consumer bench --json --config "$D/portcullis.toml" \
@@ -33,7 +35,13 @@ TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-
     "$BIN" serve --config "$D/portcullis.toml" > "$D/portcullis.log" 2>&1 & VALGRIND=$!
 for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:18182/ && break; sleep 0.5; done
 URL=http://127.0.0.1:18182/; HEADER=()
-if [ "$ROUTE" = key ]; then URL=http://127.0.0.1:18182/key; HEADER=(-H "X-API-Key: $KEY"); fi
+case "$ROUTE" in
+  key) URL=http://127.0.0.1:18182/key; HEADER=(-H "X-API-Key: $KEY") ;;
+  jwt-rs256|jwt-es256)
+    ALG=$(echo "${ROUTE#jwt-}" | tr a-z A-Z)
+    TOKEN=$(cd "$here" && python3 -c "import tokens; print(tokens.bench_tokens()['BENCH_JWT_$ALG'])")
+    URL=http://127.0.0.1:18182/jwt; HEADER=(-H "Authorization: Bearer $TOKEN") ;;
+esac
 for _ in $(seq 1 50); do curl -sf -o /dev/null "${HEADER[@]}" "$URL"; done
 callgrind_control -i on "$VALGRIND" >/dev/null 2>&1
 wrk -t1 -c16 -d"${SECONDS_OF_LOAD}s" "${HEADER[@]}" "$URL" > "$D/wrk.txt"
@@ -43,4 +51,4 @@ REQUESTS=$(awk '/requests in/ {print $1}' "$D/wrk.txt")
 INSTRUCTIONS=$(awk '/Collected :/ {print $NF}' "$D/portcullis.log")
 echo "$ROUTE: $REQUESTS requests, $INSTRUCTIONS instructions, $((INSTRUCTIONS / REQUESTS)) per request"
 grep -q "Non-2xx" "$D/wrk.txt" && { echo "wrk saw non-2xx answers:"; cat "$D/wrk.txt"; exit 1; }
-rm -rf "$D"
+if [ -n "${KEEP:-}" ]; then echo "kept: $D/callgrind.out"; else rm -rf "$D"; fi

@@ -88,6 +88,9 @@ pub struct CompileCx<'a> {
     slots_made: usize,
     /// Things worth saying at start that are not problems.
     pub warnings: Vec<String>,
+    /// The keys derived from `secrets.session_key` (and the previous ones),
+    /// for the stages that make or read session cookies.
+    pub session_keys: Option<Arc<crate::sessions::SessionKeys>>,
 }
 
 impl<'a> CompileCx<'a> {
@@ -114,6 +117,7 @@ impl<'a> CompileCx<'a> {
             slots_made: 0,
             routes,
             warnings: Vec::new(),
+            session_keys: None,
         }
     }
 

@@ -40,6 +40,10 @@ pub enum GatewayError {
         detail: &'static str,
         challenge: HeaderValue,
     },
+    /// A browser on a session route without a session: 302 to the login
+    /// page (`location`), which returns it to where it was going.
+    #[error("log in to continue")]
+    LoginRequired { location: HeaderValue },
     #[error("{0}")]
     Forbidden(String),
     #[error("too many requests; retry after {retry_after_secs} s")]
@@ -105,6 +109,7 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::CorsRefused(_) | GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::LoginRequired { .. } => StatusCode::FOUND,
             GatewayError::RateLimited { .. } | GatewayError::AuthFailuresLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -130,6 +135,7 @@ impl GatewayError {
             | GatewayError::NotFound
             | GatewayError::CorsRefused(_)
             | GatewayError::Unauthorized { .. }
+            | GatewayError::LoginRequired { .. }
             | GatewayError::Forbidden(_)
             | GatewayError::RateLimited { .. }
             | GatewayError::AuthFailuresLimited { .. }
@@ -194,6 +200,9 @@ impl GatewayError {
             }
             GatewayError::Unauthorized { challenge, .. } => {
                 headers.insert(http::header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            GatewayError::LoginRequired { location } => {
+                headers.insert(http::header::LOCATION, location.clone());
             }
             _ => {}
         }

@@ -23,8 +23,10 @@ pub mod principal;
 pub mod ratelimit;
 pub mod runtime;
 pub mod server;
+pub mod sessions;
 pub mod stage;
 pub mod store;
 pub mod upstream;
+pub mod users;
 
 pub use server::{Gateway, StartError};

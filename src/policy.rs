@@ -17,8 +17,8 @@ use crate::listener::ConnectionLimits;
 use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
 use crate::stage::{
-    access_log, authn, authz, body_limit, client_ip, cors, framing, rate_limit, request_head, request_id,
-    route, upstream_headers,
+    access_log, auth_pages, authn, authz, body_limit, client_ip, cors, framing, rate_limit, request_head,
+    request_id, route, upstream_headers,
 };
 use crate::upstream::Upstream;
 
@@ -69,6 +69,8 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         client_ip::compile(cx),
         request_head::compile(cx),
         rate_limit::pre_auth::compile(cx),
+        // After the pre-auth limits, so a login flood is cut off cheaply.
+        auth_pages::compile(cx),
         authn::compile(cx),
         authz::compile(cx),
         rate_limit::compile(cx),
@@ -89,6 +91,7 @@ pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, Confi
     let mut cx = CompileCx::new(loaded, runtime, route::route_ids(&config.routes));
     let server = compile_server(&mut cx);
     let secrets = compile_secrets(&mut cx);
+    cx.session_keys = compile_session_keys(&mut cx, &secrets);
     check_services(&mut cx);
     let upstreams = crate::upstream::compile_all(&mut cx);
     let stages = stage_order(&mut cx);
@@ -232,6 +235,28 @@ pub(crate) fn resolve_secret(
             Some(SecretValue::new(secret::generate().into_bytes()))
         }
     }
+}
+
+/// The session keys: the current `session_key`, and the previous ones that
+/// still open cookies and decrypt stored tokens.
+fn compile_session_keys(
+    cx: &mut CompileCx<'_>,
+    secrets: &Secrets,
+) -> Option<Arc<crate::sessions::SessionKeys>> {
+    let current = secrets.session_key.as_ref()?;
+    let previous: Vec<SecretValue> = cx
+        .config
+        .secrets
+        .previous_session_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| resolve_secret(cx, &format!("secrets.previous_session_keys[{i}]"), Some(r)))
+        .collect();
+    let previous: Vec<&[u8]> = previous.iter().map(|v| v.expose()).collect();
+    Some(Arc::new(crate::sessions::SessionKeys::new(
+        current.expose(),
+        &previous,
+    )))
 }
 
 fn compile_secrets(cx: &mut CompileCx<'_>) -> Secrets {

@@ -9,6 +9,7 @@ use crate::keys::KeyCache;
 use crate::metrics::Metrics;
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::redis::RedisLimiter;
+use crate::sessions::SessionCache;
 use crate::stage::authn::jwt::JwksRegistry;
 use crate::store::Store;
 
@@ -26,6 +27,8 @@ pub struct Runtime {
     pub limit_audit: Arc<quick_cache::sync::Cache<u64, std::time::Instant>>,
     /// JWT issuers' key sets, kept warm across reloads.
     pub jwks: Arc<JwksRegistry>,
+    /// Login sessions (with a store).
+    pub sessions: Option<Arc<SessionCache>>,
 }
 
 impl Runtime {
@@ -43,6 +46,7 @@ impl Runtime {
         let metrics = Arc::new(Metrics::new());
         Runtime {
             jwks: JwksRegistry::offline(&metrics),
+            sessions: None,
             limiter: Arc::new(LocalLimiter::new(1024, &metrics)),
             metrics,
             store: None,

@@ -32,6 +32,7 @@ use crate::policy::{Policy, compile};
 use crate::ratelimit::local::LocalLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::runtime::Runtime;
+use crate::sessions::SessionCache;
 use crate::stage::authn::jwt::JwksRegistry;
 use crate::store::{Store, StoreError};
 
@@ -106,8 +107,14 @@ async fn start_services(
         }
         None => None,
     };
+    let sessions = SessionCache::new(
+        store.clone(),
+        config.sessions.as_ref().map(|s| s.cache_size).unwrap_or(10_000),
+    );
+    background.push(sessions.spawn_maintenance());
     let runtime = Runtime {
         jwks: JwksRegistry::new(&metrics, audit.clone()),
+        sessions: Some(sessions),
         metrics,
         store: Some(store),
         keys: Some(keys),

@@ -499,15 +499,7 @@ async fn every_rfc_8725_attack_is_refused() {
     }
     assert_eq!(upstream.count(), 0, "no refused token reached the upstream");
     // The token never reaches the audit log; the reason does.
-    gw.shared().runtime.audit.flush().await;
-    let events = store_of(&gw)
-        .audit_query(&portcullis::store::audit::AuditFilter {
-            kind: Some("auth.failure".into()),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = audit_events(&gw, Some("auth.failure")).await;
     assert_eq!(events.len(), cases.len());
     assert!(events.iter().all(|e| e.event.details["method"] == "jwt"));
     let text = serde_json::to_string(&events).unwrap();

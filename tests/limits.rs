@@ -328,16 +328,7 @@ async fn cache_misses(gw: &portcullis::Gateway) -> f64 {
 }
 
 async fn audit_count(gw: &portcullis::Gateway, kind: &str) -> usize {
-    gw.shared().runtime.audit.flush().await;
-    store_of(gw)
-        .audit_query(&portcullis::store::audit::AuditFilter {
-            kind: Some(kind.into()),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .len()
+    audit_events(gw, Some(kind)).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@
 mod audit;
 mod gateway;
 mod identity;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: identity::KeyCommand,
     },
+    /// Manage local users (who log in to session routes with a password).
+    Users {
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
     /// Read and check the audit log.
     Audit {
         #[command(subcommand)]
@@ -99,6 +105,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Consumers { command } => identity::consumers(&config, command).await,
         Command::Keys { command } => identity::keys(&config, command).await,
+        Command::Users { command } => users::run(&config, command).await,
         Command::Audit { command } => audit::run(&config, command).await,
     }
 }

@@ -25,6 +25,7 @@ pub use rate::{LimitKey, RateSpec};
 pub use secret::{SecretRef, SecretValue};
 pub use units::{ByteSize, ConfigDuration};
 
+pub use crate::sessions::SessionsConfig;
 pub use crate::stage::authn::{ApiKeysConfig, AuthConfig};
 pub use crate::stage::cors::CorsConfig;
 pub use crate::stage::rate_limit::RateLimitsConfig;
@@ -61,6 +62,8 @@ pub struct Config {
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     pub cors: Option<CorsConfig>,
+    /// `[sessions]`: login sessions (routes with auth = ["session"]).
+    pub sessions: Option<SessionsConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -233,8 +236,12 @@ impl Default for LogConfig {
 pub struct SecretsConfig {
     /// Bearer token for `/admin/api/v1/…` on the admin listener.
     pub admin_token: Option<SecretRef>,
-    /// Key for signing session cookies.
+    /// Key for session cookies, form tokens and provider tokens at rest.
     pub session_key: Option<SecretRef>,
+    /// Earlier session keys: cookies and stored tokens made with them stay
+    /// valid (rotate by moving the old key here).
+    #[serde(default)]
+    pub previous_session_keys: Vec<SecretRef>,
 }
 
 /// `[[routes]]`: a path prefix and what protects it.

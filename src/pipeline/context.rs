@@ -37,6 +37,9 @@ pub struct RequestCx {
     pub rewritten_path: Option<String>,
     /// authn stage: who the request authenticated as.
     pub principal: Option<Principal>,
+    /// authn stage: where a browser refused on a session route is sent to
+    /// log in (it is a page load, so it can follow a redirect).
+    pub login_redirect: Option<HeaderValue>,
     /// authn stage and the proxy: credentials this request carried, which
     /// never appear in what the gateway logs of the upstream's answer.
     pub credentials: Credentials,
@@ -63,6 +66,7 @@ impl RequestCx {
             route: None,
             rewritten_path: None,
             principal: None,
+            login_redirect: None,
             credentials: Credentials::default(),
             rate_limit_headers: None,
             upstream_time: None,

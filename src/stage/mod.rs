@@ -11,9 +11,10 @@
 //! | [`request_head`] | early | request-target length (414), header count and size (431), a valid `Host` (400) and the host allow-list (421) |
 //! | [`cors`] | early, access, response | the origin allow-list; answers preflights; the upstream's `Access-Control-*` removed |
 //! | [`rate_limit::pre_auth`] | early, access | limits before authentication, global and per route |
+//! | [`auth_pages`] | early | `/.auth/…`: the login form, logout and userinfo (never routed upstream) |
 //! | [`route`] | route | normalises the path, finds the longest-prefix route, checks the method |
-//! | [`authn`] | access | failed-authentication limit; API keys from headers (or a route's query parameter), checked against the cached store |
-//! | [`authz`] | access | a route's `scopes` must all be held, else 403 |
+//! | [`authn`] | access | failed-authentication limit; API keys from headers (or a route's query parameter), checked against the cached store; JWTs of the configured issuers (PEM, secret or JWKS keys); login sessions |
+//! | [`authz`] | access | a route's `scopes` must all be held and one of its `roles`, else 403 |
 //! | [`rate_limit`] | access, response | every limit of the route (and the key's own) must pass; 429 with `Retry-After`; RateLimit headers |
 //! | [`body_limit`] | body | `max_body`: 413 before reading, or the streamed body cut off |
 //! | [`upstream_headers`] | upstream_request | hop-by-hop and client copies of the gateway's headers removed; `X-Forwarded-*`, `X-Request-Id` and the identity headers set |
@@ -22,6 +23,7 @@
 //! The proxy itself ([`crate::upstream`]) runs after the last request phase.
 
 pub mod access_log;
+pub mod auth_pages;
 pub mod authn;
 pub mod authz;
 pub mod body_limit;

@@ -9,6 +9,8 @@
 pub mod audit;
 pub mod consumers;
 pub mod keys;
+pub mod sessions;
+pub mod users;
 
 use std::path::Path;
 use std::str::FromStr;

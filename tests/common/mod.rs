@@ -2,6 +2,7 @@
 //! in-process or as the real binary, and raw-socket helpers.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod h2;
 pub mod jwt;
 
@@ -824,6 +825,23 @@ connect_timeout = "1s"
 "#,
         token = token_file.display()
     )
+}
+
+/// The audit events of `kind` (every kind for `None`) an in-process gateway
+/// has written so far, oldest first (after flushing its queue).
+pub async fn audit_events(
+    gw: &portcullis::Gateway,
+    kind: Option<&str>,
+) -> Vec<portcullis::audit::chain::ChainedEvent> {
+    gw.shared().runtime.audit.flush().await;
+    store_of(gw)
+        .audit_query(&portcullis::store::audit::AuditFilter {
+            kind: kind.map(String::from),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
 }
 
 /// The store a running in-process gateway uses.

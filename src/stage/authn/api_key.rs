@@ -276,8 +276,9 @@ impl AuthnStage {
         id: &str,
         charged: bool,
     ) -> StageResult {
-        let fail =
-            |cx: &RequestCx, failure: AuthFailure| self.fail(cx, auth, failure.refusal(), Some(id), charged);
+        let fail = |cx: &mut RequestCx, failure: AuthFailure| {
+            self.fail(cx, auth, failure.refusal(), Some(id), charged)
+        };
         let (record, usage, principal) = match &*entry {
             CachedKey::Unknown { .. } => {
                 let _ = bool::from(hash.ct_eq(&NO_HASH));

@@ -302,11 +302,16 @@ impl AuthnStage {
     }
 }
 
-/// `Authorization: Bearer <token>`'s token.
+/// `Authorization: Bearer <token>`'s token. (UTF-8 is checked rather than
+/// `to_str`'s byte-by-byte visible-ASCII test: a token is ~500 bytes, and
+/// anything that is not base64url fails verification anyway.)
 fn bearer_token(value: &HeaderValue) -> Option<&str> {
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let bytes = value.as_bytes();
+    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = std::str::from_utf8(&bytes[7..]).ok()?.trim();
+    (!token.is_empty()).then_some(token)
 }
 
 /// Removes the token from wherever it came, so the upstream (and its logs)
@@ -316,6 +321,12 @@ fn hide_token(req: &mut Request<GatewayBody>, auth: &RouteAuth, token: &Token) {
     for carrier in &token.carriers {
         match carrier {
             Carrier::Bearer => {
+                // Usually the token is the one Authorization line.
+                let mut lines = headers.get_all(AUTHORIZATION).iter();
+                if lines.next().is_some() && lines.next().is_none() {
+                    headers.remove(AUTHORIZATION);
+                    continue;
+                }
                 let kept: Vec<HeaderValue> = headers
                     .get_all(AUTHORIZATION)
                     .iter()

@@ -7,7 +7,8 @@
 //! 401 with a `WWW-Authenticate` challenge for every method.
 //!
 //! - [`api_key`]: keys from the store;
-//! - [`jwt`]: signed tokens of the `[[auth.jwt]]` issuers.
+//! - [`jwt`]: signed tokens of the `[[auth.jwt]]` issuers;
+//! - `session`: the login session cookie ([`crate::sessions`]).
 //!
 //! Every 401 has `WWW-Authenticate` and a problem document, and is an
 //! `auth.failure` audit event (never with the credential). Every presented
@@ -18,6 +19,7 @@ pub mod api_key;
 pub mod failure_limit;
 pub mod jwt;
 mod jwt_method;
+mod session_method;
 
 use std::sync::Arc;
 
@@ -35,6 +37,7 @@ use crate::principal::Method;
 pub use api_key::ApiKeyAuth;
 pub use failure_limit::{FailureLimit, FailureLimiter};
 use jwt::{IssuerSet, JwtIssuerConfig, JwtVerifier};
+use session_method::SessionAuth;
 
 fn default_true() -> bool {
     true
@@ -139,17 +142,20 @@ pub enum AuthMethod {
     ApiKey,
     /// A token of a configured issuer.
     Jwt,
+    /// A login session's cookie.
+    Session,
 }
 
 impl AuthMethod {
     /// Methods a route may name, for messages.
-    pub const NAMES: &'static [&'static str] = &["none", "api_key", "jwt"];
+    pub const NAMES: &'static [&'static str] = &["none", "api_key", "jwt", "session"];
 
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "none" => Some(AuthMethod::None),
             "api_key" => Some(AuthMethod::ApiKey),
             "jwt" => Some(AuthMethod::Jwt),
+            "session" => Some(AuthMethod::Session),
             _ => None,
         }
     }
@@ -241,6 +247,7 @@ pub struct AuthnStage {
     metrics: AuthMetrics,
     api_keys: ApiKeyAuth,
     jwt: Option<Arc<JwtVerifier>>,
+    sessions: Option<SessionAuth>,
     failures: Option<FailureLimiter>,
     /// Keep the credentials a request carries for redaction (production,
     /// where upstream error bodies are logged).
@@ -266,20 +273,21 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         None
     });
     let jwt = jwt_method::compile_issuers(cx).map(Arc::new);
+    let sessions = SessionAuth::compile(cx);
+    let has_sessions = cx.config.sessions.is_some();
     let slot = cx.per_route(|route, problems| {
-        Some(compile_route(
-            route,
-            problems,
-            production,
-            &api_keys,
-            jwt.as_deref(),
-        ))
+        let auth = compile_route(route, problems, production, &api_keys, jwt.as_deref());
+        if auth.methods.contains(&AuthMethod::Session) && !has_sessions {
+            problems.in_route(route, "auth", "\"session\" needs a [sessions] table");
+        }
+        Some(auth)
     });
     Some(Arc::new(AuthnStage {
         audit: cx.runtime.audit.clone(),
         metrics: cx.runtime.metrics.auth.clone(),
         api_keys,
         jwt,
+        sessions,
         failures,
         redact: production,
         slot,
@@ -374,6 +382,7 @@ fn challenges(methods: &[AuthMethod], api_keys: &ApiKeyAuth) -> (HeaderValue, He
                 bearer |= api_keys.reads_bearer();
             }
             AuthMethod::Jwt => bearer = true,
+            AuthMethod::Session => parts.push("Session realm=\"portcullis\", login=\"/.auth/login\"".into()),
             AuthMethod::None => {}
         }
     }
@@ -396,7 +405,7 @@ impl AuthnStage {
     /// once per window).
     fn fail(
         &self,
-        cx: &RequestCx,
+        cx: &mut RequestCx,
         auth: &RouteAuth,
         refusal: Refusal,
         key_id: Option<&str>,
@@ -409,6 +418,7 @@ impl AuthnStage {
         {
             return GatewayError::AuthFailuresLimited { retry_after_secs };
         }
+        let login = cx.login_redirect.take();
         let method = refusal.method.map(Method::as_str).unwrap_or("none");
         let mut event = Event::new("auth.failure", Severity::Warning)
             .for_request(cx)
@@ -419,6 +429,9 @@ impl AuthnStage {
         }
         self.audit.emit(event);
         self.metrics.failure(method, refusal.reason);
+        if let Some(location) = login {
+            return GatewayError::LoginRequired { location };
+        }
         let token_refused = refusal.presented && refusal.method == Some(Method::Jwt);
         GatewayError::Unauthorized {
             detail: refusal.detail,
@@ -446,10 +459,11 @@ impl AuthnStage {
     }
 
     /// No credential of any of the route's methods.
-    fn missing(&self, cx: &RequestCx, auth: &RouteAuth) -> GatewayError {
+    fn missing(&self, cx: &mut RequestCx, auth: &RouteAuth) -> GatewayError {
         let detail = match auth.methods.as_slice() {
             [AuthMethod::ApiKey] => AuthFailure::Missing.detail(),
             [AuthMethod::Jwt] => "This route needs a bearer token.",
+            [AuthMethod::Session] => "This route needs you to log in.",
             _ => "This route needs credentials.",
         };
         let refusal = Refusal {
@@ -483,6 +497,9 @@ impl Stage for AuthnStage {
         if self.redact && !auth.methods.contains(&AuthMethod::ApiKey) {
             self.api_keys.note_unread(cx, req);
         }
+        if auth.methods.contains(&AuthMethod::Session) && session_method::wants_login_page(req) {
+            cx.login_redirect = Some(session_method::login_location(req));
+        }
         for method in &auth.methods {
             match method {
                 AuthMethod::None => return Verdict::CONTINUE,
@@ -498,6 +515,11 @@ impl Stage for AuthnStage {
                     Ok(None) => {}
                     Err(refusal) => return Verdict::Ready(Err(self.fail(cx, auth, refusal, None, false))),
                 },
+                AuthMethod::Session => {
+                    if let Some(cookie) = self.session_presented(req) {
+                        return self.session_access(cx, auth, req, cookie);
+                    }
+                }
             }
         }
         Verdict::Ready(Err(self.missing(cx, auth)))

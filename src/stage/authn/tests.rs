@@ -10,6 +10,7 @@ fn stage(failures: Option<FailureLimiter>) -> AuthnStage {
         metrics: crate::metrics::Metrics::new().auth.clone(),
         api_keys: ApiKeyAuth::for_test(),
         jwt: None,
+        sessions: None,
         failures,
         redact: true,
         slot: Slot::new(0),
@@ -95,27 +96,27 @@ fn lookups_and_failures_share_one_budget_charged_before_the_lookup() {
     let limit = FailureLimit::Limit(crate::config::rate::parse_rate("3 per minute").unwrap());
     let failures = FailureLimiter::compile(Some(&limit), true, &runtime, 64).unwrap();
     let s = stage(failures);
-    let cx = RequestCx::for_test();
+    let mut cx = RequestCx::for_test();
     let auth = route_auth();
     let budget = s.failures.as_ref().unwrap();
     // A failure that cost no lookup, then two lookups: the budget of three is spent.
-    let _ = s.fail(&cx, &auth, AuthFailure::Malformed.refusal(), None, false);
+    let _ = s.fail(&mut cx, &auth, AuthFailure::Malformed.refusal(), None, false);
     assert!(budget.charge(&cx).is_ok());
     // A failure found by a charged lookup is not charged twice.
-    let _ = s.fail(&cx, &auth, AuthFailure::Invalid.refusal(), None, true);
+    let _ = s.fail(&mut cx, &auth, AuthFailure::Invalid.refusal(), None, true);
     assert!(budget.charge(&cx).is_ok());
     let wait = budget.charge(&cx).expect_err("the fourth is refused");
     assert!((1..=20).contains(&wait), "{wait}");
     // Past the budget, a failure is answered 429, not 401.
     assert!(matches!(
-        s.fail(&cx, &auth, AuthFailure::Invalid.refusal(), None, false),
+        s.fail(&mut cx, &auth, AuthFailure::Invalid.refusal(), None, false),
         GatewayError::AuthFailuresLimited { .. }
     ));
     // A missing key is not a failed attempt.
     let fresh =
         stage(FailureLimiter::compile(Some(&limit), true, &crate::runtime::Runtime::offline(), 64).unwrap());
     for _ in 0..10 {
-        let _ = fresh.fail(&cx, &auth, AuthFailure::Missing.refusal(), None, false);
+        let _ = fresh.fail(&mut cx, &auth, AuthFailure::Missing.refusal(), None, false);
     }
     assert!(fresh.failures.as_ref().unwrap().charge(&cx).is_ok());
 }
