@@ -17,6 +17,7 @@ pub mod keys;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod oidc;
 pub mod pipeline;
 pub mod policy;
 pub mod principal;

@@ -109,9 +109,13 @@ async fn start_services(
     };
     let sessions = SessionCache::new(
         store.clone(),
-        config.sessions.as_ref().map(|s| s.cache_size).unwrap_or(10_000),
+        config.sessions.clone().unwrap_or_default().cache_size,
     );
     background.push(sessions.spawn_maintenance());
+    if let Some(redis) = &redis {
+        sessions.use_redis(redis.clone());
+        background.push(redis.spawn_session_listener(sessions.clone()));
+    }
     let runtime = Runtime {
         jwks: JwksRegistry::new(&metrics, audit.clone()),
         sessions: Some(sessions),

@@ -172,6 +172,27 @@ async fn a_local_user_logs_in_uses_the_portal_and_logs_out() {
     assert_eq!(info["user"], "alice");
     assert_eq!(info["roles"][0], "ops");
 
+    // The gateway's cookies never reach an upstream, on any route.
+    let response = browser.get("/elsewhere").await;
+    assert_eq!(response.status(), 200);
+    let cookies = upstream
+        .last()
+        .headers
+        .get("cookie")
+        .map(|c| c.to_str().unwrap().to_string());
+    assert!(
+        cookies.as_ref().is_none_or(|c| !c.contains("portcullis")),
+        "{cookies:?}"
+    );
+    // `/.auth/` cannot be reached upstream through another spelling.
+    for sneaky in ["/x/../.auth/login", "/%2Eauth/login", "/x/%2e%2e/.auth/userinfo"] {
+        let before = upstream.count();
+        let request = format!("GET {sneaky} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = raw(gw.public_addr(), request.as_bytes()).await;
+        assert_eq!(raw_status(&answer), 404, "{sneaky}: {answer}");
+        assert_eq!(upstream.count(), before, "{sneaky} reached the upstream");
+    }
+
     // Tampered cookies are refused without a lookup.
     let tampered = Browser::new(gw.public_addr());
     let value = browser.cookie("__Host-portcullis").unwrap();
@@ -181,6 +202,17 @@ async fn a_local_user_logs_in_uses_the_portal_and_logs_out() {
     tampered.set_cookie("__Host-portcullis", &chars.into_iter().collect::<String>());
     let doc = assert_problem(tampered.get_json("/portal").await, 401).await;
     assert_eq!(doc["detail"], "The session cookie is not valid.");
+
+    // Logging in again ends the session the browser had (no fixation).
+    let first = browser.cookie("__Host-portcullis").unwrap();
+    assert_logs_in(&browser, "/portal", "alice").await;
+    let replay = Browser::new(gw.public_addr());
+    replay.set_cookie("__Host-portcullis", &first);
+    assert_eq!(
+        replay.get_json("/portal").await.status(),
+        401,
+        "the earlier session ended"
+    );
 
     // Logout needs the form's token; then the session is gone.
     let page = browser.get("/.auth/logout").await.text().await.unwrap();
@@ -208,7 +240,7 @@ async fn a_local_user_logs_in_uses_the_portal_and_logs_out() {
     for reason in ["csrf", "wrong_password", "unknown_user"] {
         assert!(failures.iter().any(|r| r == reason), "{reason}: {failures:?}");
     }
-    assert_eq!(audit_reasons(&gw, "login.success").await.len(), 1);
+    assert_eq!(audit_reasons(&gw, "login.success").await.len(), 2, "two logins");
     assert_eq!(audit_reasons(&gw, "session.logout").await.len(), 1);
     // No password or cookie value in the audit log.
     let all = serde_json::to_string(&audit_events(&gw, None).await).unwrap();

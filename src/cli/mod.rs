@@ -121,6 +121,8 @@ fn read_config(path: &std::path::Path) -> Result<LoadedConfig> {
 /// writer, for commands that change things.
 struct StoreSession {
     store: Store,
+    /// `[redis]`, to announce revocations at once.
+    redis: Option<portcullis::config::RedisConfig>,
     audit: Audit,
     audit_task: AuditTask,
 }
@@ -146,6 +148,7 @@ impl StoreSession {
             &Metrics::new(),
         );
         Ok(StoreSession {
+            redis: loaded.config.redis.clone(),
             store,
             audit,
             audit_task,

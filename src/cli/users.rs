@@ -80,6 +80,14 @@ async fn end_sessions(session: &StoreSession, username: &str) -> Result<usize> {
             username,
             Some(("sessions", ended.len().into())),
         );
+        if let Some(redis) = &session.redis
+            && let Err(error) =
+                portcullis::ratelimit::redis::publish_sessions_revoked_once(redis, &ended).await
+        {
+            eprintln!(
+                "note: could not announce the revocation through Redis ({error}); gateways notice within a second anyway"
+            );
+        }
     }
     Ok(ended.len())
 }

@@ -237,41 +237,66 @@ impl RedisLimiter {
         })
     }
 
-    fn key_channel(&self) -> String {
-        key_channel(&self.prefix)
-    }
-
     /// Tells every instance that a key changed (best effort).
     pub async fn publish_key_change(&self, key_id: &str) {
+        self.publish(key_channel(&self.prefix), key_id).await;
+    }
+
+    /// Tells every instance that a session was revoked (best effort; they
+    /// also notice within a second by polling the store).
+    pub async fn publish_session_revoked(&self, id_hash: &str) {
+        self.publish(session_channel(&self.prefix), id_hash).await;
+    }
+
+    async fn publish(&self, channel: String, payload: &str) {
         let Some(conn) = self.conn.load_full() else { return };
         let mut conn = MultiplexedConnection::clone(&conn);
         let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.key_channel()).arg(key_id);
+        publish.arg(&channel).arg(payload);
         match tokio::time::timeout(self.timeout, publish.query_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::debug!(%error, "could not publish a key change"),
-            Err(_) => tracing::debug!("could not publish a key change in time"),
+            Ok(Err(error)) => tracing::debug!(%error, %channel, "could not publish"),
+            Err(_) => tracing::debug!(%channel, "could not publish in time"),
         }
     }
 
-    /// Drops keys from `cache` as other instances announce changes; keeps
-    /// resubscribing after errors.
+    /// Drops keys from `cache` as other instances announce changes.
     pub fn spawn_key_listener(self: &Arc<Self>, cache: Arc<KeyCache>) -> tokio::task::JoinHandle<()> {
+        self.spawn_listener(key_channel(&self.prefix), move |id| cache.invalidate(&id))
+    }
+
+    /// Drops sessions from `cache` as other instances revoke them.
+    pub fn spawn_session_listener(
+        self: &Arc<Self>,
+        cache: Arc<crate::sessions::SessionCache>,
+    ) -> tokio::task::JoinHandle<()> {
+        self.spawn_listener(session_channel(&self.prefix), move |hash| {
+            cache.invalidate_hash(&hash)
+        })
+    }
+
+    /// Calls `on_message` with each message on `channel`; keeps
+    /// resubscribing after errors.
+    fn spawn_listener(
+        self: &Arc<Self>,
+        channel: String,
+        on_message: impl Fn(String) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let limiter = self.clone();
         tokio::spawn(async move {
             loop {
                 match limiter.client.get_async_pubsub().await {
                     Ok(mut pubsub) => {
-                        if pubsub.subscribe(limiter.key_channel()).await.is_ok() {
+                        if pubsub.subscribe(&channel).await.is_ok() {
                             let mut messages = pubsub.on_message();
                             while let Some(msg) = messages.next().await {
-                                if let Ok(id) = msg.get_payload::<String>() {
-                                    cache.invalidate(&id);
+                                if let Ok(payload) = msg.get_payload::<String>() {
+                                    on_message(payload);
                                 }
                             }
                         }
                     }
-                    Err(error) => tracing::debug!(%error, "key-change subscription failed; retrying"),
+                    Err(error) => tracing::debug!(%error, %channel, "subscription failed; retrying"),
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -304,16 +329,39 @@ pub fn key_channel(prefix: &str) -> String {
     format!("{prefix}:keys:changed")
 }
 
+pub fn session_channel(prefix: &str) -> String {
+    format!("{prefix}:sessions:revoked")
+}
+
 /// Publishes a key change from a short-lived process (the CLI).
 pub async fn publish_key_change_once(config: &RedisConfig, key_id: &str) -> Result<(), redis::RedisError> {
+    publish_once(config, key_channel(&config.prefix), &[key_id]).await
+}
+
+/// Publishes revoked sessions from a short-lived process (the CLI).
+pub async fn publish_sessions_revoked_once(
+    config: &RedisConfig,
+    hashes: &[String],
+) -> Result<(), redis::RedisError> {
+    let hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    publish_once(config, session_channel(&config.prefix), &hashes).await
+}
+
+async fn publish_once(
+    config: &RedisConfig,
+    channel: String,
+    payloads: &[&str],
+) -> Result<(), redis::RedisError> {
     let client = redis::Client::open(config.url.as_str())?;
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&connection_config(Duration::from_secs(1)))
         .await?;
-    redis::cmd("PUBLISH")
-        .arg(key_channel(&config.prefix))
-        .arg(key_id)
-        .query_async::<i64>(&mut conn)
-        .await?;
+    for payload in payloads {
+        redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(payload)
+            .query_async::<i64>(&mut conn)
+            .await?;
+    }
     Ok(())
 }

@@ -77,6 +77,8 @@ impl SessionEntry {
 
 pub struct SessionCache {
     store: Store,
+    /// With `[redis]`: revocations are announced to every instance at once.
+    redis: std::sync::OnceLock<Arc<crate::ratelimit::redis::RedisLimiter>>,
     /// By the SHA-256 of the session ID; `None`: no such session.
     entries: quick_cache::sync::Cache<[u8; 32], Option<Arc<SessionEntry>>>,
 }
@@ -85,8 +87,14 @@ impl SessionCache {
     pub fn new(store: Store, capacity: usize) -> Arc<SessionCache> {
         Arc::new(SessionCache {
             store,
+            redis: std::sync::OnceLock::new(),
             entries: quick_cache::sync::Cache::new(capacity.max(16)),
         })
+    }
+
+    /// Announces revocations through Redis from now on.
+    pub fn use_redis(&self, redis: Arc<crate::ratelimit::redis::RedisLimiter>) {
+        let _ = self.redis.set(redis);
     }
 
     pub fn store(&self) -> &Store {
@@ -125,8 +133,12 @@ impl SessionCache {
     /// Revokes a session here at once (other instances follow within a
     /// second, or at once through Redis).
     pub async fn revoke(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let revoked = self.store.revoke_session(&id.hash()).await?;
+        let hash = id.hash();
+        let revoked = self.store.revoke_session(&hash).await?;
         self.entries.remove(&id.digest());
+        if let Some(redis) = self.redis.get() {
+            redis.publish_session_revoked(&hash).await;
+        }
         Ok(revoked)
     }
 
@@ -139,7 +151,8 @@ impl SessionCache {
         }
     }
 
-    /// Writes last-use times that moved by more than [`TOUCH_EVERY_MS`].
+    /// Writes last-use times that changed since the last write (every
+    /// [`TOUCH_EVERY_MS`]).
     async fn write_last_seen(&self) {
         let due: Vec<(String, i64)> = self
             .entries

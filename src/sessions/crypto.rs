@@ -95,7 +95,7 @@ impl SessionKeys {
         std::iter::once(&self.current).chain(&self.previous)
     }
 
-    /// The cookie value for a session: `v1.<id>.<tag>`, 70 characters.
+    /// The cookie value for a session: `v1.<id>.<tag>`, 69 characters.
     pub fn cookie_value(&self, id: &SessionId) -> String {
         let tag = self.current.tag(b"session cookie", &id.0);
         format!(

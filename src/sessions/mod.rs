@@ -10,7 +10,7 @@
 //! tokens encrypted with AES-256-GCM under another derived key.
 //!
 //! A session ends at `max_age` after login (absolute), after `idle_timeout`
-//! without use, at logout, or when revoked (`users disable`, the admin API).
+//! without use, at logout, or when revoked (`users disable`, `users passwd`).
 //! Each instance caches sessions in memory; revocations reach every instance
 //! within about a second through a poll of the store's `updated_at`, and at
 //! once through Redis pub/sub when `[redis]` is configured.
@@ -56,6 +56,10 @@ pub struct SessionsConfig {
     /// Login attempts allowed per user name and, separately, per client IP.
     #[serde(default = "SessionsConfig::default_login_limit")]
     pub login_limit: RateSpec,
+    /// The gateway's public origin, e.g. `https://portal.example.com`:
+    /// identity providers send browsers back to
+    /// `<public_url>/.auth/callback/<name>`. Required with `[[auth.oidc]]`.
+    pub public_url: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -90,9 +94,19 @@ impl Default for SessionsConfig {
             cache_size: Self::default_cache_size(),
             local_users: false,
             login_limit: Self::default_login_limit(),
+            public_url: None,
         }
     }
 }
+
+/// The gateway's own cookies besides the session's (pre-login CSRF binding,
+/// pending provider login): never passed to an upstream.
+pub const LOGIN_COOKIES: [&str; 4] = [
+    "__Host-portcullis-login",
+    "portcullis-login",
+    "__Host-portcullis-oidc",
+    "portcullis-oidc",
+];
 
 /// Where a redirect after login or logout may go: a path on this origin.
 /// Anything else (`//evil.example`, `/\evil`, `https://…`, encoded forms of

@@ -140,7 +140,7 @@ impl Store {
         Ok((hashes, latest))
     }
 
-    /// Live sessions, newest first, for `users sessions` and the admin API.
+    /// Live sessions, newest first.
     pub async fn list_sessions(&self, username: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM sessions WHERE revoked_at IS NULL AND expires_at > $1 \

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod h2;
 pub mod jwt;
+pub mod oidc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

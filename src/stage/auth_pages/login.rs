@@ -33,8 +33,14 @@ impl AuthPagesStage {
         let binding = random_token();
         let csrf = self.keys.form_token("login", binding.as_bytes());
         let form = self.config.local_users.then_some((csrf.as_str(), return_to));
-        let error = error.or((!self.config.local_users).then_some("No way to sign in is configured."));
-        let mut response = page_response(status, html::login_page(&[], form, error));
+        let links = self
+            .providers
+            .as_ref()
+            .map(|p| p.links(return_to))
+            .unwrap_or_default();
+        let nothing = !self.config.local_users && links.is_empty();
+        let error = error.or(nothing.then_some("No way to sign in is configured."));
+        let mut response = page_response(status, html::login_page(&links, form, error));
         let cookie = format!(
             "{}={binding}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600{}",
             self.login_cookie_name(),
@@ -163,6 +169,10 @@ impl AuthPagesStage {
                 return Ok(self.login_form(&return_to, Some(WRONG), StatusCode::UNAUTHORIZED));
             }
         };
+        // A session the browser already had ends (no session fixation).
+        if let Some(old) = self.session_id(req) {
+            let _ = cache.revoke(&old).await;
+        }
         let now = now_ms();
         let id = SessionId::generate();
         let session = SessionRecord {

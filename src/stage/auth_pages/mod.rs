@@ -10,6 +10,8 @@
 //! - `GET /.auth/logout` shows a sign-out button; `POST /.auth/logout`
 //!   (with its token) revokes the session everywhere and clears the cookie.
 //! - `GET /.auth/userinfo`: the session's identity as JSON, or 401.
+//! - `GET /.auth/login/{provider}` and `/.auth/callback/{provider}`: login
+//!   with an `[[auth.oidc]]` provider (see `oidc.rs` and [`crate::oidc`]).
 //!
 //! Runs in the early phase, before routing: these paths are never routed to
 //! an upstream. Every page is `no-store`, framed by nobody, and allowed no
@@ -17,6 +19,7 @@
 
 mod html;
 mod login;
+mod oidc;
 
 use std::sync::Arc;
 
@@ -50,13 +53,23 @@ pub struct AuthPagesStage {
     user_limit: Limit,
     ip_limit: Limit,
     ipv6_prefix: u8,
+    providers: Option<oidc::Providers>,
 }
 
 /// Compiles `[sessions]`; no stage without it (then `/.auth/…` is routed
 /// like any other path, which in practice means 404).
 pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
-    let config = cx.config.sessions.clone()?;
+    let Some(config) = cx.config.sessions.clone() else {
+        if !cx.config.auth.oidc.is_empty() {
+            cx.problems.at(
+                "auth.oidc",
+                "providers log people in to sessions: add a [sessions] table",
+            );
+        }
+        return None;
+    };
     let keys = cx.session_keys.clone()?;
+    let providers = oidc::compile(cx);
     check_config(cx, &config);
     let limit = |scope| {
         let mut spec = config.login_limit.clone();
@@ -72,6 +85,7 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         audit: cx.runtime.audit.clone(),
         limiter: cx.runtime.limiter.clone(),
         ipv6_prefix: cx.config.rate_limits.ipv6_prefix,
+        providers,
     }))
 }
 
@@ -234,6 +248,13 @@ impl AuthPagesStage {
             ("/.auth/logout", Method::GET | Method::HEAD) => self.logout_page(req),
             ("/.auth/logout", Method::POST) => self.logout_submit(cx, req).await?,
             ("/.auth/userinfo", Method::GET | Method::HEAD) => self.userinfo(req).await?,
+            (p, Method::GET) if p.starts_with("/.auth/login/") => {
+                self.provider_login(cx, req, &p["/.auth/login/".len()..]).await?
+            }
+            (p, Method::GET) if p.starts_with("/.auth/callback/") => {
+                self.provider_callback(cx, req, &p["/.auth/callback/".len()..])
+                    .await?
+            }
             ("/.auth/login" | "/.auth/logout" | "/.auth/userinfo", _) => {
                 let allow = if path == "/.auth/userinfo" {
                     "GET, HEAD"
@@ -370,9 +391,18 @@ impl Stage for AuthPagesStage {
     }
 
     fn early<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
-        let path = req.uri().path();
-        if path != "/.auth" && !path.starts_with("/.auth/") {
+        let raw = req.uri().path();
+        // Matched on the normalised path too, so `/x/../.auth/login` or
+        // `/%2eauth/login` cannot slip past to an upstream as `/.auth/…`.
+        let normal = crate::stage::route::normalise::normalise(raw)
+            .map(|p| p.decoded.into_owned())
+            .unwrap_or_else(|_| raw.to_string());
+        let ours = |p: &str| p == "/.auth" || p.starts_with("/.auth/");
+        if !ours(raw) && !ours(&normal) {
             return Verdict::CONTINUE;
+        }
+        if raw != normal {
+            return Verdict::Ready(Err(GatewayError::NotFound));
         }
         Verdict::Pending(Box::pin(self.handle(cx, req)))
     }

@@ -115,6 +115,9 @@ pub struct AuthConfig {
     /// signature check.
     #[serde(default = "AuthConfig::default_jwt_cache_size")]
     pub jwt_cache_size: usize,
+    /// `[[auth.oidc]]`: identity providers people log in with (sessions).
+    #[serde(default)]
+    pub oidc: Vec<crate::oidc::OidcProviderConfig>,
 }
 
 impl AuthConfig {
@@ -129,6 +132,7 @@ impl Default for AuthConfig {
             failure_limit: None,
             jwt: Vec::new(),
             jwt_cache_size: Self::default_jwt_cache_size(),
+            oidc: Vec::new(),
         }
     }
 }
@@ -500,6 +504,7 @@ impl Stage for AuthnStage {
         if auth.methods.contains(&AuthMethod::Session) && session_method::wants_login_page(req) {
             cx.login_redirect = Some(session_method::login_location(req));
         }
+        let mut session_cookie = self.take_session_cookie(req);
         for method in &auth.methods {
             match method {
                 AuthMethod::None => return Verdict::CONTINUE,
@@ -516,8 +521,8 @@ impl Stage for AuthnStage {
                     Err(refusal) => return Verdict::Ready(Err(self.fail(cx, auth, refusal, None, false))),
                 },
                 AuthMethod::Session => {
-                    if let Some(cookie) = self.session_presented(req) {
-                        return self.session_access(cx, auth, req, cookie);
+                    if let Some(cookie) = session_cookie.take() {
+                        return self.session_access(cx, auth, cookie);
                     }
                 }
             }

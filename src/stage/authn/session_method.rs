@@ -74,19 +74,28 @@ pub(super) fn login_location(req: &Request<GatewayBody>) -> HeaderValue {
 }
 
 impl AuthnStage {
-    /// The session cookie's value, if the request carries one.
-    pub(super) fn session_presented(&self, req: &Request<GatewayBody>) -> Option<String> {
+    /// The session cookie's value, if the request carries one; and the
+    /// gateway's cookies are removed from the request either way, so no
+    /// upstream ever sees them (whichever method, if any, admits it).
+    pub(super) fn take_session_cookie(&self, req: &mut Request<GatewayBody>) -> Option<String> {
         let sessions = self.sessions.as_ref()?;
-        crate::cookies::values(req.headers(), &sessions.cookie_name)
+        let value = crate::cookies::values(req.headers(), &sessions.cookie_name)
             .next()
-            .map(str::to_string)
+            .map(str::to_string);
+        let headers = req.headers_mut();
+        if headers.contains_key(http::header::COOKIE) {
+            crate::cookies::remove(headers, &sessions.cookie_name);
+            for name in crate::sessions::LOGIN_COOKIES {
+                crate::cookies::remove(headers, name);
+            }
+        }
+        value
     }
 
     pub(super) fn session_access<'a>(
         &'a self,
         cx: &'a mut RequestCx,
         auth: &'a RouteAuth,
-        req: &'a mut Request<GatewayBody>,
         cookie: String,
     ) -> Verdict<'a> {
         let Some(sessions) = self.sessions.as_ref() else {
@@ -107,7 +116,14 @@ impl AuthnStage {
             )));
         };
         if let Some(found) = cache.cached(&id) {
-            return Verdict::Ready(self.session_decide(cx, auth, req, found, false));
+            // Idle by this instance's count: another may have seen it used
+            // since, so the store's last use is read before refusing.
+            let idle_here = found
+                .as_ref()
+                .is_some_and(|e| e.ended(now_ms(), sessions.idle_ms) == Some("idle"));
+            if !idle_here {
+                return Verdict::Ready(self.session_decide(cx, auth, found, false));
+            }
         }
         if let Some(failures) = &self.failures
             && let Err(retry_after_secs) = failures.charge(cx)
@@ -117,7 +133,7 @@ impl AuthnStage {
         let charged = self.failures.is_some();
         Verdict::Pending(Box::pin(async move {
             match cache.load(&id).await {
-                Ok(found) => self.session_decide(cx, auth, req, found, charged),
+                Ok(found) => self.session_decide(cx, auth, found, charged),
                 Err(error) => {
                     tracing::error!(request_id = cx.request_id(), %error, "session lookup failed");
                     Err(GatewayError::Unavailable(
@@ -132,7 +148,6 @@ impl AuthnStage {
         &self,
         cx: &mut RequestCx,
         auth: &RouteAuth,
-        req: &mut Request<GatewayBody>,
         found: Option<Arc<SessionEntry>>,
         charged: bool,
     ) -> StageResult {
@@ -148,8 +163,6 @@ impl AuthnStage {
         }
         entry.touch(now);
         self.succeeded(cx, Method::Session, &entry.record.username, None);
-        // The upstream never sees the cookie; it gets the identity headers.
-        crate::cookies::remove(req.headers_mut(), &sessions.cookie_name);
         cx.principal = Some(entry.principal.clone());
         Ok(Flow::Continue)
     }

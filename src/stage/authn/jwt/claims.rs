@@ -67,6 +67,11 @@ fn words(value: &Value) -> Vec<String> {
     }
 }
 
+/// A list claim by dotted path (roles, groups), empty when absent.
+pub fn list_claim(claims: &Map<String, Value>, path: &str) -> Vec<String> {
+    lookup(claims, path).map(words).unwrap_or_default()
+}
+
 /// Text that may go into a header.
 fn header_safe(text: &str) -> bool {
     text.len() <= MAX_CLAIM_TEXT && HeaderValue::from_str(text).is_ok()

@@ -359,6 +359,11 @@ impl JwksRegistry {
         })
     }
 
+    /// The HTTP client (for identity providers too), if this process fetches.
+    pub fn http(&self) -> Option<reqwest::Client> {
+        self.client.clone()
+    }
+
     /// How each live source is doing, by issuer name.
     pub fn health(&self) -> Vec<(String, Health)> {
         let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());

@@ -253,7 +253,7 @@ struct Peek {
     iss: Option<String>,
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     jwks::now_ms() / 1000
 }
 
@@ -311,9 +311,6 @@ impl JwtVerifier {
     /// Verifies a token that is not cached (`digest` from [`Self::digest`])
     /// for a route that accepts `allowed` issuers, and caches it if good.
     pub fn verify(&self, token: &str, digest: [u8; 32], allowed: IssuerSet) -> Outcome {
-        if token.len() > self.max_token_size() {
-            return Outcome::Done(Err(JwtFailure::Oversize));
-        }
         match self.verify_uncached(token, allowed, now_secs()) {
             Ok(verified) => {
                 let done = Ok((verified.principal.clone(), verified.issuer));
@@ -338,7 +335,39 @@ impl JwtVerifier {
     }
 
     fn verify_uncached(&self, token: &str, allowed: IssuerSet, now: u64) -> Result<Verified, VerifyStep> {
+        let (index, claims, generation) = self.verify_claims(token, allowed, now)?;
+        let issuer = &self.issuers[index];
+        let principal = issuer
+            .claims
+            .principal(Method::Jwt, &issuer.name, &claims)
+            .map_err(|p| {
+                VerifyStep::Failed(match p {
+                    ClaimProblem::NoUser => JwtFailure::MissingClaim,
+                    ClaimProblem::Unusable => JwtFailure::UnusableClaims,
+                })
+            })?;
+        Ok(Verified {
+            principal,
+            issuer: index,
+            exp: claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            nbf: claims.get("nbf").and_then(serde_json::Value::as_u64),
+            generation,
+        })
+    }
+
+    /// Every check of a token (not cached): the issuer's index, the
+    /// verified claims and the key generation they were verified with. Also
+    /// what login verifies ID tokens with.
+    pub fn verify_claims(
+        &self,
+        token: &str,
+        allowed: IssuerSet,
+        now: u64,
+    ) -> Result<(usize, serde_json::Map<String, serde_json::Value>, u64), VerifyStep> {
         let fail = |f| Err(VerifyStep::Failed(f));
+        if token.len() > self.max_token_size() {
+            return fail(JwtFailure::Oversize);
+        }
         // Three non-empty parts: a token with its signature stripped is
         // malformed, not unsigned.
         let mut parts = token.split('.');
@@ -394,22 +423,7 @@ impl JwtVerifier {
                     let claims = data.claims;
                     self.check_claims(issuer, &claims, now)
                         .map_err(VerifyStep::Failed)?;
-                    let principal = issuer
-                        .claims
-                        .principal(Method::Jwt, &issuer.name, &claims)
-                        .map_err(|p| {
-                            VerifyStep::Failed(match p {
-                                ClaimProblem::NoUser => JwtFailure::MissingClaim,
-                                ClaimProblem::Unusable => JwtFailure::UnusableClaims,
-                            })
-                        })?;
-                    return Ok(Verified {
-                        principal,
-                        issuer: index,
-                        exp: claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0),
-                        nbf: claims.get("nbf").and_then(serde_json::Value::as_u64),
-                        generation,
-                    });
+                    return Ok((index, claims, generation));
                 }
                 Err(e) => {
                     last = failure_of(e.kind());
@@ -446,7 +460,7 @@ impl JwtVerifier {
 }
 
 /// An unfinished verification.
-enum VerifyStep {
+pub enum VerifyStep {
     Failed(JwtFailure),
     NeedKeys(Arc<JwksSource>, u64),
 }

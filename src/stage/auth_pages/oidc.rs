@@ -1,0 +1,268 @@
+//! `/.auth/login/{provider}` and `/.auth/callback/{provider}`: the browser
+//! side of the provider login (see [`crate::oidc`]).
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+
+use super::{AuthPagesStage, html, page_response, query_param, see_other};
+use crate::audit::Severity;
+use crate::body::GatewayBody;
+use crate::compile::CompileCx;
+use crate::error::GatewayError;
+use crate::oidc::flow::{self, Pending};
+use crate::oidc::{LoginError, Provider};
+use crate::pipeline::RequestCx;
+use crate::sessions::crypto::SessionId;
+use crate::sessions::safe_return_to;
+use crate::store::now_ms;
+use crate::store::sessions::SessionRecord;
+
+/// The providers, the public origin they return to, and an HTTP client.
+pub struct Providers {
+    pub list: Vec<Arc<Provider>>,
+    public_url: String,
+    client: Option<reqwest::Client>,
+}
+
+/// Compiles `[[auth.oidc]]` (needs `[sessions] public_url`).
+pub fn compile(cx: &mut CompileCx<'_>) -> Option<Providers> {
+    let configs = &cx.config.auth.oidc;
+    if configs.is_empty() {
+        return None;
+    }
+    let public_url = cx
+        .config
+        .sessions
+        .as_ref()
+        .and_then(|s| s.public_url.clone())
+        .map(|u| u.trim_end_matches('/').to_string());
+    let Some(public_url) = public_url else {
+        cx.problems.at(
+            "sessions.public_url",
+            "[[auth.oidc]] needs [sessions] public_url (the origin providers send browsers back to)",
+        );
+        return None;
+    };
+    if !(public_url.starts_with("https://")
+        || (!cx.production() || public_url.starts_with("http://127.0.0.1")))
+    {
+        cx.problems
+            .at("sessions.public_url", "must be an https origin in production");
+    }
+    let production = cx.production();
+    let registry = cx.runtime.jwks.clone();
+    let mut list = Vec::new();
+    for (i, config) in configs.iter().enumerate() {
+        let at = format!("auth.oidc[{i}]");
+        if configs[..i].iter().any(|o| o.name == config.name) {
+            cx.problems.at(
+                &format!("{at}.name"),
+                format!("`{}` names two providers", config.name),
+            );
+        }
+        let secret =
+            crate::policy::resolve_secret(cx, &format!("{at}.client_secret"), Some(&config.client_secret));
+        let mut problems = Vec::new();
+        let provider = crate::oidc::compile_provider(config, secret, &registry, production, &mut |k, m| {
+            problems.push((k.to_string(), m))
+        });
+        for (key, message) in problems {
+            let key = if key.is_empty() {
+                at.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            cx.problems.at(&key, message);
+        }
+        list.extend(provider.map(Arc::new));
+    }
+    Some(Providers {
+        list,
+        public_url,
+        client: registry.http(),
+    })
+}
+
+impl Providers {
+    pub fn find(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.list.iter().find(|p| p.name == name)
+    }
+
+    fn redirect_uri(&self, provider: &Provider) -> String {
+        format!("{}/.auth/callback/{}", self.public_url, provider.name)
+    }
+
+    /// The login page's buttons.
+    pub fn links(&self, return_to: &str) -> Vec<html::ProviderLink> {
+        let rd = percent_encoding::utf8_percent_encode(return_to, percent_encoding::NON_ALPHANUMERIC);
+        self.list
+            .iter()
+            .map(|p| html::ProviderLink {
+                label: p.label.clone(),
+                href: format!("/.auth/login/{}?rd={rd}", p.name),
+            })
+            .collect()
+    }
+}
+
+impl AuthPagesStage {
+    fn oidc_cookie_name(&self) -> &'static str {
+        if self.config.cookie_secure {
+            "__Host-portcullis-oidc"
+        } else {
+            "portcullis-oidc"
+        }
+    }
+
+    /// Sends the browser to the provider, remembering the login (state,
+    /// nonce, PKCE verifier, where to return) in an encrypted cookie.
+    pub(super) async fn provider_login(
+        &self,
+        cx: &mut RequestCx,
+        req: &Request<GatewayBody>,
+        name: &str,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let (Some(providers), Some(provider)) = (
+            self.providers.as_ref(),
+            self.providers.as_ref().and_then(|p| p.find(name)),
+        ) else {
+            return Err(GatewayError::NotFound);
+        };
+        let client = providers.client.as_ref().ok_or_else(|| {
+            GatewayError::Unavailable("this process does not call identity providers".into())
+        })?;
+        let pending = Pending::new(&provider.name, safe_return_to(query_param(req, "rd").as_deref()));
+        let url =
+            match flow::authorize_url(provider, client, &providers.redirect_uri(provider), &pending).await {
+                Ok(url) => url,
+                Err(error) => return Ok(self.login_failed(cx, Some(name), &error)),
+            };
+        let sealed = self
+            .keys
+            .encrypt(&serde_json::to_vec(&pending).expect("a pending login serialises"));
+        let cookie = format!(
+            "{}={sealed}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+            self.oidc_cookie_name(),
+            flow::LOGIN_TTL.as_secs(),
+            self.secure()
+        );
+        let mut response = see_other(&url, vec![cookie]);
+        *response.status_mut() = StatusCode::FOUND;
+        Ok(response)
+    }
+
+    /// The provider sent the browser back: check the state, finish the
+    /// login, and create the session.
+    pub(super) async fn provider_callback(
+        &self,
+        cx: &mut RequestCx,
+        req: &Request<GatewayBody>,
+        name: &str,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let (Some(providers), Some(provider)) = (
+            self.providers.as_ref(),
+            self.providers.as_ref().and_then(|p| p.find(name)),
+        ) else {
+            return Err(GatewayError::NotFound);
+        };
+        let client = providers.client.as_ref().ok_or_else(|| {
+            GatewayError::Unavailable("this process does not call identity providers".into())
+        })?;
+        let pending: Option<Pending> = crate::cookies::values(req.headers(), self.oidc_cookie_name())
+            .next()
+            .and_then(|sealed| self.keys.decrypt(sealed))
+            .and_then(|plain| serde_json::from_slice(&plain).ok());
+        let state = query_param(req, "state").unwrap_or_default();
+        let Some(pending) = pending.filter(|p| p.matches(&provider.name, &state)) else {
+            return Ok(self.login_failed(cx, Some(name), &LoginError::State));
+        };
+        if let Some(error) = query_param(req, "error") {
+            let shown: String = error.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+            return Ok(self.login_failed(
+                cx,
+                Some(name),
+                &LoginError::Invalid(format!("the provider said {shown}")),
+            ));
+        }
+        let code = query_param(req, "code").unwrap_or_default();
+        let logged_in = match flow::finish(
+            provider,
+            client,
+            &providers.redirect_uri(provider),
+            &code,
+            &pending,
+        )
+        .await
+        {
+            Ok(who) => who,
+            Err(error) => return Ok(self.login_failed(cx, Some(name), &error)),
+        };
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or_else(|| GatewayError::Unavailable("the session store is not available".into()))?;
+        if let Some(old) = self.session_id(req) {
+            let _ = cache.revoke(&old).await;
+        }
+        let now = now_ms();
+        let id = SessionId::generate();
+        let tokens = self.keys.encrypt(logged_in.tokens.to_string().as_bytes());
+        let record = SessionRecord {
+            id_hash: id.hash(),
+            username: logged_in.username.clone(),
+            provider: provider.name.clone(),
+            email: logged_in.email.clone(),
+            name: logged_in.name.clone(),
+            roles: logged_in.roles.clone(),
+            tokens: Some(tokens),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + self.config.max_age.0.as_millis() as i64,
+            revoked_at: None,
+        };
+        cache.create(&id, record).await.map_err(|error| {
+            tracing::error!(%error, "could not store a session");
+            GatewayError::Unavailable("the session store is not available".into())
+        })?;
+        let event = crate::audit::Event::new("login.success", Severity::Info)
+            .for_request(cx)
+            .consumer(logged_in.username.as_str())
+            .detail("provider", provider.name.as_str());
+        self.audit.emit(event);
+        Ok(see_other(
+            &pending.rd,
+            vec![
+                self.session_cookie(&self.keys.cookie_value(&id)),
+                self.clear_cookie(self.oidc_cookie_name()),
+            ],
+        ))
+    }
+
+    /// A failed provider login: a page saying so (401), and an audit event.
+    fn login_failed(
+        &self,
+        cx: &RequestCx,
+        provider: Option<&str>,
+        error: &LoginError,
+    ) -> Response<GatewayBody> {
+        tracing::warn!(request_id = cx.request_id(), provider, %error, "provider login failed");
+        let mut event = crate::audit::Event::new("login.failure", Severity::Warning)
+            .for_request(cx)
+            .detail("reason", error.reason());
+        if let Some(p) = provider {
+            event = event.detail("provider", p);
+        }
+        self.audit.emit(event);
+        let links = self.providers.as_ref().map(|p| p.links("/")).unwrap_or_default();
+        let message = format!("Sign-in failed: {error}.");
+        let mut response = page_response(
+            StatusCode::UNAUTHORIZED,
+            html::login_page(&links, None, Some(&message)),
+        );
+        if let Ok(v) = HeaderValue::from_str(&self.clear_cookie(self.oidc_cookie_name())) {
+            response.headers_mut().append(http::header::SET_COOKIE, v);
+        }
+        response
+    }
+}
