@@ -17,8 +17,8 @@ use crate::listener::ConnectionLimits;
 use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
 use crate::stage::{
-    access_log, auth_pages, authn, authz, body_limit, client_ip, cors, framing, rate_limit, request_head,
-    request_id, route, upstream_headers,
+    access_log, auth_pages, authn, authz, body_limit, client_ip, cors, forward_auth, framing, rate_limit,
+    request_head, request_id, route, upstream_headers,
 };
 use crate::upstream::Upstream;
 
@@ -69,7 +69,9 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         client_ip::compile(cx),
         request_head::compile(cx),
         rate_limit::pre_auth::compile(cx),
-        // After the pre-auth limits, so a login flood is cut off cheaply.
+        // After the pre-auth limits, so a login or verify flood is cut off
+        // cheaply.
+        forward_auth::compile(cx),
         auth_pages::compile(cx),
         authn::compile(cx),
         authz::compile(cx),
@@ -366,7 +368,14 @@ max_body = "2000GiB"
             phases[0],
             (
                 "early",
-                vec!["request_id", "cors", "framing", "client_ip", "request_head"]
+                vec![
+                    "request_id",
+                    "cors",
+                    "framing",
+                    "client_ip",
+                    "request_head",
+                    "forward_auth"
+                ]
             )
         );
         assert_eq!(
@@ -375,7 +384,13 @@ max_body = "2000GiB"
         );
         assert_eq!(phases[3], ("body", vec!["body_limit"]));
         assert_eq!(phases[4], ("upstream_request", vec!["upstream_headers"]));
-        assert_eq!(phases[5], ("response", vec!["request_id", "cors", "rate_limit"]));
+        assert_eq!(
+            phases[5],
+            (
+                "response",
+                vec!["request_id", "cors", "forward_auth", "rate_limit"]
+            )
+        );
         assert_eq!(phases[6], ("logging", vec!["access_log"]));
     }
 }

@@ -13,6 +13,15 @@ use crate::principal::Principal;
 use crate::ratelimit::LimitHeaders;
 use crate::upstream::Credentials;
 
+/// How a forward-auth decision is answered (see `stage::forward_auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionFor {
+    /// Traefik, Envoy: a 302 passes through to the browser.
+    Redirecting,
+    /// nginx: only 2xx, 401 and 403 mean something to `auth_request`.
+    Nginx,
+}
+
 /// Everything known about one request as it passes the phases.
 pub struct RequestCx {
     pub started: Instant,
@@ -37,6 +46,9 @@ pub struct RequestCx {
     pub rewritten_path: Option<String>,
     /// authn stage: who the request authenticated as.
     pub principal: Option<Principal>,
+    /// forward_auth stage: answer with the access decision (200 and the
+    /// identity headers) instead of proxying.
+    pub decision_only: Option<DecisionFor>,
     /// authn stage: where a browser refused on a session route is sent to
     /// log in (it is a page load, so it can follow a redirect).
     pub login_redirect: Option<HeaderValue>,
@@ -67,6 +79,7 @@ impl RequestCx {
             rewritten_path: None,
             principal: None,
             login_redirect: None,
+            decision_only: None,
             credentials: Credentials::default(),
             rate_limit_headers: None,
             upstream_time: None,

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, Version};
 
-pub use context::RequestCx;
+pub use context::{DecisionFor, RequestCx};
 pub use finish::{Exchange, Finished, LoggedBody};
 pub use route::{Route, RouteSlots, Slot};
 
@@ -265,6 +265,9 @@ impl Pipeline {
         for stage in &self.access {
             settle!(stage.access(cx, &route, req));
         }
+        if cx.decision_only.is_some() {
+            return Err(Stop::Answer(decision(cx)));
+        }
         for stage in &self.body {
             settle!(stage.body(cx, &route, req));
         }
@@ -280,6 +283,16 @@ impl Pipeline {
             stage.logging(cx, done);
         }
     }
+}
+
+/// A forward-auth answer: allowed, with who the request is (the asking
+/// proxy copies these headers onto the request it forwards).
+fn decision(cx: &RequestCx) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::Empty);
+    if let Some(principal) = &cx.principal {
+        principal.write_headers(response.headers_mut());
+    }
+    response
 }
 
 /// An HTTP/1 request answered before its body was read may finish sending

@@ -11,7 +11,8 @@
 //! | [`request_head`] | early | request-target length (414), header count and size (431), a valid `Host` (400) and the host allow-list (421) |
 //! | [`cors`] | early, access, response | the origin allow-list; answers preflights; the upstream's `Access-Control-*` removed |
 //! | [`rate_limit::pre_auth`] | early, access | limits before authentication, global and per route |
-//! | [`auth_pages`] | early | `/.auth/…`: the login form, logout and userinfo (never routed upstream) |
+//! | [`forward_auth`] | early, response | `/.auth/verify`: the request a proxy asks about replaces this one; the pipeline answers with the decision instead of proxying |
+//! | [`auth_pages`] | early | `/.auth/…`: the login form, logout, userinfo and provider logins (never routed upstream) |
 //! | [`route`] | route | normalises the path, finds the longest-prefix route, checks the method |
 //! | [`authn`] | access | failed-authentication limit; API keys from headers (or a route's query parameter), checked against the cached store; JWTs of the configured issuers (PEM, secret or JWKS keys); login sessions |
 //! | [`authz`] | access | a route's `scopes` must all be held and one of its `roles`, else 403 |
@@ -29,6 +30,7 @@ pub mod authz;
 pub mod body_limit;
 pub mod client_ip;
 pub mod cors;
+pub mod forward_auth;
 pub mod framing;
 pub mod rate_limit;
 pub mod request_head;
