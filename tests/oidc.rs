@@ -323,3 +323,174 @@ async fn log_in_through_one_instance_use_and_log_out_through_another_on_sqlite()
     let dir = scratch_dir();
     two_instances(&format!("sqlite://{}/shared.db", dir.display()), None).await;
 }
+
+/// A stand-in for github.com and api.github.com: the OAuth2 endpoints
+/// (checking the client secret and the PKCE verifier) and the user, e-mail
+/// and organisation APIs for one user in `orgs`.
+async fn github_stand_in(orgs: &'static [&'static str]) -> std::net::SocketAddr {
+    use base64::Engine;
+    use sha2::Digest;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let challenges: Arc<Mutex<HashMap<String, String>>> = Default::default();
+    serve_http(move |req: http::Request<hyper::body::Incoming>| {
+        let challenges = challenges.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+            let params: HashMap<String, String> = serde_urlencoded::from_str(&query).unwrap_or_default();
+            let json = |v: serde_json::Value| {
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(v.to_string())))
+                    .unwrap()
+            };
+            let response = match path.as_str() {
+                "/login/oauth/authorize" => {
+                    let code = portcullis::keys::random_alnum(20);
+                    challenges
+                        .lock()
+                        .unwrap()
+                        .insert(code.clone(), params["code_challenge"].clone());
+                    http::Response::builder()
+                        .status(302)
+                        .header(
+                            "location",
+                            format!("{}?code={code}&state={}", params["redirect_uri"], params["state"]),
+                        )
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap()
+                }
+                "/login/oauth/access_token" => {
+                    let want = challenges.lock().unwrap().remove(&form["code"]);
+                    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+                    let got = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+                    if form["client_secret"] != CLIENT_SECRET || want.as_deref() != Some(got.as_str()) {
+                        json(serde_json::json!({"error": "bad_verification_code"}))
+                    } else {
+                        json(serde_json::json!({"access_token": "gho_test", "token_type": "bearer", "scope": "read:user"}))
+                    }
+                }
+                _ if auth != "Bearer gho_test" => http::Response::builder()
+                    .status(401)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+                "/user" => json(serde_json::json!({"login": "octocat", "name": "The Octocat"})),
+                "/user/emails" => json(serde_json::json!([
+                    {"email": "old@example.test", "primary": false, "verified": true},
+                    {"email": "octo@example.test", "primary": true, "verified": true}
+                ])),
+                "/user/orgs" => json(serde_json::Value::from(
+                    orgs.iter().map(|o| serde_json::json!({"login": o})).collect::<Vec<_>>(),
+                )),
+                _ => http::Response::builder()
+                    .status(404)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    })
+    .await
+}
+
+fn github_config(port: u16, upstream: &TestUpstream, github: std::net::SocketAddr) -> String {
+    let dir = scratch_dir();
+    let key = dir.join("session.key");
+    std::fs::write(&key, SESSION_KEY).unwrap();
+    let secret = dir.join("client.secret");
+    std::fs::write(&secret, CLIENT_SECRET).unwrap();
+    config_with_store(
+        "production",
+        &upstream.url(),
+        None,
+        &format!(
+            r#"
+[sessions]
+public_url = "http://127.0.0.1:{port}"
+
+[[auth.oidc]]
+name = "github"
+client_id = "gh-client"
+client_secret = {{ file = "{secret}" }}
+allowed_orgs = ["Portcullis-Dev"]
+github_url = "http://{github}"
+github_api_url = "http://{github}"
+
+[[routes]]
+id = "team"
+path = "/team"
+upstream = "app"
+auth = ["session"]
+roles = ["portcullis-dev"]
+
+[[routes]]
+id = "public"
+path = "/"
+upstream = "app"
+auth = ["none"]
+"#,
+            secret = secret.display()
+        ),
+    )
+    .replacen(
+        "[secrets]\n",
+        &format!("[secrets]\nsession_key = {{ file = \"{}\" }}\n", key.display()),
+        1,
+    )
+    .replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    )
+}
+
+async fn github_login(browser: &Browser) -> reqwest::Response {
+    let start = browser.get("/.auth/login/github?rd=%2Fteam").await;
+    assert_eq!(start.status(), 302);
+    let authorize = start.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        authorize.contains("code_challenge_method=S256") && authorize.contains("read%3Aorg"),
+        "{authorize}"
+    );
+    let back = browser.get(&authorize).await;
+    assert_eq!(back.status(), 302);
+    browser.get(back.headers()["location"].to_str().unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_login_checks_the_organisation_and_uses_the_verified_primary_address() {
+    let upstream = TestUpstream::start().await;
+    let member = github_stand_in(&["other", "portcullis-dev"]).await;
+    let port = free_port();
+    let gw = start_gateway(&github_config(port, &upstream, member)).await;
+    let browser = Browser::new(gw.public_addr());
+    let done = github_login(&browser).await;
+    assert_eq!(done.status(), 303, "{}", done.text().await.unwrap_or_default());
+    assert_eq!(browser.get("/team").await.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-portcullis-user"], "octocat");
+    assert_eq!(seen.headers["x-portcullis-issuer"], "github");
+    assert_eq!(seen.headers["x-portcullis-roles"], "portcullis-dev");
+    assert_eq!(seen.headers["x-portcullis-claim-email"], "octo@example.test");
+    gw.shutdown().await;
+
+    // Not in the organisation: no session.
+    let outsider = github_stand_in(&["other"]).await;
+    let port = free_port();
+    let gw = start_gateway(&github_config(port, &upstream, outsider)).await;
+    let browser = Browser::new(gw.public_addr());
+    let refused = github_login(&browser).await;
+    assert_eq!(refused.status(), 401);
+    assert!(browser.cookie("__Host-portcullis").is_none());
+    gw.shutdown().await;
+}
