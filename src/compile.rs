@@ -91,6 +91,8 @@ pub struct CompileCx<'a> {
     /// The keys derived from `secrets.session_key` (and the previous ones),
     /// for the stages that make or read session cookies.
     pub session_keys: Option<Arc<crate::sessions::SessionKeys>>,
+    /// `[[auth.oidc]]`, compiled once for the login pages and sessions.
+    pub providers: Option<Arc<crate::oidc::Providers>>,
 }
 
 impl<'a> CompileCx<'a> {
@@ -118,6 +120,7 @@ impl<'a> CompileCx<'a> {
             routes,
             warnings: Vec::new(),
             session_keys: None,
+            providers: None,
         }
     }
 

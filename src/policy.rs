@@ -94,6 +94,7 @@ pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, Confi
     let server = compile_server(&mut cx);
     let secrets = compile_secrets(&mut cx);
     cx.session_keys = compile_session_keys(&mut cx, &secrets);
+    cx.providers = crate::oidc::providers::compile(&mut cx).map(Arc::new);
     check_services(&mut cx);
     let upstreams = crate::upstream::compile_all(&mut cx);
     let stages = stage_order(&mut cx);

@@ -52,6 +52,13 @@ upstream = "app"
 auth = ["session"]
 
 [[routes]]
+id = "calls-the-provider"
+path = "/mail"
+upstream = "app"
+auth = ["session"]
+forward_provider_token = true
+
+[[routes]]
 id = "public"
 path = "/"
 upstream = "app"
@@ -492,5 +499,70 @@ async fn github_login_checks_the_organisation_and_uses_the_verified_primary_addr
     let refused = github_login(&browser).await;
     assert_eq!(refused.status(), 401);
     assert!(browser.cookie("__Host-portcullis").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_tokens_go_upstream_only_where_asked_and_are_refreshed_before_they_expire() {
+    let port = free_port();
+    let Some(op) = OpenIdProvider::start_with(
+        &[callback_url(port)],
+        &[("alice", "alice@example.test")],
+        "RS256",
+        &[("ACCESS_TOKEN_TTL", "12")],
+    ) else {
+        return;
+    };
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&oidc_config(port, &upstream, &op.issuer, None, "")).await;
+    let browser = Browser::new(gw.public_addr());
+    assert_eq!(
+        provider_login(&browser, "corp", &op, "/mail", "alice")
+            .await
+            .status(),
+        303
+    );
+    let userinfo = |token: String| {
+        let url = format!("{}/me", op.issuer);
+        async move {
+            client()
+                .get(url)
+                .header("authorization", token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    assert_eq!(browser.get("/portal").await.status(), 200);
+    assert!(
+        upstream.last().headers.get("authorization").is_none(),
+        "not asked for: not sent"
+    );
+    assert_eq!(browser.get("/mail").await.status(), 200);
+    let first = upstream.last().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(first.starts_with("Bearer "), "{first}");
+    assert_eq!(userinfo(first.clone()).await, 200, "a working provider token");
+
+    // Within 10 s of its expiry the token is renewed with the refresh token.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(browser.get("/mail").await.status(), 200);
+    let second = upstream.last().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(second, first, "a new access token");
+    assert_eq!(userinfo(second.clone()).await, 200);
+    assert_eq!(browser.get("/mail").await.status(), 200);
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        second.as_str(),
+        "kept until it nears its end"
+    );
+    assert_eq!(audit_events(&gw, Some("session.tokens_refreshed")).await.len(), 1);
     gw.shutdown().await;
 }

@@ -274,6 +274,10 @@ pub struct RouteConfig {
     /// A header that may carry the token on this route (besides
     /// `Authorization: Bearer`).
     pub jwt_header: Option<String>,
+    /// Session routes: send the login provider's access token upstream as
+    /// `Authorization: Bearer …`, refreshed before it expires.
+    #[serde(default)]
+    pub forward_provider_token: bool,
     /// A query parameter that may carry the API key on this route (off by
     /// default: URLs end up in logs and browser history).
     pub api_key_query: Option<String>,

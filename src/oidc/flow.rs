@@ -131,6 +131,68 @@ pub(super) async fn exchange(
     Ok(tokens)
 }
 
+/// A provider's tokens as kept with a session.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct TokenSet {
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub id_token: Option<String>,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+impl TokenSet {
+    /// Whether the access token ends within `margin` seconds and can be
+    /// renewed.
+    pub fn needs_refresh(&self, margin: u64) -> bool {
+        self.refresh_token.is_some() && self.expires_at.is_some_and(|e| e <= now_secs() + margin)
+    }
+}
+
+/// Renews the access token with the refresh token (OIDC providers; a
+/// provider that rotates refresh tokens sends a new one).
+pub async fn refresh(
+    provider: &Provider,
+    client: &reqwest::Client,
+    old: &TokenSet,
+) -> Result<TokenSet, LoginError> {
+    let refresh_token = old
+        .refresh_token
+        .as_deref()
+        .ok_or_else(|| LoginError::Invalid("no refresh token".into()))?;
+    let token_endpoint = match &provider.kind {
+        Kind::Oidc { .. } => provider.discovered(client).await?.token_endpoint.clone(),
+        Kind::GitHub { web, .. } => format!("{web}/login/oauth/access_token"),
+    };
+    let secret = String::from_utf8_lossy(provider.client_secret.expose()).into_owned();
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", provider.client_id.as_str()),
+        ("client_secret", secret.as_str()),
+    ];
+    let body = serde_urlencoded::to_string(form).map_err(|e| LoginError::Invalid(e.to_string()))?;
+    let tokens: TokenResponse = get_json(
+        client
+            .post(&token_endpoint)
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(http::header::ACCEPT, "application/json")
+            .body(body),
+    )
+    .await?;
+    if let Some(error) = &tokens.error {
+        return Err(LoginError::Invalid(format!(
+            "the provider refused the refresh: {error}"
+        )));
+    }
+    Ok(TokenSet {
+        access_token: tokens.access_token.or_else(|| old.access_token.clone()),
+        refresh_token: tokens.refresh_token.or_else(|| old.refresh_token.clone()),
+        id_token: tokens.id_token.or_else(|| old.id_token.clone()),
+        expires_at: tokens.expires_in.map(|s| now_secs() + s),
+    })
+}
+
 /// The callback: exchanges the code and finds out who logged in.
 pub async fn finish(
     provider: &Provider,

@@ -20,6 +20,9 @@
 
 pub mod flow;
 pub mod github;
+pub mod providers;
+
+pub use providers::Providers;
 
 use std::sync::Arc;
 use std::time::Duration;

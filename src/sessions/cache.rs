@@ -18,11 +18,15 @@ use crate::store::{Store, StoreError, now_ms};
 /// of imprecision across instances does not matter).
 const TOUCH_EVERY_MS: i64 = 30_000;
 
-/// A session as cached: its record (without tokens) and its principal.
+/// A session as cached: its record, its principal and its (encrypted)
+/// provider tokens.
 #[derive(Debug)]
 pub struct SessionEntry {
     pub record: SessionRecord,
     pub principal: Principal,
+    /// The provider's tokens, still encrypted; locked while they are
+    /// refreshed, so concurrent requests share one refresh.
+    pub tokens: tokio::sync::Mutex<Option<String>>,
     last_seen: AtomicI64,
     written_seen: AtomicI64,
 }
@@ -48,10 +52,11 @@ impl SessionEntry {
             },
         );
         let seen = record.last_seen_at;
-        record.tokens = None;
+        let tokens = record.tokens.take();
         SessionEntry {
             record,
             principal,
+            tokens: tokio::sync::Mutex::new(tokens),
             last_seen: AtomicI64::new(seen),
             written_seen: AtomicI64::new(seen),
         }

@@ -111,6 +111,16 @@ impl Store {
         Ok(hashes)
     }
 
+    /// Replaces a session's (encrypted) provider tokens after a refresh.
+    pub async fn set_session_tokens(&self, id_hash: &str, tokens: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET tokens = $1 WHERE id_hash = $2 AND revoked_at IS NULL")
+            .bind(tokens)
+            .bind(id_hash)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Records when sessions were last used (batched by the cache).
     pub async fn touch_session(&self, id_hash: &str, last_seen_at: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2 AND last_seen_at < $3")

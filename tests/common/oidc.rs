@@ -29,6 +29,17 @@ impl OpenIdProvider {
     /// return to `redirect_uris`, and these accounts (`sub`, `email`).
     /// `None` when the harness is not installed outside CI.
     pub fn start(redirect_uris: &[String], accounts: &[(&str, &str)], alg: &str) -> Option<OpenIdProvider> {
+        Self::start_with(redirect_uris, accounts, alg, &[])
+    }
+
+    /// [`Self::start`] with more of server.mjs's settings (e.g.
+    /// `ACCESS_TOKEN_TTL`).
+    pub fn start_with(
+        redirect_uris: &[String],
+        accounts: &[(&str, &str)],
+        alg: &str,
+        env: &[(&str, &str)],
+    ) -> Option<OpenIdProvider> {
         let dir = format!("{}/tests/support/oidc-provider", env!("CARGO_MANIFEST_DIR"));
         if !std::path::Path::new(&format!("{dir}/node_modules/oidc-provider")).exists() {
             super::skip_or_fail(
@@ -52,6 +63,7 @@ impl OpenIdProvider {
             .env("SIGNING_ALG", alg)
             .env("CLIENTS", clients.to_string())
             .env("ACCOUNTS", serde_json::Value::from(accounts).to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

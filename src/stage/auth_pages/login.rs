@@ -33,11 +33,7 @@ impl AuthPagesStage {
         let binding = random_token();
         let csrf = self.keys.form_token("login", binding.as_bytes());
         let form = self.config.local_users.then_some((csrf.as_str(), return_to));
-        let links = self
-            .providers
-            .as_ref()
-            .map(|p| p.links(return_to))
-            .unwrap_or_default();
+        let links = self.provider_links(return_to);
         let nothing = !self.config.local_users && links.is_empty();
         let error = error.or(nothing.then_some("No way to sign in is configured."));
         let mut response = page_response(status, html::login_page(&links, form, error));

@@ -53,7 +53,7 @@ pub struct AuthPagesStage {
     user_limit: Limit,
     ip_limit: Limit,
     ipv6_prefix: u8,
-    providers: Option<oidc::Providers>,
+    providers: Option<Arc<crate::oidc::Providers>>,
 }
 
 /// Compiles `[sessions]`; no stage without it (then `/.auth/…` is routed
@@ -69,7 +69,7 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         return None;
     };
     let keys = cx.session_keys.clone()?;
-    let providers = oidc::compile(cx);
+    let providers = cx.providers.clone();
     check_config(cx, &config);
     let limit = |scope| {
         let mut spec = config.login_limit.clone();

@@ -1,112 +1,34 @@
 //! `/.auth/login/{provider}` and `/.auth/callback/{provider}`: the browser
 //! side of the provider login (see [`crate::oidc`]).
 
-use std::sync::Arc;
-
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::{AuthPagesStage, html, page_response, query_param, see_other};
 use crate::audit::Severity;
 use crate::body::GatewayBody;
-use crate::compile::CompileCx;
 use crate::error::GatewayError;
+use crate::oidc::LoginError;
 use crate::oidc::flow::{self, Pending};
-use crate::oidc::{LoginError, Provider};
 use crate::pipeline::RequestCx;
 use crate::sessions::crypto::SessionId;
 use crate::sessions::safe_return_to;
 use crate::store::now_ms;
 use crate::store::sessions::SessionRecord;
 
-/// The providers, the public origin they return to, and an HTTP client.
-pub struct Providers {
-    pub list: Vec<Arc<Provider>>,
-    public_url: String,
-    client: Option<reqwest::Client>,
-}
-
-/// Compiles `[[auth.oidc]]` (needs `[sessions] public_url`).
-pub fn compile(cx: &mut CompileCx<'_>) -> Option<Providers> {
-    let configs = &cx.config.auth.oidc;
-    if configs.is_empty() {
-        return None;
-    }
-    let public_url = cx
-        .config
-        .sessions
-        .as_ref()
-        .and_then(|s| s.public_url.clone())
-        .map(|u| u.trim_end_matches('/').to_string());
-    let Some(public_url) = public_url else {
-        cx.problems.at(
-            "sessions.public_url",
-            "[[auth.oidc]] needs [sessions] public_url (the origin providers send browsers back to)",
-        );
-        return None;
-    };
-    if !(public_url.starts_with("https://")
-        || (!cx.production() || public_url.starts_with("http://127.0.0.1")))
-    {
-        cx.problems
-            .at("sessions.public_url", "must be an https origin in production");
-    }
-    let production = cx.production();
-    let registry = cx.runtime.jwks.clone();
-    let mut list = Vec::new();
-    for (i, config) in configs.iter().enumerate() {
-        let at = format!("auth.oidc[{i}]");
-        if configs[..i].iter().any(|o| o.name == config.name) {
-            cx.problems.at(
-                &format!("{at}.name"),
-                format!("`{}` names two providers", config.name),
-            );
-        }
-        let secret =
-            crate::policy::resolve_secret(cx, &format!("{at}.client_secret"), Some(&config.client_secret));
-        let mut problems = Vec::new();
-        let provider = crate::oidc::compile_provider(config, secret, &registry, production, &mut |k, m| {
-            problems.push((k.to_string(), m))
-        });
-        for (key, message) in problems {
-            let key = if key.is_empty() {
-                at.clone()
-            } else {
-                format!("{at}.{key}")
-            };
-            cx.problems.at(&key, message);
-        }
-        list.extend(provider.map(Arc::new));
-    }
-    Some(Providers {
-        list,
-        public_url,
-        client: registry.http(),
-    })
-}
-
-impl Providers {
-    pub fn find(&self, name: &str) -> Option<&Arc<Provider>> {
-        self.list.iter().find(|p| p.name == name)
-    }
-
-    fn redirect_uri(&self, provider: &Provider) -> String {
-        format!("{}/.auth/callback/{}", self.public_url, provider.name)
-    }
-
+impl AuthPagesStage {
     /// The login page's buttons.
-    pub fn links(&self, return_to: &str) -> Vec<html::ProviderLink> {
-        let rd = percent_encoding::utf8_percent_encode(return_to, percent_encoding::NON_ALPHANUMERIC);
-        self.list
-            .iter()
-            .map(|p| html::ProviderLink {
-                label: p.label.clone(),
-                href: format!("/.auth/login/{}?rd={rd}", p.name),
-            })
+    pub(super) fn provider_links(&self, return_to: &str) -> Vec<html::ProviderLink> {
+        let links = self
+            .providers
+            .as_ref()
+            .map(|p| p.links(return_to))
+            .unwrap_or_default();
+        links
+            .into_iter()
+            .map(|(label, href)| html::ProviderLink { label, href })
             .collect()
     }
-}
 
-impl AuthPagesStage {
     fn oidc_cookie_name(&self) -> &'static str {
         if self.config.cookie_secure {
             "__Host-portcullis-oidc"
@@ -254,7 +176,7 @@ impl AuthPagesStage {
             event = event.detail("provider", p);
         }
         self.audit.emit(event);
-        let links = self.providers.as_ref().map(|p| p.links("/")).unwrap_or_default();
+        let links = self.provider_links("/");
         let message = format!("Sign-in failed: {error}.");
         let mut response = page_response(
             StatusCode::UNAUTHORIZED,

@@ -177,6 +177,8 @@ pub struct RouteAuth {
     pub jwt_cookie: Option<String>,
     /// A header that may carry the token on this route.
     pub jwt_header: Option<HeaderName>,
+    /// Send a session's provider access token upstream.
+    pub forward_provider_token: bool,
     /// `WWW-Authenticate` for a request without credentials.
     challenge: HeaderValue,
     /// `WWW-Authenticate` for a refused bearer token (RFC 6750's
@@ -363,7 +365,15 @@ fn compile_route(
     }
     let (jwt_issuers, jwt_cookie, jwt_header) = jwt_method::compile_route(route, problems, &methods, jwt);
     let (challenge, token_challenge) = challenges(&methods, api_keys);
+    if config.forward_provider_token && !methods.contains(&AuthMethod::Session) {
+        problems.in_route(
+            route,
+            "forward_provider_token",
+            "only routes with auth = [\"session\"] have provider tokens",
+        );
+    }
     RouteAuth {
+        forward_provider_token: config.forward_provider_token,
         methods,
         key_query: config.api_key_query.clone(),
         jwt_issuers,
@@ -522,7 +532,7 @@ impl Stage for AuthnStage {
                 },
                 AuthMethod::Session => {
                     if let Some(cookie) = session_cookie.take() {
-                        return self.session_access(cx, auth, cookie);
+                        return self.session_access(cx, auth, req, cookie);
                     }
                 }
             }

@@ -12,6 +12,7 @@ use super::{AuthnStage, Refusal, RouteAuth};
 use crate::body::GatewayBody;
 use crate::compile::CompileCx;
 use crate::error::GatewayError;
+use crate::oidc::flow::TokenSet;
 use crate::pipeline::{Flow, RequestCx, StageResult, Verdict};
 use crate::principal::Method;
 use crate::sessions::{SessionCache, SessionEntry, SessionKeys};
@@ -21,6 +22,8 @@ use crate::store::now_ms;
 pub struct SessionAuth {
     keys: Arc<SessionKeys>,
     cache: Option<Arc<SessionCache>>,
+    /// For refreshing provider tokens.
+    providers: Option<Arc<crate::oidc::Providers>>,
     pub cookie_name: String,
     idle_ms: i64,
 }
@@ -38,6 +41,7 @@ impl SessionAuth {
         Some(SessionAuth {
             keys,
             cache: cx.runtime.sessions.clone(),
+            providers: cx.providers.clone(),
             cookie_name: config.cookie_name.clone(),
             idle_ms: config.idle_timeout.0.as_millis() as i64,
         })
@@ -96,6 +100,7 @@ impl AuthnStage {
         &'a self,
         cx: &'a mut RequestCx,
         auth: &'a RouteAuth,
+        req: &'a mut Request<GatewayBody>,
         cookie: String,
     ) -> Verdict<'a> {
         let Some(sessions) = self.sessions.as_ref() else {
@@ -122,7 +127,13 @@ impl AuthnStage {
                 .as_ref()
                 .is_some_and(|e| e.ended(now_ms(), sessions.idle_ms) == Some("idle"));
             if !idle_here {
-                return Verdict::Ready(self.session_decide(cx, auth, found, false));
+                return match self.session_decide(cx, auth, found, false) {
+                    Ok(entry) if auth.forward_provider_token => Verdict::Pending(Box::pin(async move {
+                        self.attach_provider_token(cx, auth, &entry, req).await
+                    })),
+                    Ok(_) => Verdict::CONTINUE,
+                    Err(error) => Verdict::Ready(Err(error)),
+                };
             }
         }
         if let Some(failures) = &self.failures
@@ -133,7 +144,13 @@ impl AuthnStage {
         let charged = self.failures.is_some();
         Verdict::Pending(Box::pin(async move {
             match cache.load(&id).await {
-                Ok(found) => self.session_decide(cx, auth, found, charged),
+                Ok(found) => {
+                    let entry = self.session_decide(cx, auth, found, charged)?;
+                    if auth.forward_provider_token {
+                        return self.attach_provider_token(cx, auth, &entry, req).await;
+                    }
+                    Ok(Flow::Continue)
+                }
                 Err(error) => {
                     tracing::error!(request_id = cx.request_id(), %error, "session lookup failed");
                     Err(GatewayError::Unavailable(
@@ -144,13 +161,15 @@ impl AuthnStage {
         }))
     }
 
+    /// Admits a live session (its principal goes on the request) or
+    /// refuses.
     fn session_decide(
         &self,
         cx: &mut RequestCx,
         auth: &RouteAuth,
         found: Option<Arc<SessionEntry>>,
         charged: bool,
-    ) -> StageResult {
+    ) -> Result<Arc<SessionEntry>, GatewayError> {
         let sessions = self.sessions.as_ref().expect("checked by the caller");
         let Some(entry) = found else {
             let r = refusal("unknown", "The session has ended; log in again.");
@@ -164,9 +183,87 @@ impl AuthnStage {
         entry.touch(now);
         self.succeeded(cx, Method::Session, &entry.record.username, None);
         cx.principal = Some(entry.principal.clone());
+        Ok(entry)
+    }
+
+    /// `Authorization: Bearer <the provider's access token>` for the
+    /// upstream, renewed first when it ends within [`REFRESH_MARGIN_SECS`]. A session
+    /// whose provider no longer renews its token is refused.
+    async fn attach_provider_token(
+        &self,
+        cx: &mut RequestCx,
+        auth: &RouteAuth,
+        entry: &SessionEntry,
+        req: &mut Request<GatewayBody>,
+    ) -> StageResult {
+        let sessions = self.sessions.as_ref().expect("checked by the caller");
+        let ended = |this: &Self, cx: &mut RequestCx, reason| {
+            let r = refusal(
+                reason,
+                "The identity provider no longer vouches for this session; log in again.",
+            );
+            Err(this.fail(cx, auth, r, None, true))
+        };
+        let mut sealed = entry.tokens.lock().await;
+        let Some(mut tokens) = sealed
+            .as_deref()
+            .and_then(|s| sessions.keys.decrypt(s))
+            .and_then(|plain| serde_json::from_slice::<TokenSet>(&plain).ok())
+        else {
+            return ended(self, cx, "no_provider_token");
+        };
+        if tokens.needs_refresh(REFRESH_MARGIN_SECS) {
+            let provider = sessions
+                .providers
+                .as_ref()
+                .and_then(|p| p.find(&entry.record.provider).cloned().zip(p.client.clone()));
+            let Some((provider, client)) = provider else {
+                return ended(self, cx, "provider_gone");
+            };
+            match crate::oidc::flow::refresh(&provider, &client, &tokens).await {
+                Ok(renewed) => {
+                    tokens = renewed;
+                    let resealed = sessions
+                        .keys
+                        .encrypt(&serde_json::to_vec(&tokens).expect("tokens serialise"));
+                    if let Some(cache) = &sessions.cache
+                        && let Err(error) = cache
+                            .store()
+                            .set_session_tokens(&entry.record.id_hash, &resealed)
+                            .await
+                    {
+                        tracing::warn!(request_id = cx.request_id(), %error, "could not store refreshed tokens");
+                    }
+                    *sealed = Some(resealed);
+                    self.audit.emit(
+                        crate::audit::Event::new("session.tokens_refreshed", crate::audit::Severity::Info)
+                            .for_request(cx)
+                            .consumer(entry.record.username.as_str())
+                            .detail("provider", entry.record.provider.as_str()),
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(request_id = cx.request_id(), %error, "provider token refresh failed");
+                    return ended(self, cx, "provider_refresh_failed");
+                }
+            }
+        }
+        let Some(access) = tokens
+            .access_token
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        else {
+            return ended(self, cx, "no_provider_token");
+        };
+        cx.credentials.add_token(access.clone());
+        req.headers_mut().insert(http::header::AUTHORIZATION, access);
         Ok(Flow::Continue)
     }
 }
+
+/// Provider access tokens are renewed when they end within this many
+/// seconds, so one never expires on its way upstream.
+const REFRESH_MARGIN_SECS: u64 = 10;
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,7 @@ fn route_auth() -> RouteAuth {
         jwt_issuers: jwt::IssuerSet::default(),
         jwt_cookie: None,
         jwt_header: None,
+        forward_provider_token: false,
         challenge,
         token_challenge,
     }
