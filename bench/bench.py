@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+# The bench user's password (a throwaway store in the run's temp folder).
+BENCH_PASSWORD = "bench-password-not-secret"
 sys.path.insert(0, str(BENCH_DIR))
 import tokens  # noqa: E402  (bench/tokens.py: the JWT scenarios' tokens)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -93,6 +95,7 @@ class Instance:
     name: str
     config: str
     api_key: dict[str, str] | None = None
+    session: dict[str, str] | None = None
     needs: list[str] = field(default_factory=list)
 
 
@@ -101,7 +104,7 @@ def load_instances(path: Path, data: dict) -> dict[str, Instance]:
     instances = {}
     for name, raw in raw_all.items():
         where = f"{path}: instance {name!r}"
-        unknown = set(raw) - {"config", "api_key", "needs"}
+        unknown = set(raw) - {"config", "api_key", "session", "needs"}
         if unknown:
             sys.exit(f"{where}: unknown keys {sorted(unknown)}")
         if name in NGINX_TARGETS or name == "none" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -111,6 +114,8 @@ def load_instances(path: Path, data: dict) -> dict[str, Instance]:
             sys.exit(f"{where}: no template bench/{inst.config}")
         if inst.api_key is not None and set(inst.api_key) != {"consumer", "env"}:
             sys.exit(f"{where}: api_key must be {{ consumer = \"NAME\", env = \"VAR\" }}")
+        if inst.session is not None and set(inst.session) != {"user", "env"}:
+            sys.exit(f"{where}: session must be {{ user = \"NAME\", env = \"VAR\" }}")
         bad = set(inst.needs) - set(SERVICES)
         if bad:
             sys.exit(f"{where}: unknown services {sorted(bad)}; known: {SERVICES}")
@@ -492,10 +497,46 @@ class Bench:
         self.generated_env[var] = key
         log(f"{inst.name}: created consumer {consumer!r} and a key (${{{var}}})")
 
+    def create_user(self, inst: Instance, conf: Path) -> None:
+        """Creates the instance's bench user with the CLI (password on stdin)."""
+        argv = [self.args.bin, "users", "create", inst.session["user"], "--password-stdin", "--config", str(conf)]
+        p = subprocess.run(argv, input=BENCH_PASSWORD + "\n", capture_output=True, text=True,
+                           env=self.portcullis_env_for_child(), timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(f"{inst.name}: `users create` failed ({p.returncode}):\n{p.stderr}{p.stdout}")
+
+    def log_in(self, inst: Instance) -> None:
+        """Logs the bench user in through the login form, as a browser does,
+        and exposes the session cookie (name=value) to scenario headers."""
+        port = self.ports[inst.name]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/.auth/login?rd=%2F")
+        page = conn.getresponse()
+        html = page.read().decode()
+        login_cookie = page.getheader("set-cookie", "").split(";")[0]
+        csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+        if page.status != 200 or not csrf or not login_cookie:
+            raise RuntimeError(f"{inst.name}: no login form (status {page.status})")
+        form = urllib.parse.urlencode({"csrf": csrf.group(1), "rd": "/", "username": inst.session["user"],
+                                       "password": BENCH_PASSWORD})
+        conn.request("POST", "/.auth/login", body=form,
+                     headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": login_cookie})
+        done = conn.getresponse()
+        done.read()
+        conn.close()
+        cookies = [c.split(";")[0] for c in done.headers.get_all("set-cookie") or []]
+        session = [c for c in cookies if c.split("=")[0] == "__Host-portcullis"]
+        if done.status != 303 or not session:
+            raise RuntimeError(f"{inst.name}: login failed (status {done.status}, cookies {cookies})")
+        self.generated_env[inst.session["env"]] = session[0]
+        log(f"{inst.name}: logged in {inst.session['user']!r} (${{{inst.session['env']}}})")
+
     def start_portcullis(self, inst: Instance) -> Server:
         conf = self.render(inst.config, f"{inst.name}.toml")
         if inst.api_key:
             self.create_api_key(inst, conf)
+        if inst.session:
+            self.create_user(inst, conf)
         env = self.portcullis_env_for_child()
         if self.args.tokio_workers > 0:
             env["TOKIO_WORKER_THREADS"] = str(self.args.tokio_workers)
@@ -546,6 +587,8 @@ class Bench:
             if name in needed:
                 self.servers[name] = self.start_portcullis(inst)
                 wait_http(self.ports[name], self.servers[name])
+                if inst.session:
+                    self.log_in(inst)
 
         # Every scenario must get the status it expects before anything is measured.
         for s in list(self.scenarios):

@@ -2,7 +2,7 @@
 # User-space instructions per request of one portcullis binary, counted by
 # callgrind (repeatable, unlike wall-clock numbers on a shared VM).
 #
-#   bench/callgrind.sh BIN public|key|jwt-rs256|jwt-es256 [SECONDS]
+#   bench/callgrind.sh BIN public|key|jwt-rs256|jwt-es256|session [SECONDS]
 #   KEEP=1 bench/callgrind.sh ...   # keep the callgrind.out for callgrind_annotate
 #
 # Starts an nginx upstream (`return 200 "ok\n"`) and BIN under valgrind
@@ -26,9 +26,11 @@ VALGRIND=
 cleanup() { kill "$NGINX" ${VALGRIND:+"$VALGRIND"} 2>/dev/null || true; }
 trap cleanup EXIT
 sed -e "s#{portcullis_port}#18182#; s#{portcullis_admin_port}#18183#; s#{prefix}#$D#; s#{upstream_port}#18181#" \
-    -e "s#{jwt_keys}#$here/../tests/fixtures/jwt#g" \
+    -e "s#{jwt_keys}#$here/../tests/fixtures/jwt#g" -e "s/{{/{/g; s/}}/}/g" \
     "$here/portcullis.toml" > "$D/portcullis.toml"
+export BENCH_SESSION_KEY=bench-session-key-Zq7Wm2Xp9Lk4Rt8Vb3Nc6Yh1
 "$BIN" consumers create bench --config "$D/portcullis.toml" >/dev/null
+echo bench-password-not-secret | "$BIN" users create bench --password-stdin --config "$D/portcullis.toml" >/dev/null
 KEY=$("$BIN" keys create --consumer bench --json --config "$D/portcullis.toml" \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$D/callgrind.out" \
@@ -37,6 +39,20 @@ for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:18182/ && break
 URL=http://127.0.0.1:18182/; HEADER=()
 case "$ROUTE" in
   key) URL=http://127.0.0.1:18182/key; HEADER=(-H "X-API-Key: $KEY") ;;
+  session)
+    COOKIE=$(python3 - <<'PY'
+import http.client, re, urllib.parse
+c = http.client.HTTPConnection("127.0.0.1", 18182, timeout=30)
+c.request("GET", "/.auth/login"); r = c.getresponse(); html = r.read().decode()
+login = r.getheader("set-cookie").split(";")[0]
+csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+form = urllib.parse.urlencode({"csrf": csrf, "rd": "/", "username": "bench", "password": "bench-password-not-secret"})
+c.request("POST", "/.auth/login", body=form, headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": login})
+r = c.getresponse(); r.read()
+print([h.split(";")[0] for h in r.headers.get_all("set-cookie") if h.startswith("__Host-portcullis=")][0])
+PY
+)
+    URL=http://127.0.0.1:18182/session; HEADER=(-H "Cookie: $COOKIE") ;;
   jwt-rs256|jwt-es256)
     ALG=$(echo "${ROUTE#jwt-}" | tr a-z A-Z)
     TOKEN=$(cd "$here" && python3 -c "import tokens; print(tokens.bench_tokens()['BENCH_JWT_$ALG'])")

@@ -21,16 +21,24 @@ pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item =
 /// Removes every cookie called `name`, keeping the others in order (and
 /// the header itself only if any remain).
 pub fn remove(headers: &mut HeaderMap, name: &str) {
-    if values(headers, name).next().is_none() {
+    remove_all(headers, &[name]);
+}
+
+/// Removes every cookie with one of these names, in one pass over the
+/// header when none is there (the common case), one rewrite when some are.
+pub fn remove_all(headers: &mut HeaderMap, names: &[&str]) {
+    let named = |pair: &str| {
+        pair.split_once('=')
+            .is_some_and(|(k, _)| names.contains(&k.trim()))
+    };
+    let lines = || headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+    if !lines().flat_map(|line| line.split(';')).any(named) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let kept: Vec<String> = lines()
         .flat_map(|line| line.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .filter(|pair| !pair.is_empty() && !named(pair))
         .map(str::to_string)
         .collect();
     headers.remove(COOKIE);

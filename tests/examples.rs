@@ -10,6 +10,7 @@ use common::*;
 
 const ADMIN: &str = "Jq3vX9rT0pLm4WcZ8yHs2NbF6gKd1QaE5uRiO7tVxYw";
 const SESSION: &str = "m8Kp2Wq9Zr4Tx7Vb1Nc6Hd3Jf0Lg5Sa8Qe2Ry4Ui6Oz";
+const CLIENT_SECRET: &str = "Zx8~Qp2Lm7Wn4Rt9Vb6Yc1Hd5Jf3Kg0Sa";
 
 fn example(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,6 +39,7 @@ fn every_example_passes_check_in_production() {
             .arg(example(&name))
             .env("PORTCULLIS_ADMIN_TOKEN", ADMIN)
             .env("PORTCULLIS_SESSION_KEY", SESSION)
+            .env("MICROSOFT_CLIENT_SECRET", CLIENT_SECRET)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -56,9 +58,10 @@ struct Story {
 }
 
 impl Story {
-    fn serve(name: &str, upstream: &TestUpstream, redis: String) -> Story {
+    /// `redis`: for configs with a `[redis]` table.
+    fn serve(name: &str, upstream: &TestUpstream, redis: Option<String>) -> Story {
         let dir = scratch_dir();
-        let envs: Vec<(String, String)> = vec![
+        let mut envs: Vec<(String, String)> = vec![
             ("PORTCULLIS_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
             ("PORTCULLIS_SERVER__ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
             (
@@ -73,13 +76,17 @@ impl Story {
                 "PORTCULLIS_UPSTREAMS__0__TARGETS".into(),
                 format!("[\"{}\"]", upstream.url()),
             ),
-            ("PORTCULLIS_REDIS__URL".into(), redis),
-            (
+            ("PORTCULLIS_ADMIN_TOKEN".into(), ADMIN.into()),
+            ("PORTCULLIS_SESSION_KEY".into(), SESSION.into()),
+            ("MICROSOFT_CLIENT_SECRET".into(), CLIENT_SECRET.into()),
+        ];
+        if let Some(redis) = redis {
+            envs.push(("PORTCULLIS_REDIS__URL".into(), redis));
+            envs.push((
                 "PORTCULLIS_REDIS__PREFIX".into(),
                 format!("story{}", portcullis::keys::random_alnum(8)),
-            ),
-            ("PORTCULLIS_ADMIN_TOKEN".into(), ADMIN.into()),
-        ];
+            ));
+        }
         let config = example(name);
         let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let bin = Binary::serve(&config, &refs);
@@ -125,7 +132,7 @@ async fn story_5_flask_integrations_works_as_written() {
         eprintln!("note: PORTCULLIS_TEST_REDIS_URL is not set; story 5 runs on the local fallback");
         "redis://127.0.0.1:1".into()
     });
-    let story = Story::serve("flask-integrations.toml", &upstream, redis);
+    let story = Story::serve("flask-integrations.toml", &upstream, Some(redis));
     let bin = &story.bin;
     let base = format!("http://{}", bin.public);
     let c = client();
@@ -242,7 +249,7 @@ async fn story_2_ai_assistant_works_as_written() {
         return;
     };
     let upstream = TestUpstream::start().await;
-    let story = Story::serve("ai-assistant.toml", &upstream, redis);
+    let story = Story::serve("ai-assistant.toml", &upstream, Some(redis));
     let bin = &story.bin;
     let base = format!("http://{}", bin.public);
     let c = client();
@@ -410,4 +417,80 @@ async fn story_2_ai_assistant_works_as_written() {
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["checks"]["upstream:api"]["status"], "ok", "{ready}");
     assert!(!bin.output().contains(&key), "the key never reaches the log");
+}
+
+/// Runs story 3's config: local users log in through the form, the portal
+/// needs a session and the credentials pages the `ops` role.
+#[tokio::test(flavor = "multi_thread")]
+async fn story_3_ops_portal_works_as_written() {
+    use common::browser::{Browser, log_in};
+    let upstream = TestUpstream::start().await;
+    let story = Story::serve("ops-portal.toml", &upstream, None);
+    let create = |user: &str, roles: &str| {
+        use std::io::Write;
+        let mut cmd = Command::new(binary_path());
+        cmd.args([
+            "users",
+            "create",
+            user,
+            "--roles",
+            roles,
+            "--password-stdin",
+            "--config",
+        ])
+        .arg(&story.config);
+        for (k, v) in &story.envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"a long enough password\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    create("olivia", "ops");
+    create("pat", "viewer");
+    let browser = Browser::new(story.bin.public);
+    let first = browser.get("/dashboard").await;
+    assert_eq!(first.status(), 302);
+    assert_eq!(first.headers()["location"], "/.auth/login?rd=%2Fdashboard");
+    let page = browser
+        .get("/.auth/login?rd=%2Fdashboard")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Sign in with Microsoft"), "the provider is offered");
+    assert_eq!(
+        log_in(&browser, "/dashboard", "olivia", "a long enough password")
+            .await
+            .status(),
+        303
+    );
+    assert_eq!(browser.get("/dashboard").await.status(), 200);
+    assert_eq!(upstream.last().headers["x-portcullis-user"], "olivia");
+    assert_eq!(browser.get("/credentials/aws").await.status(), 200);
+    let viewer = Browser::new(story.bin.public);
+    assert_eq!(
+        log_in(&viewer, "/", "pat", "a long enough password")
+            .await
+            .status(),
+        303
+    );
+    assert_eq!(
+        viewer.get_json("/credentials/aws").await.status(),
+        403,
+        "pat lacks the ops role"
+    );
+    assert_eq!(
+        Browser::new(story.bin.public).get_json("/health").await.status(),
+        200
+    );
 }

@@ -17,7 +17,8 @@ const TAG_BYTES: usize = 16;
 
 /// The keys derived from one session key.
 struct Derived {
-    mac: [u8; 32],
+    /// HMAC keyed once; each tag clones it (no key schedule per request).
+    mac: Hmac<Sha256>,
     cipher: Aes256Gcm,
     /// Names the key in encrypted values, so rotation finds the right one.
     id: String,
@@ -34,14 +35,14 @@ impl Derived {
             .expect("32 bytes is a valid HKDF output");
         let id = hex::encode(&Sha256::digest(enc)[..4]);
         Derived {
-            mac,
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(&mac).expect("HMAC takes any key"),
             cipher: Aes256Gcm::new_from_slice(&enc).expect("a 32-byte key"),
             id,
         }
     }
 
     fn tag(&self, purpose: &[u8], data: &[u8]) -> [u8; 32] {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.mac).expect("HMAC takes any key");
+        let mut m = self.mac.clone();
         m.update(purpose);
         m.update(&[0]);
         m.update(data);

@@ -86,13 +86,8 @@ impl AuthnStage {
         let value = crate::cookies::values(req.headers(), &sessions.cookie_name)
             .next()
             .map(str::to_string);
-        let headers = req.headers_mut();
-        if headers.contains_key(http::header::COOKIE) {
-            crate::cookies::remove(headers, &sessions.cookie_name);
-            for name in crate::sessions::LOGIN_COOKIES {
-                crate::cookies::remove(headers, name);
-            }
-        }
+        let [a, b, c, d] = crate::sessions::LOGIN_COOKIES;
+        crate::cookies::remove_all(req.headers_mut(), &[sessions.cookie_name.as_str(), a, b, c, d]);
         value
     }
 
