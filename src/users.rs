@@ -42,10 +42,26 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
         .to_string())
 }
 
+/// The largest argon2 cost accepted from an imported hash (256 MiB, 10
+/// passes, 8 lanes): a login with a bigger one would be a denial of
+/// service.
+const MAX_IMPORTED_COST: (u32, u32, u32) = (256 * 1024, 10, 8);
+
+/// An argon2id hash's (memory KiB, passes, lanes).
+fn argon2_cost(hash: &PasswordHash<'_>) -> Option<(u32, u32, u32)> {
+    let params = Params::try_from(hash).ok()?;
+    Some((params.m_cost(), params.t_cost(), params.p_cost()))
+}
+
 /// Whether a stored hash is one this version verifies (for `users import`).
 pub fn check_hash(hash: &str) -> Result<(), PasswordError> {
     let is_bcrypt = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) && hash.len() == 60;
-    let is_argon2id = hash.starts_with("$argon2id$") && PasswordHash::new(hash).is_ok();
+    let (max_m, max_t, max_p) = MAX_IMPORTED_COST;
+    let is_argon2id = hash.starts_with("$argon2id$")
+        && PasswordHash::new(hash)
+            .ok()
+            .and_then(|h| argon2_cost(&h))
+            .is_some_and(|(m, t, p)| m <= max_m && t <= max_t && p <= max_p);
     if is_bcrypt || is_argon2id {
         Ok(())
     } else {
@@ -81,9 +97,18 @@ pub fn verify_password(password: &str, stored: &str) -> Verdict {
             _ => Verdict::Wrong,
         };
     }
-    match PasswordHash::new(stored) {
-        Ok(parsed) if argon2().verify_password(password.as_bytes(), &parsed).is_ok() => Verdict::Right,
-        _ => Verdict::Wrong,
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return Verdict::Wrong;
+    };
+    if argon2().verify_password(password.as_bytes(), &parsed).is_err() {
+        return Verdict::Wrong;
+    }
+    // A hash made with other parameters (imported, or from an older
+    // version) is re-made at today's.
+    let current = argon2_cost(&parsed) == Some((19 * 1024, 2, 1));
+    match (current, hash_password(password)) {
+        (false, Ok(upgraded)) => Verdict::RightUpgrade(upgraded),
+        _ => Verdict::Right,
     }
 }
 
@@ -128,6 +153,22 @@ mod tests {
             assert_eq!(verify_password("wrong password!!", &hash), Verdict::Wrong);
         }
         assert!(check_hash("$1$md5crypt").is_err());
+        // argon2id at other parameters verifies and is re-made; a cost too
+        // large to verify safely is not imported.
+        let weak = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"imported password", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
+        assert!(check_hash(&weak).is_ok());
+        assert!(matches!(
+            verify_password("imported password", &weak),
+            Verdict::RightUpgrade(_)
+        ));
+        assert!(check_hash("$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA").is_err());
         assert!(check_hash("plaintext").is_err());
     }
 }

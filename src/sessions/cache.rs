@@ -18,6 +18,10 @@ use crate::store::{Store, StoreError, now_ms};
 /// of imprecision across instances does not matter).
 const TOUCH_EVERY_MS: i64 = 30_000;
 
+/// How often ended sessions are deleted, and how long they are kept.
+const PRUNE_EVERY_MS: i64 = 3_600_000;
+const KEEP_ENDED_MS: i64 = 86_400_000;
+
 /// A session as cached: its record, its principal and its (encrypted)
 /// provider tokens.
 #[derive(Debug)]
@@ -184,6 +188,7 @@ impl SessionCache {
             const OVERLAP_MS: i64 = 5_000;
             let mut seen = now_ms();
             let mut last_touch = now_ms();
+            let mut last_prune = 0;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -199,6 +204,16 @@ impl SessionCache {
                 if now_ms() - last_touch >= TOUCH_EVERY_MS {
                     cache.write_last_seen().await;
                     last_touch = now_ms();
+                }
+                // Ended sessions are kept a day (for `userinfo`-style
+                // questions and revocation polls), then deleted.
+                if now_ms() - last_prune >= PRUNE_EVERY_MS {
+                    last_prune = now_ms();
+                    match cache.store.prune_sessions(now_ms() - KEEP_ENDED_MS).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(sessions = n, "deleted ended sessions"),
+                        Err(error) => tracing::debug!(%error, "session pruning failed"),
+                    }
                 }
             }
         })

@@ -150,6 +150,17 @@ impl Store {
         Ok((hashes, latest))
     }
 
+    /// Deletes sessions that ended before `before` (expired or revoked);
+    /// returns how many.
+    pub async fn prune_sessions(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $2")
+            .bind(before)
+            .bind(before)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Live sessions, newest first.
     pub async fn list_sessions(&self, username: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
         let rows = sqlx::query(&format!(

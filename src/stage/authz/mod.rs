@@ -45,9 +45,16 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
                 problems.in_route(
                     route,
                     field,
-                    format!("{field} need an authenticated route (auth = [\"api_key\"] or [\"jwt\"])"),
+                    format!("{field} need an authenticated route (auth = [\"api_key\"], [\"jwt\"] or [\"session\"])"),
                 );
             }
+        }
+        if !scopes.is_empty() && methods.iter().all(|m| m == "session") && authenticated {
+            problems.in_route(
+                route,
+                "scopes",
+                "login sessions hold no scopes; use roles, or add \"api_key\" or \"jwt\"",
+            );
         }
         if !roles.is_empty() && methods.iter().all(|m| m == "api_key") && authenticated {
             problems.in_route(
