@@ -544,3 +544,43 @@ async fn the_users_cli_creates_imports_upgrades_bcrypt_and_disables_through_the_
     gw.signal("TERM");
     assert!(gw.wait(Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_revocation_ends_a_users_sessions_on_every_instance() {
+    let upstream = TestUpstream::start().await;
+    let dir = scratch_dir();
+    let shared = format!("sqlite://{}/shared.db", dir.display());
+    let text = session_config(&upstream, Some(&shared), "", KEY);
+    let a = start_gateway(&text).await;
+    let b = start_gateway(&text).await;
+    add_user(&a, "gail", "correct horse battery", &[]).await;
+    let on_a = Browser::new(a.public_addr());
+    assert_logs_in(&on_a, "/portal", "gail").await;
+    let on_b = on_a.at(b.public_addr());
+    assert_eq!(on_b.get("/portal").await.status(), 200);
+    let revoked = client()
+        .post(format!(
+            "http://{}/admin/api/v1/users/gail/sessions/revoke",
+            a.admin_addr()
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(json(revoked).await["sessions"], 1);
+    assert_eq!(
+        on_a.get_json("/portal").await.status(),
+        401,
+        "at once where it was revoked"
+    );
+    wait_until_async(
+        "the other instance refuses",
+        Duration::from_millis(2500),
+        async || on_b.get_json("/portal").await.status() == 401,
+    )
+    .await;
+    assert_eq!(audit_events(&a, Some("session.revoked")).await.len(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}

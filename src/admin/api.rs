@@ -297,6 +297,47 @@ async fn revoke_key(
     Ok(Json(info))
 }
 
+/// Sessions ended by a revocation.
+#[derive(Serialize, ToSchema)]
+pub struct RevokedSessions {
+    pub user: String,
+    pub sessions: usize,
+}
+
+#[utoipa::path(post, path = "/admin/api/v1/users/{username}/sessions/revoke", tag = "sessions",
+    security(("admin_token" = [])), params(("username" = String, Path, description = "User name (local user or provider login)")),
+    responses((status = 200, body = RevokedSessions), (status = 401, body = Problem)))]
+/// Ends every session of a user: at once here and, with Redis, everywhere;
+/// within a second on every instance regardless (store poll).
+async fn revoke_sessions(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(username): Path<String>,
+) -> ApiResult<Json<RevokedSessions>> {
+    let hashes = store(&shared)?.revoke_user_sessions(&username).await?;
+    if let Some(cache) = &shared.runtime.sessions {
+        for hash in &hashes {
+            cache.invalidate_hash(hash);
+        }
+    }
+    if let Some(redis) = &shared.runtime.redis {
+        for hash in &hashes {
+            redis.publish_session_revoked(hash).await;
+        }
+    }
+    shared.runtime.audit.emit(
+        crate::audit::Event::new("session.revoked", crate::audit::Severity::Notice)
+            .consumer(username.as_str())
+            .detail("via", "admin_api")
+            .detail("client_ip", peer.ip().to_string())
+            .detail("sessions", hashes.len()),
+    );
+    Ok(Json(RevokedSessions {
+        user: username,
+        sessions: hashes.len(),
+    }))
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotation {
@@ -412,6 +453,7 @@ pub fn routes(shared: Arc<Shared>) -> (axum::Router<Arc<Shared>>, utoipa::openap
         .routes(routes!(list_keys, create_key))
         .routes(routes!(revoke_key))
         .routes(routes!(rotate_key))
+        .routes(routes!(revoke_sessions))
         .routes(routes!(query_audit))
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
