@@ -46,6 +46,14 @@ algorithms = ["HS256"]
 secret = {{ file = "{secret}" }}
 
 [[auth.jwt]]
+name = "typed"
+issuer = "https://typed.test/"
+audiences = ["api"]
+algorithms = ["HS256"]
+secret = {{ file = "{secret}" }}
+typ = "at+jwt"
+
+[[auth.jwt]]
 name = "remote"
 issuer = "{remote}"
 audiences = ["api"]
@@ -511,6 +519,39 @@ async fn every_rfc_8725_attack_is_refused() {
             "portcullis_auth_total{method=\"jwt\",outcome=\"bad_signature\"}"
         ) >= 6.0
     );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_with_a_typ_takes_only_tokens_of_that_type() {
+    let upstream = TestUpstream::start().await;
+    let jwks = JwksServer::start(&["rsa-b"]).await;
+    let gw = gateway(&upstream, &jwks, "").await;
+    let typed = |typ: Option<&str>| {
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.typ = typ.map(str::to_string);
+        jsonwebtoken::encode(
+            &header,
+            &claims("https://typed.test/", "api", "alice"),
+            &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(get(&gw, "/jwt", &typed(Some("at+jwt"))).await.status(), 200);
+    assert_eq!(
+        get(&gw, "/jwt", &typed(Some("application/at+JWT")))
+            .await
+            .status(),
+        200
+    );
+    for wrong in [Some("JWT"), None] {
+        refused(
+            get(&gw, "/jwt", &typed(wrong)).await,
+            "The token's type is not accepted.",
+            "typ",
+        )
+        .await;
+    }
     gw.shutdown().await;
 }
 
