@@ -81,6 +81,10 @@ pub async fn authorize_url(
     if matches!(provider.kind, Kind::Oidc { .. }) {
         params.push(("nonce", pending.nonce.as_str()));
     }
+    // Google issues a refresh token only for offline access.
+    if provider.name == "google" {
+        params.push(("access_type", "offline"));
+    }
     let query = serde_urlencoded::to_string(&params).map_err(|e| LoginError::Invalid(e.to_string()))?;
     let joiner = if endpoint.contains('?') { '&' } else { '?' };
     Ok(format!("{endpoint}{joiner}{query}"))
@@ -142,10 +146,14 @@ pub struct TokenSet {
 }
 
 impl TokenSet {
-    /// Whether the access token ends within `margin` seconds and can be
-    /// renewed.
-    pub fn needs_refresh(&self, margin: u64) -> bool {
-        self.refresh_token.is_some() && self.expires_at.is_some_and(|e| e <= now_secs() + margin)
+    /// Whether the access token ends within `margin` seconds.
+    pub fn ends_soon(&self, margin: u64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now_secs() + margin)
+    }
+
+    /// Whether the access token has ended.
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|e| e <= now_secs())
     }
 }
 
@@ -263,6 +271,7 @@ async fn finish_oidc(
     let verified = match claims.get("email_verified") {
         Some(serde_json::Value::Bool(b)) => *b,
         Some(serde_json::Value::String(s)) => s == "true",
+        None => provider.vouches_for_email(),
         _ => false,
     };
     if !provider.email_allowed(email.as_deref(), verified) {

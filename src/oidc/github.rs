@@ -76,6 +76,12 @@ pub(super) async fn finish(
         name: user.name,
         // The allowed organisations the user belongs to, for routes' `roles`.
         roles,
-        tokens: serde_json::json!({ "access_token": token }),
+        // GitHub App user tokens expire and come with a refresh token;
+        // OAuth App tokens do neither.
+        tokens: serde_json::json!({
+            "access_token": token,
+            "refresh_token": tokens.refresh_token,
+            "expires_at": tokens.expires_in.map(|s| crate::stage::authn::jwt::now_secs() + s),
+        }),
     })
 }

@@ -247,6 +247,15 @@ pub fn compile_provider(
             vec!["read:user".into(), "user:email".into(), "read:org".into()]
         }
         Kind::GitHub { .. } => vec!["read:user".into(), "user:email".into()],
+        // Microsoft issues refresh tokens only for `offline_access`.
+        Kind::Oidc { .. } if name == "microsoft" => {
+            vec![
+                "openid".into(),
+                "email".into(),
+                "profile".into(),
+                "offline_access".into(),
+            ]
+        }
         Kind::Oidc { .. } => vec!["openid".into(), "email".into(), "profile".into()],
     });
     if matches!(kind, Kind::Oidc { .. }) && !scopes.iter().any(|s| s == "openid") {
@@ -254,7 +263,10 @@ pub fn compile_provider(
     }
     Some(Provider {
         name: name.to_string(),
-        label: config.label.clone().unwrap_or_else(|| capitalised(name)),
+        label: config.label.clone().unwrap_or_else(|| match name {
+            "github" => "GitHub".into(),
+            other => capitalised(other),
+        }),
         kind,
         client_id: config.client_id.clone(),
         client_secret: secret?,
@@ -318,8 +330,13 @@ impl Provider {
                 let url = format!("{issuer}/.well-known/openid-configuration");
                 let doc: DiscoveryDocument = get_json(client.get(&url)).await?;
                 // A discovery document for another issuer is a mix-up.
-                let multi_tenant = doc.issuer.contains("{tenantid}");
-                if doc.issuer.trim_end_matches('/') != issuer && !multi_tenant {
+                // Microsoft names its issuer by tenant ID, also when the
+                // tenant was configured by domain, and with a `{tenantid}`
+                // template for multi-tenant logins.
+                let microsoft = self.name == "microsoft"
+                    && doc.issuer.starts_with("https://login.microsoftonline.com/")
+                    && doc.issuer.trim_end_matches('/').ends_with("/v2.0");
+                if doc.issuer.trim_end_matches('/') != issuer && !microsoft {
                     return Err(LoginError::Invalid(format!(
                         "discovery names the issuer `{}`",
                         doc.issuer
@@ -418,6 +435,21 @@ impl Provider {
         )
         .ok_or_else(|| LoginError::Invalid(problems.join("; ")))?;
         Ok(JwtVerifier::new(vec![issuer], 16))
+    }
+
+    /// Whether this provider's `email` can be believed without
+    /// `email_verified`: Microsoft sends no such claim, but a single
+    /// tenant's directory is the authority for its own accounts (not so for
+    /// `common`, `organizations` or `consumers`, where anyone may sign up).
+    pub fn vouches_for_email(&self) -> bool {
+        match &self.kind {
+            Kind::Oidc { issuer } if self.name == "microsoft" => {
+                !["/common/", "/organizations/", "/consumers/"]
+                    .iter()
+                    .any(|t| issuer.contains(t))
+            }
+            _ => false,
+        }
     }
 
     /// Whether the allow-lists admit this (verified) address.

@@ -40,9 +40,11 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Providers> {
         );
         return None;
     };
-    if !(public_url.starts_with("https://")
-        || (!cx.production() || public_url.starts_with("http://127.0.0.1")))
-    {
+    let loopback = public_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .is_some_and(|host| host == "127.0.0.1" || host == "localhost");
+    if !(public_url.starts_with("https://") || !cx.production() || loopback) {
         cx.problems
             .at("sessions.public_url", "must be an https origin in production");
     }

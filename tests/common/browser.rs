@@ -44,6 +44,7 @@ impl Browser {
                 .tls_certs_only(std::iter::empty())
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(10))
                 .build()
                 .unwrap(),
             jar: Default::default(),

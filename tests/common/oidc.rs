@@ -70,10 +70,17 @@ impl OpenIdProvider {
             .spawn()
             .expect("node starts");
         let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        // Its one stdout line, or a failure within 20 s (never a hang).
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("oidc-provider printed nothing within 20 s"));
         let issuer = line
             .trim()
             .strip_prefix("listening ")

@@ -59,15 +59,8 @@ pub struct AuthPagesStage {
 /// Compiles `[sessions]`; no stage without it (then `/.auth/…` is routed
 /// like any other path, which in practice means 404).
 pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
-    let Some(config) = cx.config.sessions.clone() else {
-        if !cx.config.auth.oidc.is_empty() {
-            cx.problems.at(
-                "auth.oidc",
-                "providers log people in to sessions: add a [sessions] table",
-            );
-        }
-        return None;
-    };
+    // (`[[auth.oidc]]` without `[sessions]` is reported with the providers.)
+    let config = cx.config.sessions.clone()?;
     let keys = cx.session_keys.clone()?;
     let providers = cx.providers.clone();
     check_config(cx, &config);

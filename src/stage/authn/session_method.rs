@@ -207,7 +207,23 @@ impl AuthnStage {
         else {
             return ended(self, cx, "no_provider_token");
         };
-        if tokens.needs_refresh(REFRESH_MARGIN_SECS) {
+        if tokens.ends_soon(REFRESH_MARGIN_SECS) {
+            // Another instance may have renewed them already (and, with a
+            // provider that rotates refresh tokens, spent the one we hold).
+            if let Some(cache) = &sessions.cache
+                && let Ok(Some(stored)) = cache.store().find_session(&entry.record.id_hash).await
+                && let Some(newer) = stored
+                    .tokens
+                    .as_deref()
+                    .and_then(|s| sessions.keys.decrypt(s))
+                    .and_then(|plain| serde_json::from_slice::<TokenSet>(&plain).ok())
+                    .filter(|t| !t.ends_soon(REFRESH_MARGIN_SECS))
+            {
+                tokens = newer;
+                *sealed = stored.tokens;
+            }
+        }
+        if tokens.ends_soon(REFRESH_MARGIN_SECS) && tokens.refresh_token.is_some() {
             let provider = sessions
                 .providers
                 .as_ref()
@@ -242,6 +258,9 @@ impl AuthnStage {
                     return ended(self, cx, "provider_refresh_failed");
                 }
             }
+        }
+        if tokens.expired() {
+            return ended(self, cx, "provider_token_expired");
         }
         let Some(access) = tokens
             .access_token
