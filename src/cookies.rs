@@ -5,17 +5,33 @@
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 
-/// The values of every cookie called `name`, in order.
-pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+/// The `name=value` pairs of every Cookie line, as bytes: a line with bytes
+/// that are not visible ASCII (a UTF-8 cookie value some apps set) is still
+/// read, so no cookie of ours hides in it.
+fn pairs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|line| line.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
+        .flat_map(|line| line.as_bytes().split(|b| *b == b';'))
+        .map(|pair| pair.trim_ascii())
+}
+
+fn name_of(pair: &[u8]) -> Option<&[u8]> {
+    let eq = pair.iter().position(|b| *b == b'=')?;
+    Some(pair[..eq].trim_ascii())
+}
+
+/// The values of every cookie called `name`, in order (values that are
+/// not UTF-8 are skipped: none of the gateway's are).
+pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pairs(headers).filter_map(move |pair| {
+        if name_of(pair)? != name.as_bytes() {
+            return None;
+        }
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        let value = std::str::from_utf8(pair[eq + 1..].trim_ascii()).ok()?;
+        Some(value.trim_matches('"'))
+    })
 }
 
 /// Removes every cookie called `name`, keeping the others in order (and
@@ -27,23 +43,20 @@ pub fn remove(headers: &mut HeaderMap, name: &str) {
 /// Removes every cookie with one of these names, in one pass over the
 /// header when none is there (the common case), one rewrite when some are.
 pub fn remove_all(headers: &mut HeaderMap, names: &[&str]) {
-    let named = |pair: &str| {
-        pair.split_once('=')
-            .is_some_and(|(k, _)| names.contains(&k.trim()))
-    };
-    let lines = || headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
-    if !lines().flat_map(|line| line.split(';')).any(named) {
+    let named = |pair: &[u8]| name_of(pair).is_some_and(|n| names.iter().any(|x| x.as_bytes() == n));
+    if !pairs(headers).any(named) {
         return;
     }
-    let kept: Vec<String> = lines()
-        .flat_map(|line| line.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !named(pair))
-        .map(str::to_string)
-        .collect();
+    let mut kept: Vec<u8> = Vec::new();
+    for pair in pairs(headers).filter(|p| !p.is_empty() && !named(p)) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
+    }
     headers.remove(COOKIE);
     if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(value) = HeaderValue::from_bytes(&kept)
     {
         headers.insert(COOKIE, value);
     }
@@ -68,6 +81,15 @@ mod tests {
         assert_eq!(values(&h, "to").count(), 0);
         remove(&mut h, "tok");
         assert_eq!(h.get_all(COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        // A line with UTF-8 in another cookie is read and rewritten too.
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes("tok=1; name=Jos\u{e9}".as_bytes()).unwrap(),
+        );
+        assert_eq!(values(&h, "tok").collect::<Vec<_>>(), ["1"]);
+        remove(&mut h, "tok");
+        assert_eq!(h[COOKIE].as_bytes(), "name=Jos\u{e9}".as_bytes());
         let mut only = headers(&["tok=1"]);
         remove(&mut only, "tok");
         assert!(only.get(COOKIE).is_none());

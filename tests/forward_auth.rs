@@ -334,3 +334,68 @@ async fn portcullis_decides_for_traefik_forward_auth() {
 async fn portcullis_decides_for_envoy_ext_authz() {
     through("envoy").await;
 }
+
+/// Without any proxy: the verify endpoint judges the path the request will
+/// really reach, so `/.auth/…` spellings of a protected path are not waved
+/// through as the gateway's own pages.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_verify_endpoint_judges_the_normalised_path() {
+    let upstream = TestUpstream::start().await;
+    let dir = scratch_dir();
+    let key_file = dir.join("session.key");
+    std::fs::write(&key_file, "k7PzQ2vL9xW4mN8bR3tY6uI1oA5sD0fGhJ2kL4zX").unwrap();
+    let text = config_with_store("production", &upstream.url(), None, ROUTES).replacen(
+        "[secrets]\n",
+        &format!(
+            "[secrets]\nsession_key = {{ file = \"{}\" }}\n",
+            key_file.display()
+        ),
+        1,
+    );
+    let gw = start_gateway(&text).await;
+    let verify = |header: &'static str, target: &'static str| {
+        let addr = gw.public_addr();
+        async move {
+            let request = format!(
+                "GET /.auth/verify HTTP/1.1\r\nHost: a\r\n{header}: {target}\r\nConnection: close\r\n\r\n"
+            );
+            raw_status(&raw(addr, request.as_bytes()).await)
+        }
+    };
+    assert_eq!(
+        verify("X-Original-URI", "/.auth/login").await,
+        200,
+        "the login page is public"
+    );
+    for target in [
+        "/.auth/../admin/x",
+        "/.auth/%2e%2e/admin/x",
+        "/.auth/verify/../../admin",
+    ] {
+        for header in ["X-Original-URI", "X-Forwarded-Uri"] {
+            let status = verify(header, target).await;
+            // Refused either way: by the route's policy or as a disguised
+            // path of the gateway's own.
+            assert!(
+                [400, 401, 404].contains(&status),
+                "{header}: {target} answered {status}: it must be refused"
+            );
+        }
+    }
+    let envoy = raw(
+        gw.public_addr(),
+        b"GET /.auth/verify/.auth/x/../../admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_ne!(raw_status(&envoy), 200, "{envoy}");
+    // A CORS preflight is judged like any request, not answered as one.
+    let preflight = client()
+        .get(format!("http://{}/.auth/verify/api/x", gw.public_addr()))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 401);
+    gw.shutdown().await;
+}

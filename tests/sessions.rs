@@ -184,6 +184,27 @@ async fn a_local_user_logs_in_uses_the_portal_and_logs_out() {
         cookies.as_ref().is_none_or(|c| !c.contains("portcullis")),
         "{cookies:?}"
     );
+    // Also when another cookie on the line holds UTF-8 (apps set such).
+    let session = browser.cookie("__Host-portcullis").unwrap();
+    let line = format!("name=Jos\u{e9}; __Host-portcullis={session}");
+    let response = client()
+        .get(format!("http://{}/elsewhere", gw.public_addr()))
+        .header("cookie", http::HeaderValue::from_bytes(line.as_bytes()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    let cookie = seen
+        .headers
+        .get("cookie")
+        .map(|c| c.as_bytes().to_vec())
+        .unwrap_or_default();
+    assert_eq!(
+        cookie,
+        "name=Jos\u{e9}".as_bytes(),
+        "only the app's cookie goes on"
+    );
     // `/.auth/` cannot be reached upstream through another spelling.
     for sneaky in ["/x/../.auth/login", "/%2Eauth/login", "/x/%2e%2e/.auth/userinfo"] {
         let before = upstream.count();

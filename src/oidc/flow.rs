@@ -271,7 +271,7 @@ async fn finish_oidc(
     let verified = match claims.get("email_verified") {
         Some(serde_json::Value::Bool(b)) => *b,
         Some(serde_json::Value::String(s)) => s == "true",
-        None => provider.vouches_for_email(),
+        None => provider.vouches_for_email(&discovered.issuer),
         _ => false,
     };
     if !provider.email_allowed(email.as_deref(), verified) {

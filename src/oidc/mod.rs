@@ -296,18 +296,23 @@ pub fn compile_provider(
 pub async fn get_json<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
 ) -> Result<T, LoginError> {
-    let response = request
+    const MAX: usize = 1 << 20;
+    let mut response = request
         .timeout(Duration::from_secs(10))
         .send()
         .await
         .map_err(|e| LoginError::Provider(e.without_url().to_string()))?;
     let status = response.status();
-    let bytes = response
-        .bytes()
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| LoginError::Provider(e.without_url().to_string()))?;
-    if bytes.len() > 1 << 20 {
-        return Err(LoginError::Invalid("the answer is larger than 1 MiB".into()));
+        .map_err(|e| LoginError::Provider(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > MAX {
+            return Err(LoginError::Invalid("the answer is larger than 1 MiB".into()));
+        }
+        body.extend_from_slice(&chunk);
     }
     if !status.is_success() {
         return Err(LoginError::Invalid(format!(
@@ -315,7 +320,7 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
             status.as_u16()
         )));
     }
-    serde_json::from_slice(&bytes).map_err(|e| LoginError::Invalid(e.to_string()))
+    serde_json::from_slice(&body).map_err(|e| LoginError::Invalid(e.to_string()))
 }
 
 impl Provider {
@@ -441,15 +446,14 @@ impl Provider {
     /// `email_verified`: Microsoft sends no such claim, but a single
     /// tenant's directory is the authority for its own accounts (not so for
     /// `common`, `organizations` or `consumers`, where anyone may sign up).
-    pub fn vouches_for_email(&self) -> bool {
-        match &self.kind {
-            Kind::Oidc { issuer } if self.name == "microsoft" => {
-                !["/common/", "/organizations/", "/consumers/"]
-                    .iter()
-                    .any(|t| issuer.contains(t))
-            }
-            _ => false,
-        }
+    /// `discovered_issuer`: the issuer the provider's discovery names.
+    pub fn vouches_for_email(&self, discovered_issuer: &str) -> bool {
+        /// Microsoft's tenant of personal accounts.
+        const CONSUMERS: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        self.name == "microsoft"
+            && matches!(self.kind, Kind::Oidc { .. })
+            && !discovered_issuer.contains("{tenantid}")
+            && !discovered_issuer.to_ascii_lowercase().contains(CONSUMERS)
     }
 
     /// Whether the allow-lists admit this (verified) address.

@@ -157,6 +157,26 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a hash only if it is still `old` (an upgrade at login must
+    /// not undo a password change made meanwhile).
+    pub async fn upgrade_password_hash(
+        &self,
+        username: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3 AND password_hash = $4",
+        )
+        .bind(new)
+        .bind(now_ms())
+        .bind(username)
+        .bind(old)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     pub async fn record_login(&self, username: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET last_login_at = $1 WHERE username = $2")
             .bind(now_ms())

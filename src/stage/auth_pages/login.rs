@@ -145,7 +145,7 @@ impl AuthPagesStage {
             }
             (Some(r), Verdict::RightUpgrade(new_hash)) => {
                 store
-                    .set_password_hash(&username, &new_hash)
+                    .upgrade_password_hash(&username, &r.password_hash, &new_hash)
                     .await
                     .map_err(unavailable)?;
                 self.audit_event(cx, "password.upgraded", Severity::Notice, Some(&username), None);
@@ -185,6 +185,17 @@ impl AuthPagesStage {
             revoked_at: None,
         };
         cache.create(&id, session).await.map_err(unavailable)?;
+        // A disable that raced this login ends the session it just made.
+        if store
+            .find_user(&username)
+            .await
+            .ok()
+            .flatten()
+            .is_none_or(|u| u.disabled)
+        {
+            let _ = cache.revoke(&id).await;
+            return Ok(self.login_form(&return_to, Some(WRONG), StatusCode::UNAUTHORIZED));
+        }
         let _ = store.record_login(&username).await;
         self.audit_event(cx, "login.success", Severity::Info, Some(&username), None);
         Ok(see_other(

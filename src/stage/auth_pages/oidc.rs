@@ -120,6 +120,12 @@ impl AuthPagesStage {
             Ok(who) => who,
             Err(error) => return Ok(self.login_failed(cx, Some(name), &error)),
         };
+        // The user travels in X-Portcullis-User: a name a header cannot
+        // carry is refused, never rewritten into a shared placeholder.
+        if logged_in.username.len() > 256 || HeaderValue::from_str(&logged_in.username).is_err() {
+            let error = LoginError::Invalid("the account's name cannot be used here".into());
+            return Ok(self.login_failed(cx, Some(name), &error));
+        }
         let cache = self
             .cache
             .as_ref()

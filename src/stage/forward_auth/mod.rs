@@ -96,8 +96,20 @@ impl ForwardAuthStage {
         let uri: Uri = target
             .parse()
             .map_err(|_| GatewayError::bad_request("the forwarded URI is not a valid request target"))?;
-        // The gateway's own pages are public: the proxy sends them on.
-        if uri.path() == "/.auth" || uri.path().starts_with("/.auth/") {
+        // The gateway's own pages are public: the proxy sends them on. Judged
+        // on the normalised path, and only when the proxy's path is already
+        // normal: `/.auth/../admin` is /admin, and a path that only
+        // normalises to /.auth/… is refused rather than waved through.
+        let raw = uri.path();
+        let normal = crate::stage::route::normalise::normalise(raw)
+            .map_err(|e| GatewayError::bad_request(format!("the forwarded path is refused: {e}")))?;
+        let ours = |p: &str| p == "/.auth" || p.starts_with("/.auth/");
+        if ours(&normal.decoded) {
+            if normal.encoded != raw {
+                return Err(GatewayError::bad_request(
+                    "the forwarded path is not in normal form",
+                ));
+            }
             return Ok(Flow::Respond(Response::new(GatewayBody::Empty)));
         }
         *req.method_mut() = method;
