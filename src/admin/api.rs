@@ -314,7 +314,7 @@ async fn revoke_sessions(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(username): Path<String>,
 ) -> ApiResult<Json<RevokedSessions>> {
-    let hashes = store(&shared)?.revoke_user_sessions(&username).await?;
+    let hashes = store(&shared)?.revoke_user_sessions(&username, None).await?;
     if let Some(cache) = &shared.runtime.sessions {
         for hash in &hashes {
             cache.invalidate_hash(hash);

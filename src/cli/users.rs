@@ -72,7 +72,11 @@ fn audit(session: &StoreSession, kind: &str, user: &str, detail: Option<(&str, s
 
 /// Ends a user's sessions (every instance notices within a second).
 async fn end_sessions(session: &StoreSession, username: &str) -> Result<usize> {
-    let ended = session.store.revoke_user_sessions(username).await?;
+    // Only the local user's: a provider login may carry the same name.
+    let ended = session
+        .store
+        .revoke_user_sessions(username, Some("local"))
+        .await?;
     if !ended.is_empty() {
         audit(
             session,

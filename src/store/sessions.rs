@@ -88,24 +88,36 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Revokes every live session of a user; returns their hashes.
-    pub async fn revoke_user_sessions(&self, username: &str) -> Result<Vec<String>, StoreError> {
-        let hashes: Vec<String> =
-            sqlx::query("SELECT id_hash FROM sessions WHERE username = $1 AND revoked_at IS NULL")
-                .bind(username)
-                .fetch_all(self.pool())
-                .await?
-                .iter()
-                .map(|r| r.try_get("id_hash"))
-                .collect::<Result<_, _>>()?;
+    /// Revokes every live session of a user name, of one provider
+    /// (`local` for local users) or of all; returns their hashes.
+    pub async fn revoke_user_sessions(
+        &self,
+        username: &str,
+        provider: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let provider = provider.unwrap_or("");
+        let hashes: Vec<String> = sqlx::query(
+            "SELECT id_hash FROM sessions WHERE username = $1 AND revoked_at IS NULL \
+             AND ($2 = '' OR provider = $3)",
+        )
+        .bind(username)
+        .bind(provider)
+        .bind(provider)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("id_hash"))
+        .collect::<Result<_, _>>()?;
         let now = now_ms();
         sqlx::query(
             "UPDATE sessions SET revoked_at = $1, tokens = NULL, updated_at = $2 \
-             WHERE username = $3 AND revoked_at IS NULL",
+             WHERE username = $3 AND revoked_at IS NULL AND ($4 = '' OR provider = $5)",
         )
         .bind(now)
         .bind(now)
         .bind(username)
+        .bind(provider)
+        .bind(provider)
         .execute(self.pool())
         .await?;
         Ok(hashes)
