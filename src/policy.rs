@@ -18,7 +18,7 @@ use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
 use crate::stage::{
     access_log, auth_pages, authn, authz, body_limit, client_ip, cors, forward_auth, framing, rate_limit,
-    request_head, request_id, route, upstream_headers,
+    request_head, request_id, route, security_headers, upstream_headers,
 };
 use crate::upstream::Upstream;
 
@@ -78,6 +78,7 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         rate_limit::compile(cx),
         body_limit::compile(cx),
         upstream_headers::compile(cx),
+        security_headers::compile(cx),
         access_log::compile(cx),
     ]
     .into_iter()
@@ -389,7 +390,13 @@ max_body = "2000GiB"
             phases[5],
             (
                 "response",
-                vec!["request_id", "cors", "forward_auth", "rate_limit"]
+                vec![
+                    "request_id",
+                    "cors",
+                    "forward_auth",
+                    "rate_limit",
+                    "security_headers"
+                ]
             )
         );
         assert_eq!(phases[6], ("logging", vec!["access_log"]));

@@ -29,6 +29,7 @@ pub use crate::sessions::SessionsConfig;
 pub use crate::stage::authn::{ApiKeysConfig, AuthConfig};
 pub use crate::stage::cors::CorsConfig;
 pub use crate::stage::rate_limit::RateLimitsConfig;
+pub use crate::stage::security_headers::SecurityHeadersConfig;
 pub use crate::upstream::UpstreamConfig;
 
 fn default_true() -> bool {
@@ -64,6 +65,8 @@ pub struct Config {
     pub cors: Option<CorsConfig>,
     /// `[sessions]`: login sessions (routes with auth = ["session"]).
     pub sessions: Option<SessionsConfig>,
+    /// `[security_headers]`: the headers added to every answer.
+    pub security_headers: Option<SecurityHeadersConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -278,6 +281,8 @@ pub struct RouteConfig {
     /// `Authorization: Bearer …`, refreshed before it expires.
     #[serde(default)]
     pub forward_provider_token: bool,
+    /// This route's security headers: any `[security_headers]` key.
+    pub security_headers: Option<SecurityHeadersConfig>,
     /// A query parameter that may carry the API key on this route (off by
     /// default: URLs end up in logs and browser history).
     pub api_key_query: Option<String>,

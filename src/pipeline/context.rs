@@ -37,6 +37,9 @@ pub struct RequestCx {
     pub client_ip: IpAddr,
     /// client_ip stage: whether the peer is a trusted proxy.
     pub peer_trusted: bool,
+    /// client_ip stage: the client's request came over HTTPS (a trusted
+    /// proxy says so in `X-Forwarded-Proto`).
+    pub https: bool,
     /// cors stage: the allowed origin of a cross-origin request.
     pub cors_origin: Option<HeaderValue>,
     /// The route phase.
@@ -74,6 +77,7 @@ impl RequestCx {
             request_id: HeaderValue::from_static("-"),
             client_ip: peer.ip(),
             peer_trusted: false,
+            https: false,
             cors_origin: None,
             route: None,
             rewritten_path: None,

@@ -19,6 +19,7 @@
 //! | [`rate_limit`] | access, response | every limit of the route (and the key's own) must pass; 429 with `Retry-After`; RateLimit headers |
 //! | [`body_limit`] | body | `max_body`: 413 before reading, or the streamed body cut off |
 //! | [`upstream_headers`] | upstream_request | hop-by-hop and client copies of the gateway's headers removed; `X-Forwarded-*`, `X-Request-Id` and the identity headers set |
+//! | [`security_headers`] | response | nosniff, frame and referrer policies, CSP, HSTS over HTTPS; the upstream's `Server`/`X-Powered-By` removed |
 //! | [`access_log`] | logging | route metrics and the access-log line, once per request |
 //!
 //! The proxy itself ([`crate::upstream`]) runs after the last request phase.
@@ -36,4 +37,5 @@ pub mod rate_limit;
 pub mod request_head;
 pub mod request_id;
 pub mod route;
+pub mod security_headers;
 pub mod upstream_headers;

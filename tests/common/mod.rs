@@ -124,6 +124,8 @@ pub struct Received {
 ///   stack trace (`Traceback ... SECRET_STACK_DETAIL`);
 /// - `/delay/<ms>`: answers after that many milliseconds;
 /// - `/hop`: answers with hop-by-hop headers that must not reach the client;
+/// - `…/powered`: answers with `Server`, `X-Powered-By` and its own
+///   `X-Frame-Options: SAMEORIGIN`;
 /// - `/echo-stream`: streams the request body back as it arrives (records
 ///   the request with an empty body);
 /// - `/echo-error`: `500` with everything received in the body: the request
@@ -271,6 +273,12 @@ async fn answer(
         h.insert("access-control-allow-credentials", "true".parse().unwrap());
         h.insert("access-control-expose-headers", "x-internal".parse().unwrap());
         h.insert("access-control-allow-private-network", "true".parse().unwrap());
+    }
+    if path.ends_with("/powered") {
+        let h = response.headers_mut();
+        h.insert("server", "uvicorn".parse().unwrap());
+        h.insert("x-powered-by", "Express".parse().unwrap());
+        h.insert("x-frame-options", "SAMEORIGIN".parse().unwrap());
     }
     if path == "/hop" {
         let h = response.headers_mut();
