@@ -185,16 +185,9 @@ async fn through(kind: &str) {
         return;
     };
     let upstream = TestUpstream::start().await;
-    let dir = scratch_dir();
-    let key_file = dir.join("session.key");
-    std::fs::write(&key_file, "k7PzQ2vL9xW4mN8bR3tY6uI1oA5sD0fGhJ2kL4zX").unwrap();
-    let text = config_with_store("production", &upstream.url(), None, ROUTES).replacen(
-        "[secrets]\n",
-        &format!(
-            "[secrets]\nsession_key = {{ file = \"{}\" }}\n",
-            key_file.display()
-        ),
-        1,
+    let text = with_session_key(
+        &config_with_store("production", &upstream.url(), None, ROUTES),
+        "k7PzQ2vL9xW4mN8bR3tY6uI1oA5sD0fGhJ2kL4zX",
     );
     let gw = start_gateway(&text).await;
     let key = make_key(&gw, "svc", &[], None).await.key;
@@ -341,16 +334,9 @@ async fn portcullis_decides_for_envoy_ext_authz() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_verify_endpoint_judges_the_normalised_path() {
     let upstream = TestUpstream::start().await;
-    let dir = scratch_dir();
-    let key_file = dir.join("session.key");
-    std::fs::write(&key_file, "k7PzQ2vL9xW4mN8bR3tY6uI1oA5sD0fGhJ2kL4zX").unwrap();
-    let text = config_with_store("production", &upstream.url(), None, ROUTES).replacen(
-        "[secrets]\n",
-        &format!(
-            "[secrets]\nsession_key = {{ file = \"{}\" }}\n",
-            key_file.display()
-        ),
-        1,
+    let text = with_session_key(
+        &config_with_store("production", &upstream.url(), None, ROUTES),
+        "k7PzQ2vL9xW4mN8bR3tY6uI1oA5sD0fGhJ2kL4zX",
     );
     let gw = start_gateway(&text).await;
     let verify = |header: &'static str, target: &'static str| {

@@ -14,8 +14,33 @@ use common::*;
 
 const SESSION_KEY: &str = "k7PzQ2vL9xW4mN8bR3tY6uI1oA5sD0fGhJ2kL4zX";
 
-/// A gateway on a known port (its public URL is in the config), with one
-/// OIDC provider called `corp` and a session route.
+/// A gateway on a known port (its public URL is in the config) with a
+/// session key, and `body` (providers and routes) given the path of a file
+/// holding [`CLIENT_SECRET`].
+fn provider_gateway(
+    port: u16,
+    upstream: &TestUpstream,
+    store_url: Option<&str>,
+    body: impl FnOnce(&str) -> String,
+) -> String {
+    let secret = scratch_dir().join("client.secret");
+    std::fs::write(&secret, CLIENT_SECRET).unwrap();
+    let extra = format!(
+        "[sessions]\npublic_url = \"http://127.0.0.1:{port}\"\n{}",
+        body(&secret.display().to_string())
+    );
+    with_session_key(
+        &config_with_store("production", &upstream.url(), store_url, &extra),
+        SESSION_KEY,
+    )
+    .replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    )
+}
+
+/// One OIDC provider called `corp` and session routes.
 fn oidc_config(
     port: u16,
     upstream: &TestUpstream,
@@ -23,20 +48,9 @@ fn oidc_config(
     store_url: Option<&str>,
     extra: &str,
 ) -> String {
-    let dir = scratch_dir();
-    let key = dir.join("session.key");
-    std::fs::write(&key, SESSION_KEY).unwrap();
-    let secret = dir.join("client.secret");
-    std::fs::write(&secret, CLIENT_SECRET).unwrap();
-    config_with_store(
-        "production",
-        &upstream.url(),
-        store_url,
-        &format!(
+    provider_gateway(port, upstream, store_url, |secret| {
+        format!(
             r#"
-[sessions]
-public_url = "http://127.0.0.1:{port}"
-
 [[auth.oidc]]
 name = "corp"
 issuer = "{op_issuer}"
@@ -63,20 +77,9 @@ id = "public"
 path = "/"
 upstream = "app"
 auth = ["none"]
-"#,
-            secret = secret.display()
-        ),
-    )
-    .replacen(
-        "[secrets]\n",
-        &format!("[secrets]\nsession_key = {{ file = \"{}\" }}\n", key.display()),
-        1,
-    )
-    .replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-        1,
-    )
+"#
+        )
+    })
 }
 
 fn callback_url(port: u16) -> String {
@@ -115,15 +118,7 @@ async fn a_full_login_against_a_real_openid_provider_with_rs256_and_es256() {
             done.text().await.unwrap_or_default()
         );
         assert_eq!(done.headers()["location"], "/portal/x");
-        let cookie = browser
-            .set_cookies
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|c| c.name == "__Host-portcullis")
-            .cloned()
-            .unwrap();
+        let cookie = browser.last_set_cookie("__Host-portcullis").unwrap();
         for flag in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
             assert!(cookie.line.contains(flag), "{flag}: {}", cookie.line);
         }
@@ -411,20 +406,9 @@ async fn github_stand_in(orgs: &'static [&'static str]) -> std::net::SocketAddr 
 }
 
 fn github_config(port: u16, upstream: &TestUpstream, github: std::net::SocketAddr) -> String {
-    let dir = scratch_dir();
-    let key = dir.join("session.key");
-    std::fs::write(&key, SESSION_KEY).unwrap();
-    let secret = dir.join("client.secret");
-    std::fs::write(&secret, CLIENT_SECRET).unwrap();
-    config_with_store(
-        "production",
-        &upstream.url(),
-        None,
-        &format!(
+    provider_gateway(port, upstream, None, |secret| {
+        format!(
             r#"
-[sessions]
-public_url = "http://127.0.0.1:{port}"
-
 [[auth.oidc]]
 name = "github"
 client_id = "gh-client"
@@ -445,20 +429,9 @@ id = "public"
 path = "/"
 upstream = "app"
 auth = ["none"]
-"#,
-            secret = secret.display()
-        ),
-    )
-    .replacen(
-        "[secrets]\n",
-        &format!("[secrets]\nsession_key = {{ file = \"{}\" }}\n", key.display()),
-        1,
-    )
-    .replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-        1,
-    )
+"#
+        )
+    })
 }
 
 async fn github_login(browser: &Browser) -> reqwest::Response {

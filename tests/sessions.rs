@@ -137,13 +137,7 @@ async fn a_local_user_logs_in_uses_the_portal_and_logs_out() {
     assert_eq!(ok.status(), 303);
     assert_eq!(ok.headers()["location"], "/portal/reports");
     let cookie = browser
-        .set_cookies
-        .lock()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|c| c.name == "__Host-portcullis")
-        .cloned()
+        .last_set_cookie("__Host-portcullis")
         .expect("a session cookie");
     for flag in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
         assert!(cookie.line.contains(flag), "{flag} missing: {}", cookie.line);

@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::{Store, StoreError, now_ms};
 
 /// One session as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SessionRecord {
     pub id_hash: String,
     pub username: String,

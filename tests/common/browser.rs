@@ -63,6 +63,17 @@ impl Browser {
         self.jar.lock().unwrap().get(name).cloned()
     }
 
+    /// The latest `Set-Cookie` the server sent for `name`.
+    pub fn last_set_cookie(&self, name: &str) -> Option<SetCookie> {
+        self.set_cookies
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|c| c.name == name)
+            .cloned()
+    }
+
     pub fn set_cookie(&self, name: &str, value: &str) {
         self.jar.lock().unwrap().insert(name.into(), value.into());
     }

@@ -853,6 +853,18 @@ pub async fn audit_events(
         .unwrap()
 }
 
+/// A config from [`config_with_store`] whose `[secrets]` also reads
+/// `session_key` from a fresh file holding `key`.
+pub fn with_session_key(text: &str, key: &str) -> String {
+    let file = scratch_dir().join("session.key");
+    std::fs::write(&file, key).unwrap();
+    text.replacen(
+        "[secrets]\n",
+        &format!("[secrets]\nsession_key = {{ file = \"{}\" }}\n", file.display()),
+        1,
+    )
+}
+
 /// The store a running in-process gateway uses.
 pub fn store_of(gw: &portcullis::Gateway) -> portcullis::store::Store {
     gw.shared()

@@ -8,9 +8,8 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::pipeline::RequestCx;
 use crate::ratelimit::{Subject, ceil_secs, counter_id};
-use crate::sessions::crypto::{SessionId, random_token};
+use crate::sessions::crypto::random_token;
 use crate::sessions::safe_return_to;
-use crate::store::now_ms;
 use crate::store::sessions::SessionRecord;
 use crate::users::{self, Verdict};
 
@@ -165,26 +164,16 @@ impl AuthPagesStage {
                 return Ok(self.login_form(&return_to, Some(WRONG), StatusCode::UNAUTHORIZED));
             }
         };
-        // A session the browser already had ends (no session fixation).
-        if let Some(old) = self.session_id(req) {
-            let _ = cache.revoke(&old).await;
-        }
-        let now = now_ms();
-        let id = SessionId::generate();
         let session = SessionRecord {
-            id_hash: id.hash(),
             username: record.user.username.clone(),
             provider: "local".into(),
-            email: None,
-            name: None,
             roles: record.user.roles.clone(),
-            tokens: None,
-            created_at: now,
-            last_seen_at: now,
-            expires_at: now + self.config.max_age.0.as_millis() as i64,
-            revoked_at: None,
+            ..SessionRecord::default()
         };
-        cache.create(&id, session).await.map_err(unavailable)?;
+        let id = self
+            .start_session(req, cache, session)
+            .await
+            .map_err(unavailable)?;
         // A disable that raced this login ends the session it just made.
         if store
             .find_user(&username)

@@ -210,6 +210,29 @@ impl AuthPagesStage {
         self.keys.open_cookie(value)
     }
 
+    /// Stores a new session from what a login found out (`record`'s ID and
+    /// times are filled in here), ending the one the browser had, so a
+    /// session planted before login is not carried past it (fixation).
+    async fn start_session(
+        &self,
+        req: &Request<GatewayBody>,
+        cache: &SessionCache,
+        mut record: crate::store::sessions::SessionRecord,
+    ) -> Result<crate::sessions::crypto::SessionId, crate::store::StoreError> {
+        if let Some(old) = self.session_id(req) {
+            let _ = cache.revoke(&old).await;
+        }
+        let id = crate::sessions::crypto::SessionId::generate();
+        let now = crate::store::now_ms();
+        record.id_hash = id.hash();
+        record.created_at = now;
+        record.last_seen_at = now;
+        record.expires_at = now + self.config.max_age.0.as_millis() as i64;
+        record.revoked_at = None;
+        cache.create(&id, record).await?;
+        Ok(id)
+    }
+
     async fn read_form(req: &mut Request<GatewayBody>) -> Result<String, GatewayError> {
         let is_form = req
             .headers()

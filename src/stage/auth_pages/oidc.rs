@@ -1,18 +1,18 @@
 //! `/.auth/login/{provider}` and `/.auth/callback/{provider}`: the browser
 //! side of the provider login (see [`crate::oidc`]).
 
+use std::sync::Arc;
+
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::{AuthPagesStage, html, page_response, query_param, see_other};
 use crate::audit::Severity;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::oidc::LoginError;
 use crate::oidc::flow::{self, Pending};
+use crate::oidc::{LoginError, Provider, Providers};
 use crate::pipeline::RequestCx;
-use crate::sessions::crypto::SessionId;
 use crate::sessions::safe_return_to;
-use crate::store::now_ms;
 use crate::store::sessions::SessionRecord;
 
 impl AuthPagesStage {
@@ -37,6 +37,16 @@ impl AuthPagesStage {
         }
     }
 
+    /// The providers, the one named in the path, and the HTTP client.
+    fn provider(&self, name: &str) -> Result<(&Providers, &Arc<Provider>, &reqwest::Client), GatewayError> {
+        let providers = self.providers.as_deref().ok_or(GatewayError::NotFound)?;
+        let provider = providers.find(name).ok_or(GatewayError::NotFound)?;
+        let client = providers.client.as_ref().ok_or_else(|| {
+            GatewayError::Unavailable("this process does not call identity providers".into())
+        })?;
+        Ok((providers, provider, client))
+    }
+
     /// Sends the browser to the provider, remembering the login (state,
     /// nonce, PKCE verifier, where to return) in an encrypted cookie.
     pub(super) async fn provider_login(
@@ -45,15 +55,7 @@ impl AuthPagesStage {
         req: &Request<GatewayBody>,
         name: &str,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (Some(providers), Some(provider)) = (
-            self.providers.as_ref(),
-            self.providers.as_ref().and_then(|p| p.find(name)),
-        ) else {
-            return Err(GatewayError::NotFound);
-        };
-        let client = providers.client.as_ref().ok_or_else(|| {
-            GatewayError::Unavailable("this process does not call identity providers".into())
-        })?;
+        let (providers, provider, client) = self.provider(name)?;
         let pending = Pending::new(&provider.name, safe_return_to(query_param(req, "rd").as_deref()));
         let url =
             match flow::authorize_url(provider, client, &providers.redirect_uri(provider), &pending).await {
@@ -82,15 +84,7 @@ impl AuthPagesStage {
         req: &Request<GatewayBody>,
         name: &str,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (Some(providers), Some(provider)) = (
-            self.providers.as_ref(),
-            self.providers.as_ref().and_then(|p| p.find(name)),
-        ) else {
-            return Err(GatewayError::NotFound);
-        };
-        let client = providers.client.as_ref().ok_or_else(|| {
-            GatewayError::Unavailable("this process does not call identity providers".into())
-        })?;
+        let (providers, provider, client) = self.provider(name)?;
         let pending: Option<Pending> = crate::cookies::values(req.headers(), self.oidc_cookie_name())
             .next()
             .and_then(|sealed| self.keys.decrypt(sealed))
@@ -130,26 +124,16 @@ impl AuthPagesStage {
             .cache
             .as_ref()
             .ok_or_else(|| GatewayError::Unavailable("the session store is not available".into()))?;
-        if let Some(old) = self.session_id(req) {
-            let _ = cache.revoke(&old).await;
-        }
-        let now = now_ms();
-        let id = SessionId::generate();
-        let tokens = self.keys.encrypt(logged_in.tokens.to_string().as_bytes());
         let record = SessionRecord {
-            id_hash: id.hash(),
             username: logged_in.username.clone(),
             provider: provider.name.clone(),
             email: logged_in.email.clone(),
             name: logged_in.name.clone(),
             roles: logged_in.roles.clone(),
-            tokens: Some(tokens),
-            created_at: now,
-            last_seen_at: now,
-            expires_at: now + self.config.max_age.0.as_millis() as i64,
-            revoked_at: None,
+            tokens: Some(self.keys.encrypt(logged_in.tokens.to_string().as_bytes())),
+            ..SessionRecord::default()
         };
-        cache.create(&id, record).await.map_err(|error| {
+        let id = self.start_session(req, cache, record).await.map_err(|error| {
             tracing::error!(%error, "could not store a session");
             GatewayError::Unavailable("the session store is not available".into())
         })?;
