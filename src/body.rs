@@ -74,6 +74,40 @@ impl GatewayBody {
     }
 }
 
+/// Reads a client body whole, up to `limit` bytes, for a stage that must
+/// see all of it (a form's CSRF token, a JSON document to validate); the
+/// request keeps the bytes, so the upstream receives them unchanged.
+pub async fn buffer(
+    req: &mut http::Request<GatewayBody>,
+    limit: u64,
+) -> Result<Bytes, crate::error::GatewayError> {
+    use crate::error::GatewayError;
+    use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let body = std::mem::take(req.body_mut());
+    let bytes = match http_body_util::Limited::new(body, limit as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        Err(e) => match e.downcast::<BodyError>() {
+            Ok(inner) if matches!(*inner, BodyError::TooLarge { .. }) => {
+                return Err(GatewayError::PayloadTooLarge { limit });
+            }
+            _ => return Err(GatewayError::bad_request("the request body could not be read")),
+        },
+    };
+    *req.body_mut() = GatewayBody::full(bytes.clone());
+    Ok(bytes)
+}
+
 impl From<Incoming> for GatewayBody {
     fn from(body: Incoming) -> Self {
         GatewayBody::Streamed(body)

@@ -17,6 +17,8 @@ use crate::runtime::Runtime;
 pub struct Problems<'a> {
     loaded: &'a LoadedConfig,
     errors: Vec<ConfigError>,
+    /// Things worth saying that are not errors (see [`Problems::warn`]).
+    warnings: Vec<String>,
 }
 
 impl<'a> Problems<'a> {
@@ -24,7 +26,23 @@ impl<'a> Problems<'a> {
         Problems {
             loaded,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Whether the config is for production (stricter rules, more warnings).
+    pub fn production(&self) -> bool {
+        self.loaded.config.environment.is_production()
+    }
+
+    /// Something `check` and `serve` say that does not stop the config.
+    pub fn warn(&mut self, message: impl Into<String>) {
+        self.warnings.push(message.into());
+    }
+
+    /// The warnings so far.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// A problem with `key` (`server.listen`, `cors.origins`), located in

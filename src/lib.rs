@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod cookies;
 pub mod demo;
+pub mod enforce;
 pub mod error;
 pub mod keys;
 pub mod listener;

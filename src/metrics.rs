@@ -29,6 +29,8 @@ pub struct Metrics {
     pub admin_connections_open: IntGauge,
     pub config_reloads: IntCounterVec,
     rate_limited: IntCounterVec,
+    /// Refusals a protection in report mode let through.
+    would_refuse: IntCounterVec,
     /// For requests that matched no route.
     pub unrouted: RouteMetrics,
     pub auth: AuthMetrics,
@@ -182,8 +184,14 @@ impl Metrics {
             "Authentication outcomes, by method (api_key, jwt, session, none) and outcome (success, or the refusal's reason).",
             &["method", "outcome"],
         );
+        let would_refuse = counter(
+            "portcullis_would_refuse_total",
+            "Requests a protection in report mode would have refused but let through, by protection and route.",
+            &["protection", "route"],
+        );
         for collector in [
             Box::new(rate_limited.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(would_refuse.clone()),
             Box::new(auth_outcomes.clone()),
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
@@ -209,6 +217,7 @@ impl Metrics {
             admin_connections_open,
             config_reloads,
             rate_limited,
+            would_refuse,
             unrouted,
             auth: AuthMetrics::new(auth_outcomes),
         }
@@ -235,6 +244,12 @@ impl Metrics {
                 limits.with_label_values(&[route, "limited"]),
             ],
         }
+    }
+
+    /// A refusal that report mode let through (off the usual path: only
+    /// reported requests pay for the label lookup).
+    pub fn would_refuse(&self, protection: &str, route: &str) {
+        self.would_refuse.with_label_values(&[protection, route]).inc();
     }
 
     pub fn for_route(&self, route: &str) -> RouteMetrics {

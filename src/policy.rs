@@ -17,8 +17,8 @@ use crate::listener::ConnectionLimits;
 use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
 use crate::stage::{
-    access_log, auth_pages, authn, authz, body_limit, client_ip, cors, forward_auth, framing, rate_limit,
-    request_head, request_id, route, security_headers, upstream_headers,
+    access_log, auth_pages, authn, authz, body_limit, client_ip, cors, csrf, forward_auth, framing,
+    rate_limit, request_head, request_id, route, security_headers, upstream_headers,
 };
 use crate::upstream::Upstream;
 
@@ -73,6 +73,8 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         // cheaply.
         forward_auth::compile(cx),
         auth_pages::compile(cx),
+        // Before authn, which removes the session cookie it looks for.
+        csrf::compile(cx),
         authn::compile(cx),
         authz::compile(cx),
         rate_limit::compile(cx),
@@ -100,7 +102,8 @@ pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, Confi
     let upstreams = crate::upstream::compile_all(&mut cx);
     let stages = stage_order(&mut cx);
     let (table, routes) = route::compile(&mut cx, &upstreams);
-    let warnings = std::mem::take(&mut cx.warnings);
+    let mut warnings = std::mem::take(&mut cx.warnings);
+    warnings.extend(cx.problems.take_warnings());
     cx.problems.into_result()?;
     Ok(Policy {
         environment: config.environment,

@@ -291,3 +291,173 @@ auth = ["none"]
     .await;
     gw.shutdown().await;
 }
+
+const PATTERNS: &str = r#"
+[cors]
+origins = ["https://*.example.com", "https://app.example.org:8443"]
+development_origins = ["http://localhost:5173"]
+credentials = true
+
+[[routes]]
+id = "api"
+path = "/api"
+upstream = "app"
+auth = ["none"]
+
+[[routes]]
+id = "partner"
+path = "/partner"
+upstream = "app"
+auth = ["none"]
+cors = { origins = ["https://partner.example.net", "null"], credentials = false }
+
+[[routes]]
+id = "own"
+path = "/own"
+upstream = "app"
+auth = ["none"]
+cors = { enabled = false }
+
+[[routes]]
+id = "watch"
+path = "/watch"
+upstream = "app"
+auth = ["none"]
+mode = "report"
+"#;
+
+/// The `Access-Control-Allow-Origin` a GET from `origin` gets, if any.
+async fn allowed(addr: std::net::SocketAddr, path: &str, origin: &str) -> Option<String> {
+    let r = client()
+        .get(format!("http://{addr}{path}"))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["vary"], "Origin", "{path} {origin}");
+    r.headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patterns_match_true_subdomains_and_routes_override_the_list() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config("development", &upstream.url(), PATTERNS)).await;
+    let addr = gw.public_addr();
+    for good in [
+        "https://a.example.com",
+        "https://deep.a.example.com",
+        "https://app.example.org:8443",
+        "http://localhost:5173",
+    ] {
+        assert_eq!(allowed(addr, "/api", good).await.as_deref(), Some(good), "{good}");
+    }
+    for bad in [
+        "https://example.com",
+        "https://evilexample.com",
+        "https://example.com.evil.net",
+        "https://a.example.com.evil.net",
+        "http://a.example.com",
+        "https://a.example.com:444",
+        "https://app.example.org",
+        "null",
+        "https://partner.example.net",
+    ] {
+        assert_eq!(allowed(addr, "/api", bad).await, None, "{bad} on /api");
+    }
+    // The partner route has its own list, where `null` is listed.
+    assert_eq!(
+        allowed(addr, "/partner", "https://partner.example.net")
+            .await
+            .as_deref(),
+        Some("https://partner.example.net")
+    );
+    assert_eq!(allowed(addr, "/partner", "null").await.as_deref(), Some("null"));
+    assert_eq!(allowed(addr, "/partner", "https://a.example.com").await, None);
+    // A route with CORS off leaves it to the backend, which here reflects.
+    let r = client()
+        .get(format!("http://{addr}/own/reflect-origin"))
+        .header("origin", "https://anyone.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://anyone.example"
+    );
+    // A preflight of the partner route is answered by its own policy.
+    let r = client()
+        .request(reqwest::Method::OPTIONS, format!("http://{addr}/partner/x"))
+        .header("origin", "https://partner.example.net")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("access-control-allow-credentials").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn development_origins_never_count_in_production() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config("production", &upstream.url(), PATTERNS)).await;
+    let addr = gw.public_addr();
+    assert_eq!(allowed(addr, "/api", "http://localhost:5173").await, None);
+    assert_eq!(
+        allowed(addr, "/api", "https://a.example.com").await.as_deref(),
+        Some("https://a.example.com")
+    );
+    gw.shutdown().await;
+    // And a local origin in the production list is a config error.
+    let text = edit(&config("production", &upstream.url(), PATTERNS), |doc| {
+        *at(doc, "cors.origins") = vec!["http://localhost:5173"].into();
+    });
+    let loaded = portcullis::config::load::load(
+        &portcullis::config::Source::Text {
+            name: "t.toml".into(),
+            text,
+        },
+        &[],
+    )
+    .unwrap();
+    let errors = portcullis::policy::compile(&loaded, &portcullis::runtime::Runtime::offline())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(errors.contains("development_origins"), "{errors}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_mode_forwards_refused_preflights_and_counts_them() {
+    let upstream = TestUpstream::start().await;
+    let gw = start_gateway(&config("development", &upstream.url(), PATTERNS)).await;
+    let addr = gw.public_addr();
+    let r = client()
+        .request(reqwest::Method::OPTIONS, format!("http://{addr}/watch/x"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the backend answered");
+    assert_eq!(upstream.count(), 1);
+    // A backend granting an unlisted origin keeps its headers in report mode.
+    let r = client()
+        .get(format!("http://{addr}/watch/reflect-origin"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://evil.example");
+    let admin = gw.admin_addr();
+    wait_until_async("two would-refuse counts", Duration::from_secs(5), async || {
+        metric(
+            &metrics_text(admin).await,
+            "portcullis_would_refuse_total{protection=\"cors\",route=\"watch\"}",
+        ) == 2.0
+    })
+    .await;
+    gw.shutdown().await;
+}

@@ -28,6 +28,7 @@ pub use units::{ByteSize, ConfigDuration};
 pub use crate::sessions::SessionsConfig;
 pub use crate::stage::authn::{ApiKeysConfig, AuthConfig};
 pub use crate::stage::cors::CorsConfig;
+pub use crate::stage::csrf::CsrfConfig;
 pub use crate::stage::rate_limit::RateLimitsConfig;
 pub use crate::stage::security_headers::SecurityHeadersConfig;
 pub use crate::upstream::UpstreamConfig;
@@ -65,6 +66,8 @@ pub struct Config {
     pub cors: Option<CorsConfig>,
     /// `[sessions]`: login sessions (routes with auth = ["session"]).
     pub sessions: Option<SessionsConfig>,
+    /// `[csrf]`: cross-site request forgery protection for cookie-carrying routes.
+    pub csrf: Option<CsrfConfig>,
     /// `[security_headers]`: the headers added to every answer.
     pub security_headers: Option<SecurityHeadersConfig>,
     #[serde(default)]
@@ -281,6 +284,10 @@ pub struct RouteConfig {
     /// `Authorization: Bearer …`, refreshed before it expires.
     #[serde(default)]
     pub forward_provider_token: bool,
+    /// This route's CORS: any `[cors]` key, over `[cors]`'s.
+    pub cors: Option<CorsConfig>,
+    /// This route's CSRF protection: any `[csrf]` key.
+    pub csrf: Option<CsrfConfig>,
     /// This route's security headers: any `[security_headers]` key.
     pub security_headers: Option<SecurityHeadersConfig>,
     /// A query parameter that may carry the API key on this route (off by
@@ -294,6 +301,9 @@ pub struct RouteConfig {
     pub pre_auth_rate_limit: Option<Vec<RateSpec>>,
     /// Largest request body; `[server] max_body` when omitted.
     pub max_body: Option<ByteSize>,
+    /// `report`: every protection on this route lets through what it would
+    /// refuse, auditing and counting it (a protection's own `mode` wins).
+    pub mode: Option<crate::enforce::Mode>,
 }
 
 /// `[store]`: where consumers, keys and the audit log live.

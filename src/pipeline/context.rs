@@ -40,13 +40,17 @@ pub struct RequestCx {
     /// client_ip stage: the client's request came over HTTPS (a trusted
     /// proxy says so in `X-Forwarded-Proto`).
     pub https: bool,
-    /// cors stage: the allowed origin of a cross-origin request.
+    /// cors stage: the request's `Origin` (not a preflight's).
     pub cors_origin: Option<HeaderValue>,
     /// The route phase.
     pub route: Option<Arc<Route>>,
     /// The route phase: the normalised, encoded path when it differs from
     /// the request's own (the upstream is sent this one).
     pub rewritten_path: Option<String>,
+    /// csrf stage: the token a safe request hands its page.
+    pub csrf: Option<Box<crate::stage::csrf::CsrfIssue>>,
+    /// csrf stage: a form whose token the body phase must find.
+    pub csrf_pending: Option<Box<crate::stage::csrf::PendingForm>>,
     /// authn stage: who the request authenticated as.
     pub principal: Option<Principal>,
     /// forward_auth stage: answer with the access decision (200 and the
@@ -81,6 +85,8 @@ impl RequestCx {
             cors_origin: None,
             route: None,
             rewritten_path: None,
+            csrf: None,
+            csrf_pending: None,
             principal: None,
             login_redirect: None,
             decision_only: None,

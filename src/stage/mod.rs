@@ -31,6 +31,7 @@ pub mod authz;
 pub mod body_limit;
 pub mod client_ip;
 pub mod cors;
+pub mod csrf;
 pub mod forward_auth;
 pub mod framing;
 pub mod rate_limit;

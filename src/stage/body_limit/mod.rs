@@ -71,10 +71,16 @@ impl Stage for BodyLimitStage {
         route: &'a Route,
         req: &'a mut Request<GatewayBody>,
     ) -> Verdict<'a> {
+        let limit = self.limit(route);
+        // A body an earlier stage read whole (a CSRF form) is measured as is.
+        if let GatewayBody::Full(Some(bytes)) = req.body()
+            && bytes.len() as u64 > limit
+        {
+            return Verdict::Ready(Err(GatewayError::PayloadTooLarge { limit }));
+        }
         if req.body().is_end_stream() {
             return Verdict::CONTINUE;
         }
-        let limit = self.limit(route);
         // The framing stage has made sure there is at most one, all digits.
         let declared = req
             .headers()

@@ -1,6 +1,11 @@
 //! CORS: which browser origins may call the API, answered from an explicit
 //! allow-list and never by reflecting whatever `Origin` arrives.
 //!
+//! - Origins are exact (`https://app.example.com`, scheme, host and port),
+//!   subdomain patterns (`https://*.example.com`, true subdomains only) or
+//!   `null` when listed by name (see [`origin`]). `development_origins`
+//!   count only when `environment = "development"`, so a local dev origin
+//!   can never be allowed in production.
 //! - A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
 //!   is answered here: 204 with the allowed methods and headers when the
 //!   origin, method and every requested header are allowed, otherwise a 403
@@ -13,16 +18,22 @@
 //!   origin passes without CORS headers, so the browser withholds the
 //!   response from the calling page. Refusing cross-site requests outright
 //!   is CSRF protection's job, not CORS's.
-//! - `Vary: Origin` is added whenever the answer depends on the origin.
+//! - `Vary: Origin` is on every answer of a route with CORS.
 //! - `Access-Control-*` headers from the upstream are removed (unless
 //!   `keep_upstream_headers`), so a backend that reflects `Origin` cannot
 //!   widen the allow-list.
+//! - A route's `cors` table overrides any `[cors]` key there (`enabled =
+//!   false` leaves the route's CORS to its backend).
+//! - In `mode = "report"` a refused preflight goes on to the backend, and an
+//!   upstream answer granting an origin the list does not allow keeps its
+//!   headers; both are counted as would-refuse.
 //!
-//! Phases: `early` notes whether the request's origin is allowed, so that
-//! the gateway's own answers before and at routing (400, 404, 405) are
-//! readable by an allowed page; `access` answers preflights on the route
-//! they were routed to (the router routes a preflight by the method it
-//! announces); `response` sets the headers on every response.
+//! Phases: `early` notes the request's `Origin`; `access` answers preflights
+//! on the route they were routed to (the router routes a preflight by the
+//! method it announces); `response` sets the headers on every response,
+//! with the route's policy (or `[cors]` for answers without a route).
+
+pub mod origin;
 
 use std::sync::Arc;
 
@@ -34,74 +45,91 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
-use crate::body::GatewayBody;
-use crate::compile::CompileCx;
-use crate::config::ConfigDuration;
-use crate::error::GatewayError;
-use crate::pipeline::{Flow, Phases, RequestCx, Route, Stage, StageResult, Verdict};
+pub use origin::{OriginList, parse_origin};
 
-/// `[cors]`: the browser origins allowed to call routed APIs.
-#[derive(Debug, Clone, Deserialize)]
+use crate::body::GatewayBody;
+use crate::compile::{CompileCx, Problems, RouteEntry};
+use crate::config::ConfigDuration;
+use crate::enforce::{Enforcement, Mode, mode_for, protection};
+use crate::error::GatewayError;
+use crate::pipeline::{Flow, Phases, RequestCx, Route, Slot, Stage, StageResult, Verdict};
+
+/// `[cors]`, and the same keys (all optional) in a route's `cors` table.
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
-    /// Exact origins (`https://app.example.com`), or `["*"]` for any origin
-    /// (never together with `credentials`).
-    pub origins: Vec<String>,
+    /// CORS on this route (a route's `enabled = false` leaves CORS to its
+    /// backend).
+    pub enabled: Option<bool>,
+    /// Exact origins (`https://app.example.com`), subdomain patterns
+    /// (`https://*.example.com`), `null`, or `["*"]` for any origin (never
+    /// together with `credentials`).
+    pub origins: Option<Vec<String>>,
+    /// Origins allowed only when `environment = "development"`.
+    pub development_origins: Option<Vec<String>>,
     /// Allow cookies and `Authorization` on cross-origin calls.
-    #[serde(default)]
-    pub credentials: bool,
+    pub credentials: Option<bool>,
     /// Methods a cross-origin call may use.
-    #[serde(default = "CorsConfig::default_methods")]
-    pub methods: Vec<String>,
+    pub methods: Option<Vec<String>>,
     /// Request headers a cross-origin call may send.
-    #[serde(default = "CorsConfig::default_headers")]
-    pub headers: Vec<String>,
+    pub headers: Option<Vec<String>>,
     /// Response headers the calling page may read.
-    #[serde(default = "CorsConfig::default_expose")]
-    pub expose_headers: Vec<String>,
+    pub expose_headers: Option<Vec<String>>,
     /// How long a browser may cache a preflight answer.
-    #[serde(default = "CorsConfig::default_max_age")]
-    pub max_age: ConfigDuration,
+    pub max_age: Option<ConfigDuration>,
     /// Leave the upstream's own `Access-Control-*` headers on its responses
     /// (for a backend that owns its CORS); by default they are removed, so a
     /// backend that reflects `Origin` cannot widen the allow-list.
-    #[serde(default)]
-    pub keep_upstream_headers: bool,
+    pub keep_upstream_headers: Option<bool>,
+    /// `report`: refused preflights go on to the backend, counted.
+    pub mode: Option<Mode>,
 }
+
+const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+const DEFAULT_HEADERS: &[&str] = &[
+    "Content-Type",
+    "Authorization",
+    "X-API-Key",
+    "X-Request-Id",
+    "X-CSRF-Token",
+];
+const DEFAULT_EXPOSE: &[&str] = &[
+    "X-Request-Id",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-CSRF-Token",
+];
+const DEFAULT_MAX_AGE_SECS: u64 = 600;
 
 impl CorsConfig {
-    fn default_methods() -> Vec<String> {
-        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-            .map(String::from)
-            .to_vec()
-    }
-    fn default_headers() -> Vec<String> {
-        [
-            "Content-Type",
-            "Authorization",
-            "X-API-Key",
-            "X-Request-Id",
-            "X-CSRF-Token",
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-    fn default_expose() -> Vec<String> {
-        ["X-Request-Id", "Retry-After", "RateLimit", "RateLimit-Policy"]
-            .map(String::from)
-            .to_vec()
-    }
-    fn default_max_age() -> ConfigDuration {
-        ConfigDuration(std::time::Duration::from_secs(600))
+    /// This table's keys over `base`'s.
+    fn over(&self, base: &CorsConfig) -> CorsConfig {
+        CorsConfig {
+            enabled: self.enabled.or(base.enabled),
+            origins: self.origins.clone().or_else(|| base.origins.clone()),
+            development_origins: self
+                .development_origins
+                .clone()
+                .or_else(|| base.development_origins.clone()),
+            credentials: self.credentials.or(base.credentials),
+            methods: self.methods.clone().or_else(|| base.methods.clone()),
+            headers: self.headers.clone().or_else(|| base.headers.clone()),
+            expose_headers: self
+                .expose_headers
+                .clone()
+                .or_else(|| base.expose_headers.clone()),
+            max_age: self.max_age.or(base.max_age),
+            keep_upstream_headers: self.keep_upstream_headers.or(base.keep_upstream_headers),
+            mode: self.mode.or(base.mode),
+        }
     }
 }
 
-/// The compiled `[cors]` table.
+/// A compiled CORS policy: `[cors]`, or a route's merged with it.
 #[derive(Debug, Clone)]
 pub struct CorsPolicy {
-    /// Lowercased `scheme://host[:port]` origins.
-    origins: Vec<String>,
-    any_origin: bool,
+    origins: OriginList,
     credentials: bool,
     methods: Vec<Method>,
     /// Lowercased allowed request header names.
@@ -111,38 +139,7 @@ pub struct CorsPolicy {
     expose_headers: Option<HeaderValue>,
     max_age: HeaderValue,
     keep_upstream_headers: bool,
-}
-
-/// Checks one configured origin; returns it lowercased.
-pub fn parse_origin(text: &str, production: bool) -> Result<String, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let (scheme, rest) = lower
-        .split_once("://")
-        .ok_or_else(|| format!("`{text}` is not an origin such as https://app.example.com"))?;
-    if scheme != "https" && scheme != "http" {
-        return Err(format!("`{text}`: an origin starts with https:// or http://"));
-    }
-    if rest.is_empty() || rest.contains('/') || rest.contains('?') || rest.contains('#') || rest.contains('@')
-    {
-        return Err(format!(
-            "`{text}`: an origin is scheme://host[:port], with no path or trailing slash"
-        ));
-    }
-    if rest.contains('*') {
-        return Err(format!(
-            "`{text}`: wildcards inside an origin are not supported; list each origin"
-        ));
-    }
-    if production {
-        let host = rest.rsplit_once(':').map(|(h, _)| h).unwrap_or(rest);
-        if matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.ends_with(".localhost") {
-            return Err(format!("`{text}`: local origins are not allowed in production"));
-        }
-        if scheme != "https" {
-            return Err(format!("`{text}`: production origins must use https"));
-        }
-    }
-    Ok(lower)
+    mode: Mode,
 }
 
 fn join<T: AsRef<str>>(items: &[T]) -> HeaderValue {
@@ -150,89 +147,108 @@ fn join<T: AsRef<str>>(items: &[T]) -> HeaderValue {
     HeaderValue::try_from(text).expect("validated names are valid header text")
 }
 
+fn strings(list: &Option<Vec<String>>, default: &[&str]) -> Vec<String> {
+    list.clone()
+        .unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect())
+}
+
+fn header_names(names: &[String], key: &str, problems: &mut Vec<(String, String)>) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in names {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => out.push(h.as_str().to_string()),
+            Err(_) => problems.push((key.to_string(), format!("`{name}` is not a header name"))),
+        }
+    }
+    out
+}
+
+/// The origins a CORS table allows in this environment; `prefix` names the
+/// table in problems (`cors`, `routes[2].cors`).
+pub fn allowed_origins(
+    config: &CorsConfig,
+    production: bool,
+    prefix: &str,
+    problems: &mut Vec<(String, String)>,
+) -> OriginList {
+    let texts = config.origins.as_deref().unwrap_or_default();
+    let mut origins = OriginList::compile(texts, production, &format!("{prefix}.origins"), problems);
+    if !production && let Some(dev) = &config.development_origins {
+        origins.extend(OriginList::compile(
+            dev,
+            false,
+            &format!("{prefix}.development_origins"),
+            problems,
+        ));
+    }
+    origins
+}
+
 impl CorsPolicy {
-    /// Compiles `[cors]`; returns `(key, message)` pairs for each problem.
-    pub fn compile(config: &CorsConfig, production: bool) -> Result<CorsPolicy, Vec<(String, String)>> {
+    /// Compiles a (merged) CORS table; `prefix` names it in problems.
+    pub fn compile(
+        config: &CorsConfig,
+        production: bool,
+        mode: Mode,
+        prefix: &str,
+    ) -> Result<CorsPolicy, Vec<(String, String)>> {
         let mut problems = Vec::new();
-        let mut origins = Vec::new();
-        let mut any_origin = false;
-        for origin in &config.origins {
-            if origin.trim() == "*" {
-                any_origin = true;
-                continue;
-            }
-            match parse_origin(origin, production) {
-                Ok(o) => origins.push(o),
-                Err(e) => problems.push(("cors.origins".to_string(), e)),
-            }
+        let origins = allowed_origins(config, production, prefix, &mut problems);
+        let credentials = config.credentials.unwrap_or(false);
+        if origins.is_empty() && problems.is_empty() {
+            problems.push((format!("{prefix}.origins"), "list at least one origin".into()));
         }
-        if config.origins.is_empty() {
-            problems.push(("cors.origins".into(), "list at least one origin".into()));
-        }
-        if any_origin && config.credentials {
+        if origins.allows_any() && credentials {
             problems.push((
-                "cors.credentials".into(),
+                format!("{prefix}.credentials"),
                 "credentials cannot be combined with the origin \"*\"; list the origins that may send credentials"
                     .into(),
             ));
         }
-        if any_origin && !origins.is_empty() {
-            problems.push((
-                "cors.origins".into(),
-                "\"*\" already allows every origin; remove the others".into(),
-            ));
-        }
         let mut methods = Vec::new();
-        for name in &config.methods {
+        for name in strings(&config.methods, DEFAULT_METHODS) {
             match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => methods.push(m),
-                Err(_) => problems.push(("cors.methods".into(), format!("`{name}` is not an HTTP method"))),
-            }
-        }
-        let mut headers = Vec::new();
-        for name in &config.headers {
-            match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => headers.push(h.as_str().to_string()),
-                Err(_) => problems.push(("cors.headers".into(), format!("`{name}` is not a header name"))),
-            }
-        }
-        let mut expose = Vec::new();
-        for name in &config.expose_headers {
-            match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => expose.push(h.as_str().to_string()),
                 Err(_) => problems.push((
-                    "cors.expose_headers".into(),
-                    format!("`{name}` is not a header name"),
+                    format!("{prefix}.methods"),
+                    format!("`{name}` is not an HTTP method"),
                 )),
             }
         }
+        let headers = header_names(
+            &strings(&config.headers, DEFAULT_HEADERS),
+            &format!("{prefix}.headers"),
+            &mut problems,
+        );
+        let expose = header_names(
+            &strings(&config.expose_headers, DEFAULT_EXPOSE),
+            &format!("{prefix}.expose_headers"),
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(problems);
         }
+        let max_age = config.max_age.map_or(DEFAULT_MAX_AGE_SECS, |d| d.0.as_secs());
         Ok(CorsPolicy {
             allow_methods: join(&methods.iter().map(Method::as_str).collect::<Vec<_>>()),
             allow_headers: join(&headers),
             expose_headers: (!expose.is_empty()).then(|| join(&expose)),
-            max_age: HeaderValue::from(config.max_age.0.as_secs()),
-            keep_upstream_headers: config.keep_upstream_headers,
+            max_age: HeaderValue::from(max_age),
+            keep_upstream_headers: config.keep_upstream_headers.unwrap_or(false),
             origins,
-            any_origin,
-            credentials: config.credentials,
+            credentials,
             methods,
             headers,
+            mode,
         })
     }
 
     fn allows_origin(&self, origin: &HeaderValue) -> bool {
-        if self.any_origin {
-            return true;
-        }
-        let Ok(text) = origin.to_str() else { return false };
-        self.origins.iter().any(|o| o.eq_ignore_ascii_case(text))
+        self.origins.allows(origin.as_bytes())
     }
 
     fn allow_origin_value(&self, origin: &HeaderValue) -> HeaderValue {
-        if self.any_origin && !self.credentials {
+        if self.origins.allows_any() && !self.credentials {
             HeaderValue::from_static("*")
         } else {
             origin.clone()
@@ -248,6 +264,22 @@ impl CorsPolicy {
             .map(str::trim)
             .filter(|h| !h.is_empty())
             .all(|h| self.headers.iter().any(|a| a.eq_ignore_ascii_case(h)))
+    }
+
+    /// Why a preflight is refused, if it is.
+    fn preflight_refusal(&self, headers: &HeaderMap, origin: &HeaderValue) -> Option<&'static str> {
+        let method = headers
+            .get(ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+        if !self.allows_origin(origin) {
+            Some("This origin may not call this API.")
+        } else if !method.is_some_and(|m| self.methods.contains(&m)) {
+            Some("The requested method is not allowed for cross-origin calls.")
+        } else if !self.allows_headers(headers.get(ACCESS_CONTROL_REQUEST_HEADERS)) {
+            Some("A requested header is not allowed for cross-origin calls.")
+        } else {
+            None
+        }
     }
 }
 
@@ -270,58 +302,120 @@ fn strip_access_control(headers: &mut HeaderMap) {
     }
 }
 
+/// A route's own CORS: its merged policy, or none (`enabled = false`).
+pub struct RouteCors(Option<CorsPolicy>);
+
 pub struct CorsStage {
-    policy: CorsPolicy,
+    /// `[cors]`, for routes without their own table and unrouted answers.
+    global: Option<CorsPolicy>,
+    slot: Slot<RouteCors>,
     audit: crate::audit::Audit,
+    enforcement: Enforcement,
 }
 
-/// Compiles `[cors]`; without it there is no CORS stage.
-pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
-    let config = cx.config.cors.as_ref()?;
-    match CorsPolicy::compile(config, cx.production()) {
-        Ok(policy) => Some(Arc::new(CorsStage {
-            policy,
-            audit: cx.runtime.audit.clone(),
-        })),
-        Err(errors) => {
-            for (key, e) in errors {
-                cx.problems.at(&key, e);
-            }
-            None
-        }
+fn report(problems: &mut Problems<'_>, errors: Vec<(String, String)>) {
+    for (key, e) in errors {
+        problems.at(&key, e);
     }
 }
 
-impl CorsStage {
-    fn preflight(&self, cx: &RequestCx, req: &Request<GatewayBody>, origin: &HeaderValue) -> StageResult {
-        let cors = &self.policy;
-        let headers = req.headers();
-        let method = headers
-            .get(ACCESS_CONTROL_REQUEST_METHOD)
-            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
-        let refused = if !cors.allows_origin(origin) {
-            Some("This origin may not call this API.")
-        } else if !method.is_some_and(|m| cors.methods.contains(&m)) {
-            Some("The requested method is not allowed for cross-origin calls.")
-        } else if !cors.allows_headers(headers.get(ACCESS_CONTROL_REQUEST_HEADERS)) {
-            Some("A requested header is not allowed for cross-origin calls.")
-        } else {
+fn compile_route(
+    global: Option<&CorsConfig>,
+    route: &RouteEntry<'_>,
+    problems: &mut Problems<'_>,
+) -> Option<RouteCors> {
+    let own = route.config.cors.as_ref();
+    let merged = match (own, global) {
+        (None, None) => return None,
+        (Some(own), Some(global)) => own.over(global),
+        (Some(own), None) => own.clone(),
+        (None, Some(global)) => global.clone(),
+    };
+    if merged.enabled == Some(false) {
+        return Some(RouteCors(None));
+    }
+    let mode = mode_for(
+        problems,
+        route,
+        protection::CORS,
+        own.and_then(|o| o.mode),
+        global.and_then(|g| g.mode),
+    );
+    let production = problems.production();
+    match CorsPolicy::compile(&merged, production, mode, &format!("{}.cors", route.key)) {
+        Ok(policy) => Some(RouteCors(Some(policy))),
+        // `[cors]`'s own problems are reported once, by the global compile.
+        Err(errors) if own.is_some() => {
+            report(problems, errors);
             None
-        };
-        if let Some(detail) = refused {
-            self.audit.emit(
-                crate::audit::Event::new("cors.rejected", crate::audit::Severity::Notice)
-                    .for_request(cx)
-                    .detail(
-                        "origin",
-                        String::from_utf8_lossy(origin.as_bytes())
-                            .chars()
-                            .take(200)
-                            .collect::<String>(),
-                    )
-                    .detail("reason", detail),
+        }
+        Err(_) => None,
+    }
+}
+
+/// Compiles `[cors]` and routes' `cors` tables; without any there is no
+/// CORS stage.
+pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
+    let global_config = cx.config.cors.as_ref();
+    if global_config.is_none() && cx.routes().iter().all(|r| r.config.cors.is_none()) {
+        return None;
+    }
+    let global = global_config.and_then(|config| {
+        let mode = config.mode.unwrap_or_default();
+        match CorsPolicy::compile(config, cx.production(), mode, "cors") {
+            Ok(policy) => (config.enabled != Some(false)).then_some(policy),
+            Err(errors) => {
+                report(&mut cx.problems, errors);
+                None
+            }
+        }
+    });
+    let slot = cx.per_route(|route, problems| compile_route(global_config, route, problems));
+    Some(Arc::new(CorsStage {
+        global,
+        slot,
+        audit: cx.runtime.audit.clone(),
+        enforcement: Enforcement::new(cx),
+    }))
+}
+
+impl CorsStage {
+    /// The policy for a request: its route's, or `[cors]`.
+    fn policy<'a>(&'a self, route: Option<&'a Route>) -> Option<&'a CorsPolicy> {
+        match route.and_then(|r| r.get(self.slot)) {
+            Some(RouteCors(own)) => own.as_ref(),
+            None => self.global.as_ref(),
+        }
+    }
+
+    fn preflight(
+        &self,
+        cx: &RequestCx,
+        cors: &CorsPolicy,
+        req: &Request<GatewayBody>,
+        origin: &HeaderValue,
+    ) -> StageResult {
+        if let Some(detail) = cors.preflight_refusal(req.headers(), origin) {
+            if cors.mode == Mode::Enforce {
+                self.audit.emit(
+                    crate::audit::Event::new("cors.rejected", crate::audit::Severity::Notice)
+                        .for_request(cx)
+                        .detail(
+                            "origin",
+                            String::from_utf8_lossy(origin.as_bytes())
+                                .chars()
+                                .take(200)
+                                .collect::<String>(),
+                        )
+                        .detail("reason", detail),
+                );
+            }
+            return self.enforcement.refuse(
+                cx,
+                cors.mode,
+                protection::CORS,
+                GatewayError::CorsRefused(detail),
             );
-            return Err(GatewayError::CorsRefused(detail));
         }
         let mut response = Response::new(GatewayBody::Empty);
         *response.status_mut() = StatusCode::NO_CONTENT;
@@ -335,6 +429,7 @@ impl CorsStage {
             h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
         h.insert(ACCESS_CONTROL_MAX_AGE, cors.max_age.clone());
+        h.append(VARY, HeaderValue::from_static("Origin"));
         Ok(Flow::Respond(response))
     }
 }
@@ -351,7 +446,6 @@ impl Stage for CorsStage {
     fn early<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
         if let Some(origin) = req.headers().get(ORIGIN)
             && !is_preflight(req)
-            && self.policy.allows_origin(origin)
         {
             cx.cors_origin = Some(origin.clone());
         }
@@ -361,29 +455,37 @@ impl Stage for CorsStage {
     fn access<'a>(
         &'a self,
         cx: &'a mut RequestCx,
-        _route: &'a Route,
+        route: &'a Route,
         req: &'a mut Request<GatewayBody>,
     ) -> Verdict<'a> {
+        let Some(cors) = self.policy(Some(route)) else {
+            return Verdict::CONTINUE;
+        };
         match req.headers().get(ORIGIN) {
-            Some(origin) if is_preflight(req) => Verdict::Ready(self.preflight(cx, req, origin)),
+            Some(origin) if is_preflight(req) => Verdict::Ready(self.preflight(cx, cors, req, origin)),
             _ => Verdict::CONTINUE,
         }
     }
 
     fn response(&self, cx: &RequestCx, resp: &mut Response<GatewayBody>) {
-        let cors = &self.policy;
+        let Some(cors) = self.policy(cx.route.as_deref()) else {
+            return;
+        };
         let h = resp.headers_mut();
+        let allowed = cx.cors_origin.as_ref().filter(|o| cors.allows_origin(o));
         if cx.from_upstream {
             if cors.keep_upstream_headers {
                 return;
             }
+            if cors.mode == Mode::Report && allowed.is_none() && h.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+                let error = GatewayError::CorsRefused("This origin may not call this API.");
+                self.enforcement.record(cx, protection::CORS, &error);
+                return;
+            }
             strip_access_control(h);
         }
-        // With a bare `*` the answer is the same for every origin.
-        if !cors.any_origin || cors.credentials {
-            h.append(VARY, HeaderValue::from_static("Origin"));
-        }
-        let Some(origin) = &cx.cors_origin else { return };
+        h.append(VARY, HeaderValue::from_static("Origin"));
+        let Some(origin) = allowed else { return };
         h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, cors.allow_origin_value(origin));
         if cors.credentials {
             h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
@@ -402,8 +504,10 @@ mod tests {
         let config: CorsConfig =
             toml::from_str("origins = [\"https://app.example.com\"]\ncredentials = true").unwrap();
         CorsStage {
-            policy: CorsPolicy::compile(&config, true).unwrap(),
+            global: Some(CorsPolicy::compile(&config, true, Mode::Enforce, "cors").unwrap()),
+            slot: Slot::new(99),
             audit: crate::audit::Audit::disabled(),
+            enforcement: Enforcement::disabled(),
         }
     }
 
@@ -415,7 +519,6 @@ mod tests {
         req.headers_mut()
             .insert(ORIGIN, "https://evil.example".parse().unwrap());
         let _ = stage.early(&mut cx, &mut req);
-        assert!(cx.cors_origin.is_none(), "an unlisted origin is not allowed");
         cx.from_upstream = true;
         let mut resp = Response::new(GatewayBody::Empty);
         let h = resp.headers_mut();

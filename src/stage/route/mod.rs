@@ -15,7 +15,7 @@
 //! backend might read case-insensitively as one of those. Segments match
 //! without their `;parameters` (see [`tree`]).
 //!
-//! With `[cors]` set, a CORS preflight (`OPTIONS` with `Origin` and
+//! With `[cors]` (or any route's `cors`) set, a CORS preflight (`OPTIONS` with `Origin` and
 //! `Access-Control-Request-Method`) is routed as the request it announces:
 //! to the first route at its path that allows the announced method, else
 //! the first route at its path. The CORS stage answers it there, so routes
@@ -148,7 +148,7 @@ pub fn compile(cx: &mut CompileCx<'_>, upstreams: &[Arc<Upstream>]) -> (RouteTab
     let mut table = RouteTable {
         entries: Vec::new(),
         tree: PrefixTree::default(),
-        preflights: config.cors.is_some(),
+        preflights: config.cors.is_some() || config.routes.iter().any(|r| r.cors.is_some()),
     };
     let mut seen_ids: Vec<Arc<str>> = Vec::new();
     for index in 0..cx.routes().len() {
