@@ -18,7 +18,7 @@ use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
 use crate::stage::{
     access_log, auth_pages, authn, authz, body_limit, client_ip, cors, csrf, forward_auth, framing,
-    rate_limit, request_head, request_id, route, security_headers, upstream_headers,
+    https_redirect, rate_limit, request_head, request_id, route, security_headers, upstream_headers,
 };
 use crate::upstream::Upstream;
 
@@ -62,6 +62,9 @@ pub struct Policy {
 fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
     [
         request_id::compile(cx),
+        // First in the access phase: nothing is served, nor any credential
+        // read, on a request that should have used https.
+        https_redirect::compile(cx),
         // Early, so that the gateway's own refusals (framing, head limits,
         // routing) carry CORS headers an allowed page can read.
         cors::compile(cx),

@@ -101,3 +101,136 @@ async fn security_headers_by_default_per_route_and_only_https_gets_hsts() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_is_redirected_with_308_unless_a_trusted_proxy_says_https() {
+    let upstream = TestUpstream::start().await;
+    let routes = r#"
+[security_headers]
+https_redirect = true
+
+[[routes]]
+id = "health"
+path = "/health"
+upstream = "app"
+auth = ["none"]
+security_headers = { https_redirect = false }
+
+[[routes]]
+id = "watch"
+path = "/watch"
+upstream = "app"
+auth = ["none"]
+mode = "report"
+
+[[routes]]
+id = "app"
+path = "/"
+upstream = "app"
+auth = ["none"]
+"#;
+    let text = config("production", &upstream.url(), routes).replacen(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    let gw = start_gateway(&text).await;
+    let addr = gw.public_addr();
+    let no_redirects = reqwest::Client::builder()
+        .tls_certs_only(std::iter::empty())
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirects
+        .post(format!("http://{addr}/orders?id=7"))
+        .header("host", "shop.example.com:8080")
+        .body("kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "https://shop.example.com/orders?id=7");
+    assert_eq!(upstream.count(), 0, "nothing is served in the clear");
+    let r = no_redirects
+        .get(format!("http://{addr}/orders"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the proxy says the original was https");
+    let r = no_redirects
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a probed route opts out");
+    let r = no_redirects
+        .get(format!("http://{addr}/watch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "report mode serves it");
+    let admin = gw.admin_addr();
+    wait_until_async(
+        "the would-refuse count",
+        std::time::Duration::from_secs(5),
+        async || {
+            metric(
+                &metrics_text(admin).await,
+                "portcullis_would_refuse_total{protection=\"https_redirect\",route=\"watch\"}",
+            ) == 1.0
+        },
+    )
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstreams_cookies_are_hardened_when_asked() {
+    let upstream = TestUpstream::start().await;
+    let routes = r#"
+[[routes]]
+id = "hard"
+path = "/hard"
+upstream = "app"
+auth = ["none"]
+security_headers = { harden_cookies = true, harden_cookies_except = ["XSRF-TOKEN"] }
+
+[[routes]]
+id = "app"
+path = "/"
+upstream = "app"
+auth = ["none"]
+"#;
+    let gw = start_gateway(&config("production", &upstream.url(), routes)).await;
+    let cookies = |path: &'static str| {
+        let url = format!("http://{}{path}", gw.public_addr());
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            r.headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        cookies("/hard/set-cookies").await,
+        [
+            "plain=1; Path=/; Secure; HttpOnly; SameSite=Lax",
+            "done=2; Secure; HttpOnly; SameSite=Strict",
+            "XSRF-TOKEN=t; Path=/",
+        ]
+    );
+    assert_eq!(
+        cookies("/set-cookies").await,
+        [
+            "plain=1; Path=/",
+            "done=2; Secure; HttpOnly; SameSite=Strict",
+            "XSRF-TOKEN=t; Path=/",
+        ],
+        "off by default"
+    );
+    gw.shutdown().await;
+}

@@ -34,6 +34,7 @@ pub mod cors;
 pub mod csrf;
 pub mod forward_auth;
 pub mod framing;
+pub mod https_redirect;
 pub mod rate_limit;
 pub mod request_head;
 pub mod request_id;

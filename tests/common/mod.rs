@@ -280,6 +280,15 @@ async fn answer(
         h.insert("x-powered-by", "Express".parse().unwrap());
         h.insert("x-frame-options", "SAMEORIGIN".parse().unwrap());
     }
+    if path.ends_with("/set-cookies") {
+        let h = response.headers_mut();
+        h.append("set-cookie", "plain=1; Path=/".parse().unwrap());
+        h.append(
+            "set-cookie",
+            "done=2; Secure; HttpOnly; SameSite=Strict".parse().unwrap(),
+        );
+        h.append("set-cookie", "XSRF-TOKEN=t; Path=/".parse().unwrap());
+    }
     if path == "/hop" {
         let h = response.headers_mut();
         h.insert("connection", "x-upstream-hop".parse().unwrap());

@@ -49,6 +49,21 @@ pub struct SecurityHeadersConfig {
     pub force: Option<bool>,
     /// Remove the upstream's `Server` and `X-Powered-By` (default true).
     pub strip_server: Option<bool>,
+    /// Answer plain-HTTP requests with 308 to the same URL on https (unless
+    /// a trusted proxy says the original was HTTPS). Default false.
+    pub https_redirect: Option<bool>,
+    /// The port of the https URL redirected to (default 443).
+    pub https_port: Option<u16>,
+    /// Add `Secure`, `HttpOnly` and `SameSite` to the upstream's own
+    /// `Set-Cookie` headers where they are missing. Default false.
+    pub harden_cookies: Option<bool>,
+    /// The `SameSite` value hardening adds: `Lax` (default), `Strict`.
+    pub cookie_same_site: Option<String>,
+    /// Upstream cookies hardening leaves alone (one a page's script reads).
+    pub harden_cookies_except: Option<Vec<String>>,
+    /// `report`: count plain-HTTP requests that would be redirected, and
+    /// serve them.
+    pub mode: Option<crate::enforce::Mode>,
 }
 
 const DEFAULT_HSTS: &str = "max-age=31536000; includeSubDomains";
@@ -64,6 +79,15 @@ pub struct HeaderSet {
     hsts: Option<HeaderValue>,
     force: bool,
     strip_server: bool,
+    cookies: Option<CookieHardening>,
+}
+
+/// What `harden_cookies` adds to the upstream's cookies.
+#[derive(Debug)]
+struct CookieHardening {
+    /// `; SameSite=Lax`.
+    same_site: &'static str,
+    except: Vec<String>,
 }
 
 pub struct SecurityHeadersStage {
@@ -100,8 +124,29 @@ fn build(
     let flag = |f: fn(&SecurityHeadersConfig) -> Option<bool>, default: bool| {
         over.and_then(f).or_else(|| f(base)).unwrap_or(default)
     };
+    let cookies = flag(|c| c.harden_cookies, false).then(|| {
+        let same_site = match pick(|c| c.cookie_same_site.clone(), "Lax")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "lax" => "; SameSite=Lax",
+            "strict" => "; SameSite=Strict",
+            other => {
+                problems("cookie_same_site", format!("`{other}`: use Lax or Strict"));
+                "; SameSite=Lax"
+            }
+        };
+        let except = over
+            .and_then(|c| c.harden_cookies_except.clone())
+            .or_else(|| base.harden_cookies_except.clone())
+            .unwrap_or_default();
+        CookieHardening { same_site, except }
+    });
     if !flag(|c| c.enabled, true) {
-        return HeaderSet::default();
+        return HeaderSet {
+            cookies,
+            ..HeaderSet::default()
+        };
     }
     let mut headers = Vec::new();
     if flag(|c| c.nosniff, true) {
@@ -142,6 +187,66 @@ fn build(
         hsts: value(problems, "hsts", &pick(|c| c.hsts.clone(), DEFAULT_HSTS)),
         force: flag(|c| c.force, false),
         strip_server: flag(|c| c.strip_server, true),
+        cookies,
+    }
+}
+
+impl CookieHardening {
+    /// The cookie with the attributes it lacks, or `None` if it has them.
+    fn harden(&self, cookie: &HeaderValue) -> Option<HeaderValue> {
+        let text = cookie.to_str().ok()?;
+        let name = text.split('=').next().unwrap_or_default().trim();
+        if self.except.iter().any(|e| e == name) {
+            return None;
+        }
+        let has = |attribute: &str| {
+            text.split(';').skip(1).any(|a| {
+                a.trim()
+                    .split('=')
+                    .next()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(attribute))
+            })
+        };
+        let mut out = String::new();
+        if !has("secure") {
+            out.push_str("; Secure");
+        }
+        if !has("httponly") {
+            out.push_str("; HttpOnly");
+        }
+        if !has("samesite") {
+            out.push_str(self.same_site);
+        }
+        if out.is_empty() {
+            return None;
+        }
+        HeaderValue::try_from(format!("{text}{out}")).ok()
+    }
+
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        let http::header::Entry::Occupied(mut entry) = headers.entry(header::SET_COOKIE) else {
+            return;
+        };
+        let mut changed = false;
+        let cookies: Vec<HeaderValue> = entry
+            .iter()
+            .map(|c| match self.harden(c) {
+                Some(hardened) => {
+                    changed = true;
+                    hardened
+                }
+                None => c.clone(),
+            })
+            .collect();
+        if changed {
+            let mut cookies = cookies.into_iter();
+            if let Some(first) = cookies.next() {
+                entry.insert(first);
+            }
+            for cookie in cookies {
+                entry.append(cookie);
+            }
+        }
     }
 }
 
@@ -174,6 +279,9 @@ impl HeaderSet {
         if from_upstream && self.strip_server {
             h.remove(header::SERVER);
             h.remove(&X_POWERED_BY);
+        }
+        if from_upstream && let Some(cookies) = &self.cookies {
+            cookies.apply(h);
         }
         for (name, value) in &self.headers {
             if self.force || !h.contains_key(name) {
