@@ -81,10 +81,30 @@ pub enum GatewayError {
         status: StatusCode,
         retry_after: Option<HeaderValue>,
     },
+    /// A body whose content type the route does not accept.
+    #[error("this route does not accept that content type; send one of: {allowed}")]
+    UnsupportedMediaType { allowed: String },
+    /// A well-formed request whose content breaks the route's rules: 422,
+    /// each problem with its JSON pointer.
+    #[error("{detail}")]
+    Unprocessable {
+        detail: Cow<'static, str>,
+        errors: Vec<FieldError>,
+    },
     #[error("{0}")]
     Unavailable(Cow<'static, str>),
     #[error("internal error")]
     Internal,
+}
+
+/// One problem with one part of a request (`errors` in a 422 document).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// A JSON pointer into the body (`/days`), or `#/query/page`-style
+    /// names for parameters outside it.
+    pub pointer: String,
+    /// What is wrong, never the offending value.
+    pub detail: String,
 }
 
 impl GatewayError {
@@ -123,6 +143,8 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed { status, .. } => *status,
+            GatewayError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -143,6 +165,8 @@ impl GatewayError {
             | GatewayError::UriTooLong { .. }
             | GatewayError::HeadersTooLarge(_)
             | GatewayError::MisdirectedRequest
+            | GatewayError::UnsupportedMediaType { .. }
+            | GatewayError::Unprocessable { .. }
             | GatewayError::MethodNotAllowed { .. } => ErrorSide::Downstream,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamProtocol { .. }
@@ -217,18 +241,31 @@ struct Problem<'a> {
     status: u16,
     detail: &'a str,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
 }
 
 pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// Renders a problem document for `status` with the given detail.
 pub fn problem(status: StatusCode, detail: &str, request_id: &str) -> Response<GatewayBody> {
+    problem_with(status, detail, request_id, &[])
+}
+
+/// [`problem`] with a list of field errors.
+fn problem_with(
+    status: StatusCode,
+    detail: &str,
+    request_id: &str,
+    errors: &[FieldError],
+) -> Response<GatewayBody> {
     let body = serde_json::to_vec(&Problem {
         kind: "about:blank",
         title: status.canonical_reason().unwrap_or("Error"),
         status: status.as_u16(),
         detail,
         request_id,
+        errors,
     })
     .expect("a problem document always serialises");
     let mut response = Response::new(GatewayBody::full(body));
@@ -242,7 +279,11 @@ pub fn problem(status: StatusCode, detail: &str, request_id: &str) -> Response<G
 
 /// The one place a [`GatewayError`] becomes a response.
 pub fn problem_response(error: &GatewayError, request_id: &str) -> Response<GatewayBody> {
-    let mut response = problem(error.status(), &error.detail(), request_id);
+    let errors = match error {
+        GatewayError::Unprocessable { errors, .. } => errors.as_slice(),
+        _ => &[],
+    };
+    let mut response = problem_with(error.status(), &error.detail(), request_id, errors);
     error.extra_headers(response.headers_mut());
     response
 }

@@ -19,6 +19,7 @@ use crate::runtime::Runtime;
 use crate::stage::{
     access_log, auth_pages, authn, authz, body_limit, client_ip, cors, csrf, forward_auth, framing,
     https_redirect, rate_limit, request_head, request_id, route, security_headers, upstream_headers,
+    validate,
 };
 use crate::upstream::Upstream;
 
@@ -82,6 +83,8 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         authz::compile(cx),
         rate_limit::compile(cx),
         body_limit::compile(cx),
+        // After body_limit, so a body it reads whole is within the route's limit.
+        validate::compile(cx),
         upstream_headers::compile(cx),
         security_headers::compile(cx),
         access_log::compile(cx),

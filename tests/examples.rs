@@ -195,6 +195,7 @@ async fn story_5_flask_integrations_works_as_written() {
             let status = c
                 .post(format!("{base}{path}"))
                 .header("x-api-key", &key)
+                .json(&serde_json::json!({"days": 30, "since": "2024-01-31"}))
                 .send()
                 .await
                 .unwrap()
@@ -203,6 +204,62 @@ async fn story_5_flask_integrations_works_as_written() {
         }
         assert_eq!(ok, allowed, "{path}");
     }
+
+    // Validation of the backfill body, before Flask sees it: each problem
+    // with its JSON pointer, never the value sent. (Another key: the
+    // limits above are per key, and this one's are used up; these five
+    // requests fit the commits endpoint's 5 per hour.)
+    let key = story.key_for("gitlab-sync", "integrations:backfill");
+    let seen = upstream.count();
+    let check = |body: &'static str, content_type: &'static str| {
+        c.post(format!("{base}/api/integrations/commits/backfill"))
+            .header("x-api-key", &key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let doc = assert_problem(
+        check(
+            r#"{"days": 4000, "since": "2999-01-01", "extra": 1}"#,
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        422,
+    )
+    .await;
+    let pointers: Vec<&str> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    for p in ["/days", "/since", ""] {
+        assert!(pointers.contains(&p), "{doc}");
+    }
+    assert!(
+        !doc.to_string().contains("4000") && !doc.to_string().contains("2999"),
+        "{doc}"
+    );
+    let doc = assert_problem(check(r#"{"days": 0}"#, "application/json").await.unwrap(), 422).await;
+    assert_eq!(doc["errors"][0]["pointer"], "/days");
+    let doc = assert_problem(
+        check(r#"{"since": "2024-02-30"}"#, "application/json")
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 2, "{doc}");
+    assert_problem(
+        check("days=30", "application/x-www-form-urlencoded")
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    assert_problem(check("{\"days\": ", "application/json").await.unwrap(), 400).await;
+    assert_eq!(upstream.count(), seen, "no invalid body reached Flask");
 
     // CORS: the app's own domain only.
     let preflight = |origin: &str| {

@@ -286,6 +286,8 @@ pub struct RouteConfig {
     pub forward_provider_token: bool,
     /// This route's CORS: any `[cors]` key, over `[cors]`'s.
     pub cors: Option<CorsConfig>,
+    /// Input validation of this route's request bodies.
+    pub validate: Option<crate::stage::validate::ValidateConfig>,
     /// This route's CSRF protection: any `[csrf]` key.
     pub csrf: Option<CsrfConfig>,
     /// This route's security headers: any `[security_headers]` key.

@@ -41,3 +41,4 @@ pub mod request_id;
 pub mod route;
 pub mod security_headers;
 pub mod upstream_headers;
+pub mod validate;

@@ -1,0 +1,403 @@
+//! Input validation, per route (`validate = { … }`), in the body phase:
+//!
+//! - `content_types`: a body of any other type is refused with 415;
+//! - JSON bodies (`application/json`, `*+json`) are parsed once and
+//!   checked against structural limits (nesting depth, string and array
+//!   length: [`limits`]), a JSON Schema (`schema` inline, or `schema_file`:
+//!   [`schema`]) and content rules on string fields ([`rules`]);
+//! - what breaks them is a 422 problem document whose `errors` list each
+//!   problem with its JSON pointer; a body that is not JSON is a 400.
+//!
+//! Only the listed `methods` (POST, PUT and PATCH by default) are checked.
+//! A route without `validate` has no slot here and pays nothing; one with
+//! it reads the body whole (within the route's `max_body`, already
+//! enforced), and the upstream receives the same bytes.
+
+pub mod limits;
+pub mod rules;
+pub mod schema;
+
+use std::sync::Arc;
+
+use http::header::CONTENT_TYPE;
+use http::{Method, Request};
+use http_body::Body;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::body::GatewayBody;
+use crate::compile::{CompileCx, Problems, RouteEntry};
+use crate::enforce::{Enforcement, Mode, mode_for, protection};
+use crate::error::{FieldError, GatewayError};
+use crate::pipeline::{Flow, Phases, RequestCx, Route, Slot, Stage, StageResult, Verdict};
+
+pub use limits::JsonLimits;
+pub use rules::{ContentRule, ContentRuleConfig};
+pub use schema::Schema;
+
+/// A key as a JSON pointer segment (RFC 6901: `~` and `/` escaped).
+pub fn pointer_segment(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        key.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        key.into()
+    }
+}
+
+/// The most problems one 422 lists.
+const MAX_ERRORS: usize = 20;
+/// Bodies are read within the route's `max_body`; this only bounds the read.
+const READ_CEILING: u64 = 1 << 40;
+
+/// A route's `validate` table.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Methods whose bodies are checked (default POST, PUT, PATCH).
+    pub methods: Option<Vec<String>>,
+    /// Media types a body may have (`application/json`); any when omitted.
+    pub content_types: Option<Vec<String>>,
+    /// A JSON Schema, inline (a TOML table).
+    pub schema: Option<Value>,
+    /// A JSON Schema in a file (relative to the config's folder).
+    pub schema_file: Option<std::path::PathBuf>,
+    /// Deepest nesting of arrays and objects (default 32).
+    pub max_depth: Option<usize>,
+    /// Longest string or property name, in characters (default 100000).
+    pub max_string_length: Option<usize>,
+    /// Most items in one array (default 10000).
+    pub max_array_length: Option<usize>,
+    /// Content rules on string fields.
+    #[serde(default)]
+    pub rules: Vec<ContentRuleConfig>,
+    /// `report`: let refused bodies through, counted and audited.
+    pub mode: Option<Mode>,
+}
+
+/// A route's compiled validation.
+pub struct RouteValidation {
+    methods: Vec<Method>,
+    /// Lowercased media types.
+    content_types: Option<Vec<String>>,
+    schema: Option<Schema>,
+    limits: JsonLimits,
+    rules: Vec<ContentRule>,
+    mode: Mode,
+}
+
+pub struct ValidateStage {
+    slot: Slot<RouteValidation>,
+    enforcement: Enforcement,
+}
+
+/// The media type of a `Content-Type` value, lowercased, without parameters.
+fn media_type(req: &Request<GatewayBody>) -> Option<String> {
+    let value = req.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+fn is_json(media_type: &str) -> bool {
+    media_type == "application/json" || media_type.ends_with("+json")
+}
+
+/// Every limit is bounded: a configured one must be between 1 and `max`.
+fn bounded(
+    problems: &mut Problems<'_>,
+    route: &RouteEntry<'_>,
+    key: &str,
+    value: Option<usize>,
+    default: usize,
+    max: usize,
+) -> usize {
+    match value {
+        None => default,
+        Some(v) if (1..=max).contains(&v) => v,
+        Some(_) => {
+            problems.in_route(
+                route,
+                &format!("validate.{key}"),
+                format!("must be between 1 and {max}"),
+            );
+            default
+        }
+    }
+}
+
+fn load_schema(
+    cx_base: &std::path::Path,
+    config: &ValidateConfig,
+) -> Result<Option<Value>, (String, String)> {
+    match (&config.schema, &config.schema_file) {
+        (Some(_), Some(_)) => Err(("schema".into(), "set `schema` or `schema_file`, not both".into())),
+        (Some(inline), None) => Ok(Some(inline.clone())),
+        (None, Some(file)) => {
+            let path = cx_base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    "schema_file".to_string(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            serde_json::from_str(&text).map(Some).map_err(|e| {
+                (
+                    "schema_file".to_string(),
+                    format!("{} is not JSON: {e}", path.display()),
+                )
+            })
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn compile_route(
+    base_dir: &std::path::Path,
+    route: &RouteEntry<'_>,
+    problems: &mut Problems<'_>,
+) -> Option<RouteValidation> {
+    let config = route.config.validate.as_ref()?;
+    let methods = match &config.methods {
+        None => vec![Method::POST, Method::PUT, Method::PATCH],
+        Some(names) => names
+            .iter()
+            .filter_map(|n| match Method::from_bytes(n.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    problems.in_route(route, "validate.methods", format!("`{n}` is not an HTTP method"));
+                    None
+                }
+            })
+            .collect(),
+    };
+    let content_types = config.content_types.as_ref().map(|list| {
+        list.iter()
+            .map(|t| t.trim().to_ascii_lowercase())
+            .inspect(|t| {
+                if !t.contains('/') || t.contains(';') {
+                    problems.in_route(
+                        route,
+                        "validate.content_types",
+                        format!("`{t}` is not a media type such as application/json"),
+                    );
+                }
+            })
+            .collect()
+    });
+    let schema = match load_schema(base_dir, config) {
+        Ok(None) => None,
+        Ok(Some(document)) => match Schema::compile(&document) {
+            Ok(schema) => Some(schema),
+            Err(e) => {
+                let key = if config.schema.is_some() {
+                    "validate.schema"
+                } else {
+                    "validate.schema_file"
+                };
+                problems.in_route(route, key, e);
+                None
+            }
+        },
+        Err((key, e)) => {
+            problems.in_route(route, &format!("validate.{key}"), e);
+            None
+        }
+    };
+    let d = JsonLimits::DEFAULT;
+    let limits = JsonLimits {
+        max_depth: bounded(problems, route, "max_depth", config.max_depth, d.max_depth, 128),
+        max_string_length: bounded(
+            problems,
+            route,
+            "max_string_length",
+            config.max_string_length,
+            d.max_string_length,
+            16 << 20,
+        ),
+        max_array_length: bounded(
+            problems,
+            route,
+            "max_array_length",
+            config.max_array_length,
+            d.max_array_length,
+            1 << 20,
+        ),
+    };
+    let mut rules = Vec::new();
+    for (i, rule) in config.rules.iter().enumerate() {
+        match ContentRule::compile(rule, i) {
+            Ok(rule) => rules.push(rule),
+            Err(found) => {
+                for (key, e) in found {
+                    problems.in_route(route, &format!("validate.rules[{i}].{key}"), e);
+                }
+            }
+        }
+    }
+    let mode = mode_for(problems, route, protection::VALIDATION, config.mode, None);
+    Some(RouteValidation {
+        methods,
+        content_types,
+        schema,
+        limits,
+        rules,
+        mode,
+    })
+}
+
+/// Compiles every route's `validate`; none: no stage.
+pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
+    if cx.routes().iter().all(|r| r.config.validate.is_none()) {
+        return None;
+    }
+    let base_dir = cx.loaded.base_dir.clone();
+    let slot = cx.per_route(|route, problems| compile_route(&base_dir, route, problems));
+    Some(Arc::new(ValidateStage {
+        slot,
+        enforcement: Enforcement::new(cx),
+    }))
+}
+
+/// Whether the request has a body to check.
+fn has_body(req: &Request<GatewayBody>) -> bool {
+    match req.headers().get(http::header::CONTENT_LENGTH) {
+        Some(length) => length.as_bytes() != b"0",
+        None => !req.body().is_end_stream(),
+    }
+}
+
+impl ValidateStage {
+    async fn check_json(
+        &self,
+        cx: &mut RequestCx,
+        v: &RouteValidation,
+        req: &mut Request<GatewayBody>,
+    ) -> StageResult {
+        let bytes = crate::body::buffer(req, READ_CEILING).await?;
+        let doc: Value = match serde_json::from_slice(&bytes) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let detail = if e.to_string().contains("recursion limit") {
+                    "The body is nested too deeply to read."
+                } else {
+                    "The body is not valid JSON."
+                };
+                return self.enforcement.refuse(
+                    cx,
+                    v.mode,
+                    protection::VALIDATION,
+                    GatewayError::bad_request(detail),
+                );
+            }
+        };
+        let mut errors = Vec::new();
+        limits::check(&doc, v.limits, &mut errors, MAX_ERRORS);
+        // A document past the limits is not handed to the schema.
+        if errors.is_empty()
+            && let Some(schema) = &v.schema
+        {
+            schema.check(&doc, &mut errors, MAX_ERRORS);
+        }
+        if !errors.is_empty() {
+            return self.refuse(
+                cx,
+                v.mode,
+                protection::VALIDATION,
+                "The body does not match what this route accepts.",
+                errors,
+            );
+        }
+        for rule in &v.rules {
+            rule.check(&doc, &mut errors, MAX_ERRORS);
+        }
+        if !errors.is_empty() {
+            return self.refuse(
+                cx,
+                v.mode,
+                protection::CONTENT_RULES,
+                "The body breaks this route's content rules.",
+                errors,
+            );
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn refuse(
+        &self,
+        cx: &RequestCx,
+        mode: Mode,
+        protection: &'static str,
+        detail: &'static str,
+        errors: Vec<FieldError>,
+    ) -> StageResult {
+        let error = GatewayError::Unprocessable {
+            detail: detail.into(),
+            errors,
+        };
+        self.enforcement.refuse(cx, mode, protection, error)
+    }
+}
+
+impl Stage for ValidateStage {
+    fn name(&self) -> &'static str {
+        "validate"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::BODY
+    }
+
+    fn body<'a>(
+        &'a self,
+        cx: &'a mut RequestCx,
+        route: &'a Route,
+        req: &'a mut Request<GatewayBody>,
+    ) -> Verdict<'a> {
+        let Some(v) = route.get(self.slot) else {
+            return Verdict::CONTINUE;
+        };
+        if !v.methods.contains(req.method()) {
+            return Verdict::CONTINUE;
+        }
+        if !has_body(req) {
+            if v.schema.is_some() {
+                let missing = vec![FieldError {
+                    pointer: String::new(),
+                    detail: "a JSON body is required".into(),
+                }];
+                return Verdict::Ready(self.refuse(
+                    cx,
+                    v.mode,
+                    protection::VALIDATION,
+                    "This route needs a JSON body.",
+                    missing,
+                ));
+            }
+            return Verdict::CONTINUE;
+        }
+        let media = media_type(req);
+        if let Some(allowed) = &v.content_types
+            && !media.as_ref().is_some_and(|m| allowed.contains(m))
+        {
+            let error = GatewayError::UnsupportedMediaType {
+                allowed: allowed.join(", "),
+            };
+            return Verdict::Ready(self.enforcement.refuse(cx, v.mode, protection::VALIDATION, error));
+        }
+        if media.as_deref().is_some_and(is_json) {
+            return Verdict::Pending(Box::pin(self.check_json(cx, v, req)));
+        }
+        if v.schema.is_some() {
+            let error = GatewayError::UnsupportedMediaType {
+                allowed: "application/json".into(),
+            };
+            return Verdict::Ready(self.enforcement.refuse(cx, v.mode, protection::VALIDATION, error));
+        }
+        Verdict::CONTINUE
+    }
+}
