@@ -13,13 +13,14 @@ use std::time::Duration;
 use crate::compile::CompileCx;
 use crate::config::{ConfigErrors, Environment, LoadedConfig, SecretRef, SecretValue, secret};
 use crate::connection::Timeouts;
+use crate::enforce::{protection, reported};
 use crate::listener::ConnectionLimits;
 use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
 use crate::stage::{
     access_log, auth_pages, authn, authz, body_limit, client_ip, cors, csrf, forward_auth, framing,
-    https_redirect, rate_limit, request_head, request_id, route, security_headers, upstream_headers,
-    validate,
+    https_redirect, ip_filter, rate_limit, request_head, request_id, route, security_headers,
+    upstream_headers, validate,
 };
 use crate::upstream::Upstream;
 
@@ -66,22 +67,36 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         // First in the access phase: nothing is served, nor any credential
         // read, on a request that should have used https.
         https_redirect::compile(cx),
+        // Then an address the route refuses costs nothing more.
+        ip_filter::compile(cx),
         // Early, so that the gateway's own refusals (framing, head limits,
         // routing) carry CORS headers an allowed page can read.
         cors::compile(cx),
         framing::compile(cx),
         client_ip::compile(cx),
         request_head::compile(cx),
-        rate_limit::pre_auth::compile(cx),
+        {
+            let stage = rate_limit::pre_auth::compile(cx);
+            reported(cx, protection::RATE_LIMIT, stage)
+        },
         // After the pre-auth limits, so a login or verify flood is cut off
         // cheaply.
         forward_auth::compile(cx),
         auth_pages::compile(cx),
         // Before authn, which removes the session cookie it looks for.
         csrf::compile(cx),
-        authn::compile(cx),
-        authz::compile(cx),
-        rate_limit::compile(cx),
+        {
+            let stage = authn::compile(cx);
+            reported(cx, protection::AUTHN, stage)
+        },
+        {
+            let stage = authz::compile(cx);
+            reported(cx, protection::AUTHZ, stage)
+        },
+        {
+            let stage = rate_limit::compile(cx);
+            reported(cx, protection::RATE_LIMIT, stage)
+        },
         body_limit::compile(cx),
         // After body_limit, so a body it reads whole is within the route's limit.
         validate::compile(cx),
@@ -105,6 +120,7 @@ pub fn compile(loaded: &LoadedConfig, runtime: &Runtime) -> Result<Policy, Confi
     cx.session_keys = compile_session_keys(&mut cx, &secrets);
     cx.providers = crate::oidc::providers::compile(&mut cx).map(Arc::new);
     check_services(&mut cx);
+    crate::enforce::check_report_only(&mut cx);
     let upstreams = crate::upstream::compile_all(&mut cx);
     let stages = stage_order(&mut cx);
     let (table, routes) = route::compile(&mut cx, &upstreams);

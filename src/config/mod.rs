@@ -286,6 +286,8 @@ pub struct RouteConfig {
     pub forward_provider_token: bool,
     /// This route's CORS: any `[cors]` key, over `[cors]`'s.
     pub cors: Option<CorsConfig>,
+    /// Client IP allow and deny lists for this route.
+    pub ip_filter: Option<crate::stage::ip_filter::IpFilterConfig>,
     /// Input validation of this route's request bodies.
     pub validate: Option<crate::stage::validate::ValidateConfig>,
     /// This route's CSRF protection: any `[csrf]` key.
@@ -306,6 +308,11 @@ pub struct RouteConfig {
     /// `report`: every protection on this route lets through what it would
     /// refuse, auditing and counting it (a protection's own `mode` wins).
     pub mode: Option<crate::enforce::Mode>,
+    /// Protections that only report on this route (`authn`, `authz`,
+    /// `rate_limit`, `csrf`, `cors`, `validation`, `content_rules`,
+    /// `ip_filter`, `uploads`, `https_redirect`).
+    #[serde(default)]
+    pub report_only: Vec<String>,
 }
 
 /// `[store]`: where consumers, keys and the audit log live.

@@ -35,6 +35,7 @@ pub mod csrf;
 pub mod forward_auth;
 pub mod framing;
 pub mod https_redirect;
+pub mod ip_filter;
 pub mod rate_limit;
 pub mod request_head;
 pub mod request_id;
