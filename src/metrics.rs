@@ -31,6 +31,8 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     /// Refusals a protection in report mode let through.
     would_refuse: IntCounterVec,
+    /// Upload scans by result.
+    upload_scans: IntCounterVec,
     /// For requests that matched no route.
     pub unrouted: RouteMetrics,
     pub auth: AuthMetrics,
@@ -189,8 +191,14 @@ impl Metrics {
             "Requests a protection in report mode would have refused but let through, by protection and route.",
             &["protection", "route"],
         );
+        let upload_scans = counter(
+            "portcullis_upload_scans_total",
+            "Uploaded files scanned for malware, by result (clean, infected, error).",
+            &["result"],
+        );
         for collector in [
-            Box::new(rate_limited.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upload_scans.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limited.clone()),
             Box::new(would_refuse.clone()),
             Box::new(auth_outcomes.clone()),
             Box::new(requests.clone()),
@@ -218,6 +226,7 @@ impl Metrics {
             config_reloads,
             rate_limited,
             would_refuse,
+            upload_scans,
             unrouted,
             auth: AuthMetrics::new(auth_outcomes),
         }
@@ -250,6 +259,11 @@ impl Metrics {
     /// reported requests pay for the label lookup).
     pub fn would_refuse(&self, protection: &str, route: &str) {
         self.would_refuse.with_label_values(&[protection, route]).inc();
+    }
+
+    /// One malware scan's result.
+    pub fn upload_scan(&self, result: &str) {
+        self.upload_scans.with_label_values(&[result]).inc();
     }
 
     pub fn for_route(&self, route: &str) -> RouteMetrics {

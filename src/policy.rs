@@ -19,7 +19,7 @@ use crate::pipeline::{Pipeline, Route, Stage};
 use crate::runtime::Runtime;
 use crate::stage::{
     access_log, auth_pages, authn, authz, body_limit, client_ip, cors, csrf, forward_auth, framing,
-    https_redirect, ip_filter, rate_limit, request_head, request_id, route, security_headers,
+    https_redirect, ip_filter, rate_limit, request_head, request_id, route, security_headers, uploads,
     upstream_headers, validate,
 };
 use crate::upstream::Upstream;
@@ -100,6 +100,7 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         body_limit::compile(cx),
         // After body_limit, so a body it reads whole is within the route's limit.
         validate::compile(cx),
+        uploads::compile(cx),
         upstream_headers::compile(cx),
         security_headers::compile(cx),
         access_log::compile(cx),

@@ -68,6 +68,8 @@ pub struct Config {
     pub sessions: Option<SessionsConfig>,
     /// `[csrf]`: cross-site request forgery protection for cookie-carrying routes.
     pub csrf: Option<CsrfConfig>,
+    /// `[clamav]`: the malware scanner uploads are sent to.
+    pub clamav: Option<crate::stage::uploads::ClamavConfig>,
     /// `[security_headers]`: the headers added to every answer.
     pub security_headers: Option<SecurityHeadersConfig>,
     #[serde(default)]
@@ -288,6 +290,8 @@ pub struct RouteConfig {
     pub cors: Option<CorsConfig>,
     /// Client IP allow and deny lists for this route.
     pub ip_filter: Option<crate::stage::ip_filter::IpFilterConfig>,
+    /// Limits (and malware scanning) for this route's multipart uploads.
+    pub uploads: Option<crate::stage::uploads::UploadsConfig>,
     /// Input validation of this route's request bodies.
     pub validate: Option<crate::stage::validate::ValidateConfig>,
     /// This route's CSRF protection: any `[csrf]` key.

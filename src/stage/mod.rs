@@ -41,5 +41,6 @@ pub mod request_head;
 pub mod request_id;
 pub mod route;
 pub mod security_headers;
+pub mod uploads;
 pub mod upstream_headers;
 pub mod validate;

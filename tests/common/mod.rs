@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod clamav;
 pub mod h2;
 pub mod jwt;
 pub mod oidc;
@@ -323,7 +324,9 @@ pub fn store_tables(dir: &std::path::Path, store_url: Option<&str>) -> String {
         r#"[store]
 url = "{url}"
 statement_timeout = "1s"
-connect_timeout = "1s"
+# Generous: on a loaded 2-core machine opening a fresh SQLite file
+# has taken over a second.
+connect_timeout = "5s"
 
 [audit]
 file = "{dir}/audit.jsonl"
