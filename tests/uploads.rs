@@ -44,8 +44,11 @@ uploads = {{ scan = false }}
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
 
-/// A multipart body: each part `(field, Some((filename, type)), bytes)`.
-fn multipart(parts: &[(&str, Option<(&str, &str)>, &[u8])]) -> Vec<u8> {
+/// One part: `(field, Some((filename, type)) for a file, bytes)`.
+type Part<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a [u8]);
+
+/// A multipart body.
+fn multipart(parts: &[Part<'_>]) -> Vec<u8> {
     let mut body = Vec::new();
     for (field, file, data) in parts {
         body.extend_from_slice(b"--XyZ\r\n");
