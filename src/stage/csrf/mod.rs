@@ -196,8 +196,9 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         return None;
     }
     let Some(keys) = cx.session_keys.clone() else {
-        // A key that is set but invalid has its own problem already.
-        if cx.config.secrets.session_key.is_some() {
+        // A key that is set but invalid, or `[sessions]` without one, has
+        // its own problem already.
+        if cx.config.secrets.session_key.is_some() || sessions.is_some() {
             return None;
         }
         for i in protected {
