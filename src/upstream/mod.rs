@@ -62,6 +62,9 @@ pub enum Readiness {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// The backend's OpenAPI document: every route to this upstream
+    /// validates requests by it (a route's `validate.openapi` wins).
+    pub openapi: Option<crate::stage::validate::openapi::OpenApiConfig>,
     /// `http://host:port` base URLs, used round-robin.
     pub targets: Vec<String>,
     /// Time to establish a TCP connection to a target.
@@ -213,6 +216,7 @@ impl Upstream {
     pub fn for_test(target: &str, metrics: &Metrics) -> Upstream {
         let config = UpstreamConfig {
             name: "app".into(),
+            openapi: None,
             targets: vec![target.into()],
             connect_timeout: UpstreamConfig::default_connect_timeout(),
             timeout: UpstreamConfig::default_timeout(),

@@ -8,12 +8,19 @@
 //! - what breaks them is a 422 problem document whose `errors` list each
 //!   problem with its JSON pointer; a body that is not JSON is a 400.
 //!
-//! Only the listed `methods` (POST, PUT and PATCH by default) are checked.
+//! - with `openapi` (here or on the upstream), each request is checked
+//!   against its operation in the backend's OpenAPI document: parameters,
+//!   body, and whether the operation exists at all ([`openapi`]).
+//!
+//! Only the listed `methods` (POST, PUT and PATCH by default) have their
+//! bodies checked by `schema`, limits and rules; an OpenAPI operation is
+//! checked whatever its method.
 //! A route without `validate` has no slot here and pays nothing; one with
 //! it reads the body whole (within the route's `max_body`, already
 //! enforced), and the upstream receives the same bytes.
 
 pub mod limits;
+pub mod openapi;
 pub mod rules;
 pub mod schema;
 
@@ -70,6 +77,8 @@ pub struct ValidateConfig {
     /// Content rules on string fields.
     #[serde(default)]
     pub rules: Vec<ContentRuleConfig>,
+    /// Validate by the backend's OpenAPI document.
+    pub openapi: Option<openapi::OpenApiConfig>,
     /// `report`: let refused bodies through, counted and audited.
     pub mode: Option<Mode>,
 }
@@ -82,6 +91,7 @@ pub struct RouteValidation {
     schema: Option<Schema>,
     limits: JsonLimits,
     rules: Vec<ContentRule>,
+    openapi: Option<openapi::OpenApi>,
     mode: Mode,
 }
 
@@ -158,10 +168,32 @@ fn load_schema(
 
 fn compile_route(
     base_dir: &std::path::Path,
+    upstream_openapi: Option<&openapi::OpenApiConfig>,
     route: &RouteEntry<'_>,
     problems: &mut Problems<'_>,
 ) -> Option<RouteValidation> {
-    let config = route.config.validate.as_ref()?;
+    let from_upstream;
+    let config = match (route.config.validate.as_ref(), upstream_openapi) {
+        (Some(config), _) => config,
+        (None, Some(api)) => {
+            from_upstream = ValidateConfig {
+                openapi: Some(api.clone()),
+                ..Default::default()
+            };
+            &from_upstream
+        }
+        (None, None) => return None,
+    };
+    let api_config = config.openapi.as_ref().or(upstream_openapi);
+    let openapi = api_config.and_then(|api| {
+        match openapi::read(base_dir, api).and_then(|doc| openapi::OpenApi::compile(doc, api.undeclared)) {
+            Ok(compiled) => Some(compiled),
+            Err(e) => {
+                problems.in_route(route, "validate.openapi", e);
+                None
+            }
+        }
+    });
     let methods = match &config.methods {
         None => vec![Method::POST, Method::PUT, Method::PATCH],
         Some(names) => names
@@ -246,17 +278,39 @@ fn compile_route(
         schema,
         limits,
         rules,
+        openapi,
         mode,
     })
 }
 
 /// Compiles every route's `validate`; none: no stage.
 pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
-    if cx.routes().iter().all(|r| r.config.validate.is_none()) {
+    let upstreams = &cx.config.upstreams;
+    let upstream_api = |name: &str| {
+        upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .and_then(|u| u.openapi.clone())
+    };
+    let apis: Vec<Option<openapi::OpenApiConfig>> = cx
+        .routes()
+        .iter()
+        .map(|r| upstream_api(&r.config.upstream))
+        .collect();
+    if cx
+        .routes()
+        .iter()
+        .zip(&apis)
+        .all(|(r, api)| r.config.validate.is_none() && api.is_none())
+    {
         return None;
     }
     let base_dir = cx.loaded.base_dir.clone();
-    let slot = cx.per_route(|route, problems| compile_route(&base_dir, route, problems));
+    let mut index = 0;
+    let slot = cx.per_route(|route, problems| {
+        index += 1;
+        compile_route(&base_dir, apis[index - 1].as_ref(), route, problems)
+    });
     Some(Arc::new(ValidateStage {
         slot,
         enforcement: Enforcement::new(cx),
@@ -272,11 +326,57 @@ fn has_body(req: &Request<GatewayBody>) -> bool {
 }
 
 impl ValidateStage {
+    /// The request's OpenAPI operation, or the answer for an undeclared one.
+    fn operation<'v>(
+        &self,
+        cx: &RequestCx,
+        v: &'v RouteValidation,
+        api: &'v openapi::OpenApi,
+        req: &Request<GatewayBody>,
+    ) -> Result<Option<openapi::OpenApiOperation<'v>>, Box<StageResult>> {
+        let path = cx.rewritten_path.as_deref().unwrap_or(req.uri().path());
+        let path = path.split('?').next().unwrap_or(path);
+        let (operation, path_known) = api.find(req.method(), path);
+        let Some(operation) = operation else {
+            if api.undeclared == openapi::Undeclared::Allow {
+                return Ok(None);
+            }
+            let error = if path_known {
+                GatewayError::MethodNotAllowed {
+                    method: req.method().clone(),
+                    allow: crate::stage::route::allow_header(&api.allowed(path)),
+                }
+            } else {
+                GatewayError::NotFound
+            };
+            return Err(Box::new(self.enforcement.refuse(
+                cx,
+                v.mode,
+                protection::VALIDATION,
+                error,
+            )));
+        };
+        let mut errors = Vec::new();
+        operation.check_parameters(req.uri().query(), req.headers(), &mut errors, MAX_ERRORS);
+        if !errors.is_empty() {
+            let detail = "The request's parameters do not match the API's description.";
+            return Err(Box::new(self.refuse(
+                cx,
+                v.mode,
+                protection::VALIDATION,
+                detail,
+                errors,
+            )));
+        }
+        Ok(Some(operation))
+    }
+
     async fn check_json(
         &self,
         cx: &mut RequestCx,
         v: &RouteValidation,
         req: &mut Request<GatewayBody>,
+        operation_schema: Option<&Schema>,
     ) -> StageResult {
         let bytes = crate::body::buffer(req, READ_CEILING).await?;
         let doc: Value = match serde_json::from_slice(&bytes) {
@@ -298,10 +398,10 @@ impl ValidateStage {
         let mut errors = Vec::new();
         limits::check(&doc, v.limits, &mut errors, MAX_ERRORS);
         // A document past the limits is not handed to the schema.
-        if errors.is_empty()
-            && let Some(schema) = &v.schema
-        {
-            schema.check(&doc, &mut errors, MAX_ERRORS);
+        if errors.is_empty() {
+            for schema in [v.schema.as_ref(), operation_schema].into_iter().flatten() {
+                schema.check(&doc, &mut errors, MAX_ERRORS);
+            }
         }
         if !errors.is_empty() {
             return self.refuse(
@@ -361,11 +461,35 @@ impl Stage for ValidateStage {
         let Some(v) = route.get(self.slot) else {
             return Verdict::CONTINUE;
         };
-        if !v.methods.contains(req.method()) {
+        let operation = match &v.openapi {
+            None => None,
+            Some(api) => match self.operation(cx, v, api, req) {
+                Ok(operation) => operation,
+                Err(result) => return Verdict::Ready(*result),
+            },
+        };
+        if !v.methods.contains(req.method()) && operation.is_none() {
             return Verdict::CONTINUE;
         }
+        let media = media_type(req).filter(|_| has_body(req));
+        if let Some(op) = &operation
+            && let Err(problem) = op.accepts(media.as_deref())
+        {
+            let error = match media {
+                None => GatewayError::Unprocessable {
+                    detail: "This operation needs a request body.".into(),
+                    errors: vec![FieldError {
+                        pointer: String::new(),
+                        detail: problem,
+                    }],
+                },
+                Some(_) => GatewayError::UnsupportedMediaType { allowed: problem },
+            };
+            return Verdict::Ready(self.enforcement.refuse(cx, v.mode, protection::VALIDATION, error));
+        }
+        let checks_body = v.methods.contains(req.method());
         if !has_body(req) {
-            if v.schema.is_some() {
+            if v.schema.is_some() && checks_body {
                 let missing = vec![FieldError {
                     pointer: String::new(),
                     detail: "a JSON body is required".into(),
@@ -380,7 +504,6 @@ impl Stage for ValidateStage {
             }
             return Verdict::CONTINUE;
         }
-        let media = media_type(req);
         if let Some(allowed) = &v.content_types
             && !media.as_ref().is_some_and(|m| allowed.contains(m))
         {
@@ -389,10 +512,11 @@ impl Stage for ValidateStage {
             };
             return Verdict::Ready(self.enforcement.refuse(cx, v.mode, protection::VALIDATION, error));
         }
+        let body_schema = operation.as_ref().and_then(|op| op.body_schema());
         if media.as_deref().is_some_and(is_json) {
-            return Verdict::Pending(Box::pin(self.check_json(cx, v, req)));
+            return Verdict::Pending(Box::pin(self.check_json(cx, v, req, body_schema)));
         }
-        if v.schema.is_some() {
+        if v.schema.is_some() && checks_body {
             let error = GatewayError::UnsupportedMediaType {
                 allowed: "application/json".into(),
             };
