@@ -79,6 +79,8 @@ class Scenario:
     headers: list[str] = field(default_factory=list)
     cpu: str = "none"
     expect_status: int = 200
+    # A file in bench/ sent as a POST body (application/json); GET without.
+    body_file: str | None = None
 
 
 @dataclass
@@ -130,7 +132,7 @@ def load_scenarios(path: Path, only: list[str] | None):
     cpu_owners = ("none", "nginx", *instances)
     scenarios = []
     for raw in data.get("scenario", []):
-        unknown = set(raw) - {"name", "target", "path", "headers", "cpu", "expect_status"}
+        unknown = set(raw) - {"name", "target", "path", "headers", "cpu", "expect_status", "body_file"}
         if unknown:
             sys.exit(f"{path}: scenario {raw.get('name')!r}: unknown keys {sorted(unknown)}")
         s = Scenario(**raw)
@@ -225,8 +227,9 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0) -> int:
-    """Waits until the listener answers; returns the status of a GET."""
+def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0, body=None) -> int:
+    """Waits until the listener answers; returns the status of a GET (a
+    POST of `body`, if given)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -234,7 +237,11 @@ def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0) -
             raise RuntimeError(f"{server.name} exited early:\n{server.tail()}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path, headers=headers or {})
+            if body is None:
+                conn.request("GET", path, headers=headers or {})
+            else:
+                conn.request("POST", path, body=body,
+                             headers={**(headers or {}), "Content-Type": "application/json"})
             resp = conn.getresponse()
             resp.read()
             conn.close()
@@ -452,6 +459,8 @@ class Bench:
             "redis_url": self.args.redis_url,
             # The JWT fixture keys, for [[auth.jwt]] public_keys.
             "jwt_keys": str(tokens.FIXTURES),
+            # This folder, for files a config names (JSON Schemas).
+            "bench_dir": str(BENCH_DIR),
             **{f"{k}_port": v for k, v in self.ports.items()},
         }
         try:
@@ -593,7 +602,8 @@ class Bench:
         # Every scenario must get the status it expects before anything is measured.
         for s in list(self.scenarios):
             headers = dict(parse_header(expand(h, self.header_env())) for h in s.headers)
-            status = wait_http(self.ports[s.target], self.servers[s.target], s.path, headers)
+            status = wait_http(self.ports[s.target], self.servers[s.target], s.path, headers,
+                               body=self.body(s))
             if status == s.expect_status:
                 continue
             inst = self.instances.get(s.target)
@@ -636,10 +646,26 @@ class Bench:
     def url(self, s: Scenario) -> str:
         return f"http://127.0.0.1:{self.ports[s.target]}{s.path}"
 
+    def body(self, s: Scenario) -> bytes | None:
+        return (BENCH_DIR / s.body_file).read_bytes() if s.body_file else None
+
+    def wrk_script(self, s: Scenario) -> Path:
+        """A wrk Lua script that POSTs the scenario's body."""
+        script = self.tmp / f"{s.name}.lua"
+        text = self.body(s).decode()
+        script.write_text(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(text)}\n"
+        )
+        return script
+
     def wrk_argv(self, s: Scenario, duration: int) -> list[str]:
         a = self.args
         argv = ["taskset", "-c", a.load_cpu, a.wrk, f"-t{a.threads}", f"-c{a.connections}",
                 f"-d{duration}s", "--timeout", "5s", "--latency"]
+        if s.body_file:
+            argv += ["-s", str(self.wrk_script(s))]
         for h in s.headers:
             argv += ["-H", expand(h, self.header_env())]
         return argv + [self.url(s)]

@@ -2,7 +2,9 @@
 # User-space instructions per request of one portcullis binary, counted by
 # callgrind (repeatable, unlike wall-clock numbers on a shared VM).
 #
-#   bench/callgrind.sh BIN public|key|jwt-rs256|jwt-es256|session [SECONDS]
+#   bench/callgrind.sh BIN public|key|jwt-rs256|jwt-es256|session|post|validated [SECONDS]
+#   (post, validated: the 2 KiB JSON body bench/body-2k.json POSTed to a
+#   route without and with validation against bench/body-2k.schema.json)
 #   KEEP=1 bench/callgrind.sh ...   # keep the callgrind.out for callgrind_annotate
 #
 # Starts an nginx upstream (`return 200 "ok\n"`) and BIN under valgrind
@@ -26,7 +28,7 @@ VALGRIND=
 cleanup() { kill "$NGINX" ${VALGRIND:+"$VALGRIND"} 2>/dev/null || true; }
 trap cleanup EXIT
 sed -e "s#{portcullis_port}#18182#; s#{portcullis_admin_port}#18183#; s#{prefix}#$D#; s#{upstream_port}#18181#" \
-    -e "s#{jwt_keys}#$here/../tests/fixtures/jwt#g" -e "s/{{/{/g; s/}}/}/g" \
+    -e "s#{jwt_keys}#$here/../tests/fixtures/jwt#g" -e "s#{bench_dir}#$here#g" -e "s/{{/{/g; s/}}/}/g" \
     "$here/portcullis.toml" > "$D/portcullis.toml"
 export BENCH_SESSION_KEY=bench-session-key-Zq7Wm2Xp9Lk4Rt8Vb3Nc6Yh1
 "$BIN" consumers create bench --config "$D/portcullis.toml" >/dev/null
@@ -36,8 +38,14 @@ KEY=$("$BIN" keys create --consumer bench --json --config "$D/portcullis.toml" \
 TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$D/callgrind.out" \
     "$BIN" serve --config "$D/portcullis.toml" > "$D/portcullis.log" 2>&1 & VALGRIND=$!
 for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:18182/ && break; sleep 0.5; done
-URL=http://127.0.0.1:18182/; HEADER=()
+URL=http://127.0.0.1:18182/; HEADER=(); CURL=(); WRK=()
 case "$ROUTE" in
+  post|validated)
+    URL=http://127.0.0.1:18182/$ROUTE
+    CURL=(-H "Content-Type: application/json" --data-binary "@$here/body-2k.json")
+    python3 -c 'import json,sys; b=open(sys.argv[1]).read(); print("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = " + json.dumps(b))' \
+      "$here/body-2k.json" > "$D/post.lua"
+    WRK=(-s "$D/post.lua") ;;
   key) URL=http://127.0.0.1:18182/key; HEADER=(-H "X-API-Key: $KEY") ;;
   session)
     COOKIE=$(python3 - <<'PY'
@@ -58,9 +66,9 @@ PY
     TOKEN=$(cd "$here" && python3 -c "import tokens; print(tokens.bench_tokens()['BENCH_JWT_$ALG'])")
     URL=http://127.0.0.1:18182/jwt; HEADER=(-H "Authorization: Bearer $TOKEN") ;;
 esac
-for _ in $(seq 1 50); do curl -sf -o /dev/null "${HEADER[@]}" "$URL"; done
+for _ in $(seq 1 50); do curl -sf -o /dev/null "${HEADER[@]}" "${CURL[@]}" "$URL"; done
 callgrind_control -i on "$VALGRIND" >/dev/null 2>&1
-wrk -t1 -c16 -d"${SECONDS_OF_LOAD}s" "${HEADER[@]}" "$URL" > "$D/wrk.txt"
+wrk -t1 -c16 -d"${SECONDS_OF_LOAD}s" "${HEADER[@]}" "${WRK[@]}" "$URL" > "$D/wrk.txt"
 callgrind_control -i off "$VALGRIND" >/dev/null 2>&1
 kill "$VALGRIND"; wait "$VALGRIND" 2>/dev/null || true; VALGRIND=
 REQUESTS=$(awk '/requests in/ {print $1}' "$D/wrk.txt")

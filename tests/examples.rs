@@ -534,6 +534,24 @@ async fn story_3_ops_portal_works_as_written() {
     assert_eq!(browser.get("/dashboard").await.status(), 200);
     assert_eq!(upstream.last().headers["x-portcullis-user"], "olivia");
     assert_eq!(browser.get("/credentials/aws").await.status(), 200);
+    // CSRF is on for the session routes: a form post that is not provably
+    // same-origin (this client sends no Sec-Fetch-Site or Origin) needs
+    // the token the gateway handed the page, and the upstream rendering
+    // the page got it too.
+    let page = browser.get("/dashboard").await;
+    let token = page.headers()["x-csrf-token"].to_str().unwrap().to_string();
+    assert_eq!(upstream.last().headers["x-csrf-token"], token.as_str());
+    let seen = upstream.count();
+    assert_problem(
+        browser.post_form("/servers/restart", &[("vm", "web-1")]).await,
+        403,
+    )
+    .await;
+    assert_eq!(upstream.count(), seen, "the forged post never reached the portal");
+    let posted = browser
+        .post_form("/servers/restart", &[("vm", "web-1"), ("csrf_token", &token)])
+        .await;
+    assert_eq!(posted.status(), 200);
     let viewer = Browser::new(story.bin.public);
     assert_eq!(
         log_in(&viewer, "/", "pat", "a long enough password")

@@ -319,10 +319,10 @@ impl CsrfStage {
 
     /// A safe request with a credential cookie: hand the page a token.
     fn issue(&self, cx: &mut RequestCx, req: &mut Request<GatewayBody>, binding: &str) {
-        let (token, fresh) = match self.cookie_token(req) {
-            Some(existing) if token::verify(&self.keys, binding, existing) => (existing.to_string(), false),
-            _ => (token::mint(&self.keys, binding), true),
-        };
+        let token = token::mint(&self.keys, binding);
+        let fresh = self
+            .cookie_token(req)
+            .is_none_or(|c| !bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), token.as_bytes())));
         let Ok(value) = HeaderValue::from_str(&token) else {
             return;
         };
