@@ -117,6 +117,12 @@ async fn unsafe_requests_with_a_credential_cookie_must_be_same_origin() {
         vec![cookie(), ("origin", "null".into())],
         // Neither header: fail closed (Go would let this through).
         vec![cookie()],
+        // Basic credentials are ambient too: a browser resends them.
+        vec![
+            cookie(),
+            ("sec-fetch-site", "cross-site".into()),
+            ("authorization", "Basic YWRhOnB3".into()),
+        ],
     ];
     for headers in &refused {
         let doc = assert_problem(post(headers).await.unwrap(), 403).await;

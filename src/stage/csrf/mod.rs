@@ -4,8 +4,9 @@
 //! have. The header logic follows Go 1.25's `CrossOriginProtection`:
 //!
 //! 1. `GET`, `HEAD` and `OPTIONS` pass (they must not change anything).
-//! 2. No credential cookie, or an `Authorization` or API-key header (which
-//!    no cross-site form or simple request can send): not a CSRF risk, passes.
+//! 2. No credential cookie, or an `Authorization: Bearer` or API-key header
+//!    (which no cross-site form or simple request can send; cached Basic
+//!    credentials can be, so they do not count): passes.
 //! 3. `Sec-Fetch-Site: same-origin` or `none` (typed, bookmarked): passes.
 //! 4. No `Sec-Fetch-Site` (an older browser) but an `Origin` naming the
 //!    request's own `Host`: passes.
@@ -277,7 +278,13 @@ impl CsrfStage {
     /// Steps 2 to 5 of the module's list.
     fn check_headers(&self, policy: &RouteCsrf, req: &Request<GatewayBody>) -> Check {
         let h = req.headers();
-        if h.contains_key(AUTHORIZATION) || self.key_headers.iter().any(|k| h.contains_key(k)) {
+        // A bearer token or an API key is never ambient: no cross-site form
+        // or simple request can carry one. `Authorization: Basic` can be
+        // (browsers resend cached Basic credentials), so it does not count.
+        let bearer = h
+            .get(AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes().len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer "));
+        if bearer || self.key_headers.iter().any(|k| h.contains_key(k)) {
             return Check::Pass;
         }
         let origin = h.get(ORIGIN);
