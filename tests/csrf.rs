@@ -340,3 +340,46 @@ fn csrf_on_a_cookie_route_needs_the_session_key_and_production_warns_about_repor
         policy.warnings
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cors_wildcard_or_a_jwt_cookie_never_weakens_csrf() {
+    let upstream = TestUpstream::start().await;
+    let routes = r#"
+[cors]
+origins = ["*"]
+
+[csrf]
+cookies = ["flask_session"]
+
+[[routes]]
+id = "app"
+path = "/app"
+upstream = "app"
+auth = ["none"]
+"#;
+    let gw = start_gateway(
+        &config("development", &upstream.url(), routes)
+            .replace("[cors]", "[secrets]\n[cors]")
+            .pipe(|t| with_session_key(&t, "q7Vx9Lm2Pz4Rt8Wk3Ns6Yb1Hc5Jd0FgA")),
+    )
+    .await;
+    let r = client()
+        .post(format!("http://{}/app/x", gw.public_addr()))
+        .header("cookie", SESSION)
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 403).await;
+    assert_eq!(upstream.count(), 0, "\"*\" lets anyone read, never write");
+    gw.shutdown().await;
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+
+impl Pipe for String {}

@@ -87,6 +87,8 @@ validate = {{ openapi = {{ url = "http://{addr}/openapi.json" }} }}
         ("/items/0", None, "#/path/item_id"),
         ("/items/abc", None, "#/path/item_id"),
         ("/items/7?verbose=maybe", None, "#/query/verbose"),
+        // Every value of a repeated scalar is checked (Starlette reads the last).
+        ("/items/7?verbose=true&verbose=maybe", None, "#/query/verbose"),
         ("/items/7", Some("not-hex!"), "#/header/x-trace"),
     ] {
         let mut req = c.get(format!("{base}{url}"));
@@ -126,6 +128,14 @@ validate = {{ openapi = {{ url = "http://{addr}/openapi.json" }} }}
     found.sort();
     assert_eq!(found, ["/price", "/tags/0"], "{problem}");
     assert_problem(post(r#"{"name": "lamp"}"#, "text/plain").await.unwrap(), 415).await;
+    // A body without a declared type is not passed unchecked.
+    let r = c
+        .post(format!("{base}/items"))
+        .body(r#"{"name": "lamp"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 415).await;
     let r = c.post(format!("{base}/items")).send().await.unwrap();
     assert_problem(r, 422).await;
     // Operations the document does not declare.

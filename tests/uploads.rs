@@ -155,16 +155,44 @@ async fn limits_types_and_malware_are_refused_before_the_upstream() {
         .await
         .unwrap();
     assert_problem(r, 400).await;
-    assert_eq!(upstream.count(), 1, "no refused upload reached the upstream");
+
+    // Parts multer would not call files (`FILENAME=`, RFC 5987's
+    // `filename*=`, a plain field) are still scanned.
+    for disposition in [
+        "form-data; name=\"f\"; FILENAME=\"x.exe\"",
+        "form-data; name=\"f\"; filename*=UTF-8''x.exe",
+        "form-data; name=\"f\"",
+    ] {
+        let mut body = format!("--XyZ\r\nContent-Disposition: {disposition}\r\n\r\n").into_bytes();
+        body.extend_from_slice(TEST_MALWARE);
+        body.extend_from_slice(b"\r\n--XyZ--\r\n");
+        assert_problem(upload(&gw, "/docs", body).await, 422).await;
+    }
+    assert_eq!(
+        upstream.count(),
+        1,
+        "no refused upload reached the upstream: {:?}",
+        upstream
+            .received()
+            .iter()
+            .map(|r| (r.target.clone(), r.body.len()))
+            .collect::<Vec<_>>()
+    );
 
     // The infected file is named in the audit log by signature, not content.
     let events = audit_events(&gw, Some("upload.infected")).await;
-    assert_eq!(events.len(), 1);
-    assert_eq!(
-        events[0].event.details["signature"],
-        "Portcullis.Test.Pattern.UNOFFICIAL"
+    assert_eq!(events.len(), 4, "the text file and the three parts above");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event.details["signature"] == "Portcullis.Test.Pattern.UNOFFICIAL")
     );
-    assert_eq!(events[0].event.details["field"], "notes");
+    let fields: Vec<&str> = events
+        .iter()
+        .map(|e| e.event.details["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields.iter().filter(|f| **f == "notes").count(), 1, "{fields:?}");
+    assert_eq!(fields.iter().filter(|f| **f == "f").count(), 3, "{fields:?}");
     // Infected files anywhere in a clean-looking request are found, and a
     // route without type rules still scans.
     let mixed = multipart(&[
@@ -181,7 +209,7 @@ async fn limits_types_and_malware_are_refused_before_the_upstream() {
     let metrics = metrics_text(gw.admin_addr()).await;
     assert_eq!(
         metric(&metrics, "portcullis_upload_scans_total{result=\"infected\"}"),
-        2.0
+        5.0
     );
     assert!(metric(&metrics, "portcullis_upload_scans_total{result=\"clean\"}") >= 2.0);
     gw.shutdown().await;

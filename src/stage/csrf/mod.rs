@@ -1,5 +1,6 @@
-//! CSRF: a request that carries ambient credentials (the session cookie, or
-//! a cookie a route names) and uses an unsafe method must come from the
+//! CSRF: a request that carries ambient credentials (the session cookie, a
+//! cookie a route names, or the cookie a route's JWTs may arrive in) and
+//! uses an unsafe method must come from the
 //! gateway's own origin, or carry a token only a page of that origin can
 //! have. The header logic follows Go 1.25's `CrossOriginProtection`:
 //!
@@ -82,7 +83,9 @@ const TOKEN_CACHE: usize = 10_000;
 
 pub struct CsrfStage {
     slot: Slot<RouteCsrf>,
-    keys: Arc<SessionKeys>,
+    /// `None`: no session key, so no tokens (JWT-cookie routes only, which
+    /// are then checked by their headers alone).
+    keys: Option<Arc<SessionKeys>>,
     /// Tokens by binding: a page load of a known session costs a lookup,
     /// not an HMAC (about 20k instructions under callgrind).
     tokens: quick_cache::sync::Cache<String, HeaderValue>,
@@ -95,8 +98,14 @@ pub struct CsrfStage {
 }
 
 /// The credential cookies of a route: the session cookie when it takes
-/// sessions, then the named ones.
-fn route_cookies(cx_sessions: Option<&str>, route: &RouteEntry<'_>, global: &CsrfConfig) -> Vec<String> {
+/// sessions, then the named ones, then (`with_jwt`) the cookie its JWTs
+/// may arrive in.
+fn route_cookies(
+    cx_sessions: Option<&str>,
+    route: &RouteEntry<'_>,
+    global: &CsrfConfig,
+    with_jwt: bool,
+) -> Vec<String> {
     let mut cookies = Vec::new();
     let takes_sessions = route
         .config
@@ -112,6 +121,18 @@ fn route_cookies(cx_sessions: Option<&str>, route: &RouteEntry<'_>, global: &Csr
             cookies.push(name);
         }
     }
+    let takes_jwt = route
+        .config
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|m| m == "jwt"));
+    if with_jwt
+        && takes_jwt
+        && let Some(name) = &route.config.jwt_cookie
+        && !cookies.contains(name)
+    {
+        cookies.push(name.clone());
+    }
     cookies
 }
 
@@ -126,7 +147,7 @@ fn compile_route(
     if own.enabled.or(global.enabled) == Some(false) {
         return None;
     }
-    let cookies = route_cookies(session_cookie, route, global);
+    let cookies = route_cookies(session_cookie, route, global, true);
     if cookies.is_empty() {
         return None;
     }
@@ -154,10 +175,14 @@ fn compile_route(
                 (Some(own), None) => Some(own.clone()),
                 (None, base) => base.cloned(),
             };
-            // CORS reports its own problems.
-            merged.map_or_else(OriginList::default, |c| {
-                allowed_origins(&c, production, "cors", &mut Vec::new())
-            })
+            // CORS reports its own problems. A route with CORS off, or
+            // open to every origin, trusts no origin for CSRF: `*` says
+            // anyone may read, never that anyone may write.
+            merged
+                .filter(|c| c.enabled != Some(false))
+                .map(|c| allowed_origins(&c, production, "cors", &mut Vec::new()))
+                .filter(|list| !list.allows_any())
+                .unwrap_or_default()
         }
     };
     for (key, e) in errors {
@@ -174,6 +199,7 @@ fn compile_route(
 /// A route's `cors` over `[cors]` (as the CORS stage merges them).
 fn own_over(own: &CorsConfig, base: &CorsConfig) -> CorsConfig {
     CorsConfig {
+        enabled: own.enabled.or(base.enabled),
         origins: own.origins.clone().or_else(|| base.origins.clone()),
         development_origins: own
             .development_origins
@@ -195,24 +221,31 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
     });
     let protected: Vec<usize> = (0..cx.routes().len())
         .filter(|&i| cx.routes()[i].config.csrf.as_ref().and_then(|c| c.enabled) != Some(false))
-        .filter(|&i| !route_cookies(session_cookie.as_deref(), &cx.routes()[i], &global).is_empty())
+        .filter(|&i| !route_cookies(session_cookie.as_deref(), &cx.routes()[i], &global, true).is_empty())
+        .collect();
+    // Routes whose only credential cookie carries a JWT are checked by the
+    // headers alone when there is no session key (no token can be made).
+    let need_tokens: Vec<usize> = protected
+        .iter()
+        .copied()
+        .filter(|&i| !route_cookies(session_cookie.as_deref(), &cx.routes()[i], &global, false).is_empty())
         .collect();
     if protected.is_empty()
         || global.enabled == Some(false) && cx.routes().iter().all(|r| r.config.csrf.is_none())
     {
         return None;
     }
-    let Some(keys) = cx.session_keys.clone() else {
+    let keys = cx.session_keys.clone();
+    if keys.is_none() && !need_tokens.is_empty() {
         // A key that is set but invalid, or `[sessions]` without one, has
         // its own problem already.
-        if cx.config.secrets.session_key.is_some() || sessions.is_some() {
-            return None;
-        }
-        for i in protected {
-            cx.route_problem(i, "csrf", "CSRF tokens need `secrets.session_key`");
+        if cx.config.secrets.session_key.is_none() && sessions.is_none() {
+            for i in need_tokens {
+                cx.route_problem(i, "csrf", "CSRF tokens need `secrets.session_key`");
+            }
         }
         return None;
-    };
+    }
     let secure = sessions.is_none_or(|s| s.cookie_secure);
     let key_headers = cx
         .config
@@ -313,7 +346,10 @@ impl CsrfStage {
         };
         let same = submitted.len() == cookie.len()
             && bool::from(subtle::ConstantTimeEq::ct_eq(submitted, cookie.as_bytes()));
-        same && token::verify(&self.keys, binding, cookie)
+        same && self
+            .keys
+            .as_ref()
+            .is_some_and(|keys| token::verify(keys, binding, cookie))
     }
 
     fn refuse(&self, cx: &RequestCx, mode: Mode, reason: &'static str) -> StageResult {
@@ -333,10 +369,11 @@ impl CsrfStage {
 
     /// A safe request with a credential cookie: hand the page a token.
     fn issue(&self, cx: &mut RequestCx, req: &mut Request<GatewayBody>, binding: &str) {
+        let Some(keys) = &self.keys else { return };
         let value = match self.tokens.get(binding) {
             Some(value) => value,
             None => {
-                let Ok(value) = HeaderValue::from_str(&token::mint(&self.keys, binding)) else {
+                let Ok(value) = HeaderValue::from_str(&token::mint(keys, binding)) else {
                     return;
                 };
                 self.tokens.insert(binding.to_string(), value.clone());
@@ -421,7 +458,9 @@ impl Stage for CsrfStage {
                 self.refuse(cx, policy.mode, "token does not match")
             });
         }
-        if is_form(req) {
+        // A forward-auth decision (`/.auth/verify`) has no body to search:
+        // the asking proxy holds it, so the token must come in the header.
+        if is_form(req) && cx.decision_only.is_none() {
             cx.csrf_pending = Some(Box::new(PendingForm {
                 binding,
                 mode: policy.mode,

@@ -160,11 +160,17 @@ fn field_error(field: &str, detail: impl Into<String>) -> GatewayError {
     }
 }
 
-/// Reads the files of a complete multipart body, within the route's limits.
-async fn files(body: Bytes, boundary: String, limits: &RouteUploads) -> Result<Vec<File>, GatewayError> {
+/// Reads the parts of a complete multipart body, within the route's
+/// limits: the files, and the other fields (scanned too).
+async fn files(
+    body: Bytes,
+    boundary: String,
+    limits: &RouteUploads,
+) -> Result<(Vec<File>, Vec<File>), GatewayError> {
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut files = Vec::new();
+    let mut fields = Vec::new();
     let malformed = |_| GatewayError::bad_request("The multipart body is malformed.");
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         let name = field
@@ -173,7 +179,17 @@ async fn files(body: Bytes, boundary: String, limits: &RouteUploads) -> Result<V
             .chars()
             .take(100)
             .collect::<String>();
-        let is_file = field.file_name().is_some();
+        // multer knows `filename=` only as written; `FILENAME=` and RFC
+        // 5987's `filename*=` are files to Go, Werkzeug and busboy, and so
+        // is any part that declares a content type.
+        let disposition = field
+            .headers()
+            .get(http::header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        let is_file =
+            field.file_name().is_some() || disposition.contains("filename") || field.content_type().is_some();
         let declared = field
             .content_type()
             .map_or("application/octet-stream".to_string(), |m| {
@@ -181,6 +197,11 @@ async fn files(body: Bytes, boundary: String, limits: &RouteUploads) -> Result<V
             });
         let data = field.bytes().await.map_err(malformed)?;
         if !is_file {
+            fields.push(File {
+                field: name,
+                declared: String::new(),
+                data,
+            });
             continue;
         }
         if files.len() == limits.max_files {
@@ -200,7 +221,7 @@ async fn files(body: Bytes, boundary: String, limits: &RouteUploads) -> Result<V
             data,
         });
     }
-    Ok(files)
+    Ok((files, fields))
 }
 
 impl UploadsStage {
@@ -223,8 +244,8 @@ impl UploadsStage {
                 .enforcement
                 .refuse(cx, limits.mode, protection::UPLOADS, error);
         }
-        let files = match files(body, boundary, limits).await {
-            Ok(files) => files,
+        let (files, fields) = match files(body, boundary, limits).await {
+            Ok(parts) => parts,
             Err(error) => {
                 return self
                     .enforcement
@@ -253,7 +274,7 @@ impl UploadsStage {
         if limits.scan
             && let Some(scanner) = &self.scanner
         {
-            for file in &files {
+            for file in files.iter().chain(&fields) {
                 if let Err(error) = self.scan(cx, scanner, file).await {
                     return self
                         .enforcement

@@ -93,6 +93,8 @@ pub struct RouteValidation {
     rules: Vec<ContentRule>,
     openapi: Option<openapi::OpenApi>,
     mode: Mode,
+    /// Content rules report under their own name.
+    rules_mode: Mode,
 }
 
 pub struct ValidateStage {
@@ -272,6 +274,11 @@ fn compile_route(
         }
     }
     let mode = mode_for(problems, route, protection::VALIDATION, config.mode, None);
+    let rules_mode = if rules.is_empty() {
+        Mode::Enforce
+    } else {
+        mode_for(problems, route, protection::CONTENT_RULES, config.mode, None)
+    };
     Some(RouteValidation {
         methods,
         content_types,
@@ -280,6 +287,7 @@ fn compile_route(
         rules,
         openapi,
         mode,
+        rules_mode,
     })
 }
 
@@ -418,7 +426,7 @@ impl ValidateStage {
         if !errors.is_empty() {
             return self.refuse(
                 cx,
-                v.mode,
+                v.rules_mode,
                 protection::CONTENT_RULES,
                 "The body breaks this route's content rules.",
                 errors,
@@ -471,19 +479,20 @@ impl Stage for ValidateStage {
         if !v.methods.contains(req.method()) && operation.is_none() {
             return Verdict::CONTINUE;
         }
-        let media = media_type(req).filter(|_| has_body(req));
+        let body_present = has_body(req);
+        let media = media_type(req).filter(|_| body_present);
         if let Some(op) = &operation
-            && let Err(problem) = op.accepts(media.as_deref())
+            && let Err(problem) = op.accepts(media.as_deref(), body_present)
         {
             let error = match media {
-                None => GatewayError::Unprocessable {
+                None if !body_present => GatewayError::Unprocessable {
                     detail: "This operation needs a request body.".into(),
                     errors: vec![FieldError {
                         pointer: String::new(),
                         detail: problem,
                     }],
                 },
-                Some(_) => GatewayError::UnsupportedMediaType { allowed: problem },
+                _ => GatewayError::UnsupportedMediaType { allowed: problem },
             };
             return Verdict::Ready(self.enforcement.refuse(cx, v.mode, protection::VALIDATION, error));
         }
@@ -516,7 +525,9 @@ impl Stage for ValidateStage {
         if media.as_deref().is_some_and(is_json) {
             return Verdict::Pending(Box::pin(self.check_json(cx, v, req, body_schema)));
         }
-        if v.schema.is_some() && checks_body {
+        // A schema, or content rules, check JSON: a body in another type
+        // (or none declared) would pass unread.
+        if (v.schema.is_some() || !v.rules.is_empty()) && checks_body {
             let error = GatewayError::UnsupportedMediaType {
                 allowed: "application/json".into(),
             };

@@ -473,13 +473,17 @@ impl<'a> OpenApiOperation<'a> {
                 continue;
             }
             let Some(schema) = &p.schema else { continue };
-            let value = if p.kind.as_deref() == Some("array") {
-                Value::Array(values.iter().map(|v| coerce(None, v)).collect())
+            // A scalar given more than once is checked every time: backends
+            // differ on which one they read (Starlette takes the last).
+            let checked: Vec<Value> = if p.kind.as_deref() == Some("array") {
+                vec![Value::Array(values.iter().map(|v| coerce(None, v)).collect())]
             } else {
-                coerce(p.kind.as_deref(), &values[0])
+                values.iter().map(|v| coerce(p.kind.as_deref(), v)).collect()
             };
             let mut found = Vec::new();
-            schema.check(&value, &mut found, cap);
+            for value in &checked {
+                schema.check(value, &mut found, cap);
+            }
             for e in found.into_iter().take(cap.saturating_sub(errors.len())) {
                 errors.push(FieldError {
                     pointer: format!("{pointer}{}", e.pointer),
@@ -491,10 +495,14 @@ impl<'a> OpenApiOperation<'a> {
 
     /// Whether the operation takes a body of this media type (`None`: the
     /// request has none).
-    pub fn accepts(&self, media_type: Option<&str>) -> Result<(), String> {
+    pub fn accepts(&self, media_type: Option<&str>, has_body: bool) -> Result<(), String> {
         let types = &self.operation.body_types;
         match media_type {
-            None if self.operation.body_required => Err("a request body is required".into()),
+            None if !has_body && self.operation.body_required => Err("a request body is required".into()),
+            None if !has_body => Ok(()),
+            // A body without a declared type is read as JSON by some
+            // backends: it is refused rather than passed unchecked.
+            None if !types.is_empty() => Err(types.join(", ")),
             None => Ok(()),
             Some(_) if types.is_empty() => Ok(()),
             Some(m)
@@ -565,8 +573,10 @@ mod tests {
         let api = OpenApi::compile(doc(), Undeclared::Refuse).unwrap();
         let (op, _) = api.find(&Method::PUT, "/items/7");
         let op = op.unwrap();
-        assert!(op.accepts(None).is_err());
-        assert!(op.accepts(Some("text/plain")).is_err());
+        assert!(op.accepts(None, false).is_err(), "the body is required");
+        assert!(op.accepts(None, true).is_err(), "a body without a type");
+        assert!(op.accepts(Some("text/plain"), true).is_err());
+        assert!(op.accepts(Some("application/json"), true).is_ok());
         let schema = op.body_schema().unwrap();
         assert!(schema.is_valid(&json!({"name": "x", "note": null})));
         assert!(!schema.is_valid(&json!({"note": "x"})));

@@ -18,7 +18,8 @@ pub struct ContentRuleConfig {
     /// Names the rule in refusals; `rule N` otherwise.
     pub name: Option<String>,
     /// A JSON pointer (`/messages/*/content`: `*` is any key or index); the
-    /// rule applies to every string in the body when omitted.
+    /// rule applies to every string and property name in the body when
+    /// omitted.
     pub field: Option<String>,
     /// Regular expressions the strings must not match (`(?i)` for any case).
     #[serde(default)]
@@ -169,6 +170,8 @@ fn every_string(value: &Value, pointer: &mut String, f: &mut dyn FnMut(&mut Stri
         Value::Object(map) => {
             for (key, item) in map {
                 let len = push(pointer, key);
+                // Names too: `{"$ne": null}` is an operator in a key.
+                f(pointer, key);
                 every_string(item, pointer, f);
                 pointer.truncate(len);
             }

@@ -22,13 +22,14 @@
 // exit code is 1 (2 for the overall timeout). The browser is always closed.
 //
 // Env: CHROMIUM_PATH (default /usr/bin/chromium); DRIVE_TIMEOUT_MS (whole run,
-// default and maximum 30000; exit 2 when hit).
+// default and maximum 60000; exit 2 when hit).
 // Profile: chromium.launch() with Playwright's default fresh temporary
 // user-data-dir (created per run and deleted on close), plus a new context.
 
 import { chromium } from 'playwright-core';
 
-const HARD_LIMIT_MS = 30_000;
+// Generous: on a loaded 2-core machine Chromium has taken over 15 s to start.
+const HARD_LIMIT_MS = 60_000;
 const out = { ok: false, results: [], console: [], cspViolations: [], requests: [] };
 let browser = null;
 let printed = false;
@@ -111,7 +112,7 @@ async function main() {
     executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--no-first-run'],
-    timeout: 15_000,
+    timeout: 40_000,
   });
   out.chromium = browser.version();
   const context = await browser.newContext();
