@@ -56,6 +56,10 @@ pub enum ScanError {
     Timeout,
     #[error("the scanner failed: {0}")]
     Failed(String),
+    /// clamd refused the stream as longer than its `StreamMaxLength`: the
+    /// file is refused, never passed unscanned, whatever `on_error` says.
+    #[error("the file is larger than the scanner accepts")]
+    TooLarge,
 }
 
 /// Where clamd listens.
@@ -150,6 +154,8 @@ pub fn parse_reply(reply: &[u8]) -> Result<Verdict, ScanError> {
         Ok(Verdict::Clean)
     } else if let Some(name) = body.strip_suffix(" FOUND") {
         Ok(Verdict::Infected(name.to_string()))
+    } else if body.contains("size limit exceeded") {
+        Err(ScanError::TooLarge)
     } else {
         Err(ScanError::Failed(text.chars().take(200).collect()))
     }
@@ -166,7 +172,14 @@ mod tests {
             parse_reply(b"stream: Portcullis.Test.Pattern.UNOFFICIAL FOUND\0").unwrap(),
             Verdict::Infected("Portcullis.Test.Pattern.UNOFFICIAL".into())
         );
-        assert!(parse_reply(b"INSTREAM size limit exceeded. ERROR\0").is_err());
+        assert!(matches!(
+            parse_reply(b"INSTREAM size limit exceeded. ERROR\0"),
+            Err(ScanError::TooLarge)
+        ));
+        assert!(matches!(
+            parse_reply(b"stream: some failure ERROR\0"),
+            Err(ScanError::Failed(_))
+        ));
         assert!(parse_reply(b"").is_err());
     }
 }

@@ -303,6 +303,13 @@ impl UploadsStage {
                 );
                 Err(field_error(&file.field, "the file contains malware"))
             }
+            Err(clamav::ScanError::TooLarge) => {
+                self.metrics.upload_scan("error");
+                Err(field_error(
+                    &file.field,
+                    "the file is larger than the malware scanner accepts",
+                ))
+            }
             Err(error) => {
                 self.metrics.upload_scan("error");
                 tracing::warn!(request_id = cx.request_id(), %error, "upload scan failed");
