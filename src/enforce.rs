@@ -224,6 +224,10 @@ impl Stage for Reported {
         self.inner.name()
     }
 
+    fn rechecks(&self) -> bool {
+        self.inner.rechecks()
+    }
+
     fn phases(&self) -> Phases {
         self.inner.phases()
     }

@@ -93,6 +93,15 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     Unavailable(Cow<'static, str>),
+    /// A WebSocket route's connection cap is reached for this client.
+    #[error("{0}")]
+    TooManyConnections(&'static str),
+    /// A WebSocket route got a request that is not a valid handshake.
+    #[error("{0}")]
+    UpgradeRequired(&'static str),
+    /// The upstream answered a WebSocket handshake with a refusal.
+    #[error("the service behind this route refused the WebSocket connection")]
+    UpstreamRefused { upstream: String, status: StatusCode },
     #[error("internal error")]
     Internal,
 }
@@ -146,6 +155,9 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
+            GatewayError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::UpstreamRefused { status, .. } => *status,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -167,11 +179,14 @@ impl GatewayError {
             | GatewayError::MisdirectedRequest
             | GatewayError::UnsupportedMediaType { .. }
             | GatewayError::Unprocessable { .. }
+            | GatewayError::UpgradeRequired(_)
+            | GatewayError::TooManyConnections(_)
             | GatewayError::MethodNotAllowed { .. } => ErrorSide::Downstream,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamProtocol { .. }
             | GatewayError::UpstreamTimeout { .. }
-            | GatewayError::UpstreamFailed { .. } => ErrorSide::Upstream,
+            | GatewayError::UpstreamFailed { .. }
+            | GatewayError::UpstreamRefused { .. } => ErrorSide::Upstream,
             GatewayError::Unavailable(_) | GatewayError::Internal => ErrorSide::Internal,
         }
     }
@@ -227,6 +242,12 @@ impl GatewayError {
             }
             GatewayError::LoginRequired { location } => {
                 headers.insert(http::header::LOCATION, location.clone());
+            }
+            GatewayError::UpgradeRequired(_) => {
+                headers.insert(
+                    http::header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
             }
             _ => {}
         }

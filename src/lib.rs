@@ -30,5 +30,6 @@ pub mod stage;
 pub mod store;
 pub mod upstream;
 pub mod users;
+pub mod websocket;
 
 pub use server::{Gateway, StartError};

@@ -176,13 +176,16 @@ pub async fn serve<L, F, S, B>(
         tokio::spawn(async move {
             if let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await {
                 let io = TokioIo::new(Tapped::new(io, conn.clone()));
-                let connection = builder.serve_connection(io, service);
+                let connection = builder.serve_connection_with_upgrades(io, service);
                 if let Some(Err(error)) =
                     close_when_idle(watcher.watch(connection), &conn, limits.timeouts).await
                     && let Some(status) = refused_head_status(&*error)
                 {
                     refused(&conn, status);
                 }
+                // A WebSocket carries on over the socket after HTTP is done
+                // with it; it keeps its slot until it closes.
+                conn.upgrade_finished().await;
             }
             open.dec();
             drop(permit);

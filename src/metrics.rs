@@ -35,6 +35,7 @@ pub struct Metrics {
     upload_scans: IntCounterVec,
     /// For requests that matched no route.
     pub unrouted: RouteMetrics,
+    websocket: WebSocketVecs,
     pub auth: AuthMetrics,
 }
 
@@ -91,6 +92,74 @@ impl RouteMetrics {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+struct WebSocketVecs {
+    active: IntGaugeVec,
+    messages: IntCounterVec,
+    bytes: IntCounterVec,
+    closes: IntCounterVec,
+}
+
+impl WebSocketVecs {
+    fn new() -> WebSocketVecs {
+        WebSocketVecs {
+            active: IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_websocket_connections",
+                    "Open WebSocket connections, by route.",
+                ),
+                &["route"],
+            )
+            .expect("metric definitions are valid"),
+            messages: counter(
+                "portcullis_websocket_messages_total",
+                "WebSocket messages relayed, by route and direction (upstream: from the client; client: to it).",
+                &["route", "direction"],
+            ),
+            bytes: counter(
+                "portcullis_websocket_bytes_total",
+                "WebSocket message payload bytes relayed, by route and direction.",
+                &["route", "direction"],
+            ),
+            closes: counter(
+                "portcullis_websocket_closes_total",
+                "WebSocket connections closed, by route and reason.",
+                &["route", "reason"],
+            ),
+        }
+    }
+}
+
+/// Which way a WebSocket message went.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    /// From the client to the upstream.
+    ToUpstream = 0,
+    /// From the upstream to the client.
+    ToClient = 1,
+}
+
+/// One route's WebSocket handles, made when a connection opens (no label
+/// lookup per message).
+#[derive(Clone)]
+pub struct WebSocketMetrics {
+    pub active: IntGauge,
+    messages: [IntCounter; 2],
+    bytes: [IntCounter; 2],
+    closes: IntCounterVec,
+    route: Box<str>,
+}
+
+impl WebSocketMetrics {
+    pub fn message(&self, direction: Direction, len: usize) {
+        self.messages[direction as usize].inc();
+        self.bytes[direction as usize].inc_by(len as u64);
+    }
+
+    pub fn closed(&self, reason: &str) {
+        self.closes.with_label_values(&[&*self.route, reason]).inc();
     }
 }
 
@@ -196,8 +265,13 @@ impl Metrics {
             "Uploaded files scanned for malware, by result (clean, infected, error).",
             &["result"],
         );
+        let websocket = WebSocketVecs::new();
         for collector in [
-            Box::new(upload_scans.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(websocket.active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(websocket.messages.clone()),
+            Box::new(websocket.bytes.clone()),
+            Box::new(websocket.closes.clone()),
+            Box::new(upload_scans.clone()),
             Box::new(rate_limited.clone()),
             Box::new(would_refuse.clone()),
             Box::new(auth_outcomes.clone()),
@@ -228,7 +302,26 @@ impl Metrics {
             would_refuse,
             upload_scans,
             unrouted,
+            websocket,
             auth: AuthMetrics::new(auth_outcomes),
+        }
+    }
+
+    /// The handles one route's WebSocket connections count with.
+    pub fn for_websocket(&self, route: &str) -> WebSocketMetrics {
+        let v = &self.websocket;
+        WebSocketMetrics {
+            active: v.active.with_label_values(&[route]),
+            messages: [
+                v.messages.with_label_values(&[route, "upstream"]),
+                v.messages.with_label_values(&[route, "client"]),
+            ],
+            bytes: [
+                v.bytes.with_label_values(&[route, "upstream"]),
+                v.bytes.with_label_values(&[route, "client"]),
+            ],
+            closes: v.closes.clone(),
+            route: route.into(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::runtime::Runtime;
 use crate::stage::{
     access_log, auth_pages, authn, authz, body_limit, client_ip, cors, csrf, forward_auth, framing,
     https_redirect, ip_filter, rate_limit, request_head, request_id, route, security_headers, uploads,
-    upstream_headers, validate,
+    upstream_headers, validate, websocket,
 };
 use crate::upstream::Upstream;
 
@@ -69,6 +69,9 @@ fn stage_order(cx: &mut CompileCx<'_>) -> Vec<Arc<dyn Stage>> {
         https_redirect::compile(cx),
         // Then an address the route refuses costs nothing more.
         ip_filter::compile(cx),
+        // Before any credential is read: a cross-site handshake is refused
+        // on its origin, and a browser's token moves to `Authorization`.
+        websocket::compile(cx),
         // Early, so that the gateway's own refusals (framing, head limits,
         // routing) carry CORS headers an allowed page can read.
         cors::compile(cx),

@@ -29,6 +29,8 @@ pub struct Runtime {
     pub jwks: Arc<JwksRegistry>,
     /// Login sessions (with a store).
     pub sessions: Option<Arc<SessionCache>>,
+    /// Open WebSocket connections (caps, shutdown).
+    pub websockets: Arc<crate::websocket::WebSockets>,
 }
 
 impl Runtime {
@@ -54,6 +56,7 @@ impl Runtime {
             audit: Audit::disabled(),
             redis: None,
             limit_audit: Arc::new(quick_cache::sync::Cache::new(16)),
+            websockets: crate::websocket::WebSockets::new(),
         }
     }
 }

@@ -126,6 +126,7 @@ async fn start_services(
         limiter,
         redis,
         limit_audit: Arc::new(quick_cache::sync::Cache::new(10_000)),
+        websockets: crate::websocket::WebSockets::new(),
     };
     Ok((runtime, audit_task, background))
 }
@@ -208,8 +209,14 @@ impl Gateway {
     /// timeout, then returns.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.public_task.await;
-        let _ = self.admin_task.await;
+        let drain = self.shared.policy.load().server.public.drain;
+        let websockets = self.shared.runtime.websockets.clone();
+        let (_, public, admin) = tokio::join!(
+            websockets.close_all(drain),
+            &mut self.public_task,
+            &mut self.admin_task
+        );
+        let _ = (public, admin);
         for task in self.background.drain(..) {
             task.abort();
         }

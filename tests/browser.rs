@@ -13,7 +13,10 @@
 //!   cookie (Chromium withholds it) and is refused with 401;
 //! - the allowed origin reads a credentialed API; a foreign origin's fetch
 //!   is blocked by CORS;
-//! - the route's CSP blocks an injected inline script.
+//! - the route's CSP blocks an injected inline script;
+//! - a page on another origin cannot open the chat WebSocket with the
+//!   user's session cookie (cross-site WebSocket hijacking), while the
+//!   allowed origin can.
 
 mod common;
 
@@ -118,6 +121,14 @@ async fn serve_pages(ip: &str, target: String) -> SocketAddr {
     .await
 }
 
+/// The config with its public listener on `port` (known before the
+/// gateway starts, so pages can name it), the admin one still ephemeral.
+fn listen_on(text: &str, port: u16) -> String {
+    edit(text, |doc| {
+        set(doc, "server", "listen", format!("127.0.0.1:{port}"))
+    })
+}
+
 fn drive(scenario: serde_json::Value) -> serde_json::Value {
     use std::io::Write;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/browser/drive.mjs");
@@ -195,16 +206,8 @@ csrf = {{ cookies = ["legacy_sid"] }}
     let text = with_session_key(
         &config("development", &format!("http://{backend}"), &routes),
         "q7Vx9Lm2Pz4Rt8Wk3Ns6Yb1Hc5Jd0FgA",
-    )
-    .replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{gw_port}\""),
-    )
-    .replacen(
-        &format!("admin_listen = \"127.0.0.1:{gw_port}\""),
-        "admin_listen = \"127.0.0.1:0\"",
-        1,
     );
+    let text = listen_on(&text, gw_port);
     let gw = start_gateway(&text).await;
     assert_eq!(gw.public_addr().port(), gw_port);
     let hash = portcullis::users::hash_password("correct horse battery").unwrap();
@@ -329,5 +332,88 @@ csrf = {{ cookies = ["legacy_sid"] }}
     assert!(!seen.iter().any(|l| l.contains("forged")), "{seen:?}");
     let rejected = audit_events(&gw, Some("csrf.rejected")).await;
     assert_eq!(rejected.len(), 6, "{rejected:?}");
+    gw.shutdown().await;
+}
+
+/// The page script that opens the gateway's WebSocket with the visitor's
+/// cookies and says what happened.
+fn open_socket_js(ws_url: &str) -> String {
+    format!(
+        "new Promise((resolve) => {{\
+           const ws = new WebSocket('{ws_url}');\
+           const t = setTimeout(() => resolve('timeout'), 8000);\
+           ws.onopen = () => ws.send('hello from ' + location.origin);\
+           ws.onmessage = (e) => {{ clearTimeout(t); ws.close(1000); resolve('message:' + e.data); }};\
+           ws.onclose = (e) => {{ clearTimeout(t); resolve('closed:' + e.code); }};\
+         }})"
+    )
+}
+
+/// Cross-site WebSocket hijacking: a logged-in user visits a page on
+/// another origin of the same site (so Chromium sends the Lax session
+/// cookie with the handshake) that opens the chat socket. The origin check
+/// refuses it before the upgrade; the same script on the allowed origin
+/// gets its echo.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_cannot_hijack_a_websocket_from_another_origin() {
+    let chat = common::ws::WsUpstream::start().await;
+    let gw_port = common::oidc::free_port();
+    let gw_url = format!("http://127.0.0.1:{gw_port}");
+    let allowed = serve_pages("127.0.0.1", String::new()).await;
+    let foreign = serve_pages("127.0.0.1", String::new()).await;
+    let routes = format!(
+        r#"
+[secrets]
+
+[sessions]
+local_users = true
+
+[[routes]]
+id = "chat"
+path = "/ws"
+upstream = "app"
+auth = ["session"]
+websocket = {{ origins = ["http://127.0.0.1:{allowed_port}"] }}
+"#,
+        allowed_port = allowed.port()
+    );
+    let text = with_session_key(
+        &config("development", &chat.url(), &routes),
+        "q7Vx9Lm2Pz4Rt8Wk3Ns6Yb1Hc5Jd0FgA",
+    );
+    let text = listen_on(&text, gw_port);
+    let gw = start_gateway(&text).await;
+    let hash = portcullis::users::hash_password("correct horse battery").unwrap();
+    store_of(&gw).create_user("ada", &hash, &[]).await.unwrap();
+    let socket = open_socket_js(&format!("ws://127.0.0.1:{gw_port}/ws"));
+    let result = drive(serde_json::json!({
+        "steps": [
+            {"goto": format!("{gw_url}/.auth/login?rd=/ws")},
+            {"fill": "input[name=username]", "value": "ada"},
+            {"fill": "input[name=password]", "value": "correct horse battery"},
+            {"click": "button[type=submit]"},
+            {"waitForURL": format!("{gw_url}/ws")},
+            // 5: the hijacking page.
+            {"goto": format!("http://{foreign}/")},
+            {"eval": socket},
+            // 7: the chat's own page.
+            {"goto": format!("http://{allowed}/")},
+            {"eval": socket},
+        ],
+        "stepTimeoutMs": 10000,
+    }));
+    let r = &result["results"];
+    assert_eq!(r[6]["value"], "closed:1006", "the foreign page: {result:#}");
+    assert_eq!(
+        r[8]["value"],
+        format!("message:hello from http://{allowed}"),
+        "the allowed page: {result:#}"
+    );
+    let handshakes = chat.handshakes();
+    assert_eq!(handshakes.len(), 1, "only the allowed page reached the chat");
+    assert_eq!(handshakes[0].headers["x-portcullis-user"], "ada");
+    let rejected = audit_events(&gw, Some("ws.rejected")).await;
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].event.details["origin"], format!("http://{foreign}"));
     gw.shutdown().await;
 }

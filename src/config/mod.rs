@@ -292,6 +292,9 @@ pub struct RouteConfig {
     pub ip_filter: Option<crate::stage::ip_filter::IpFilterConfig>,
     /// Limits (and malware scanning) for this route's multipart uploads.
     pub uploads: Option<crate::stage::uploads::UploadsConfig>,
+    /// A WebSocket route: origins, handshake tokens, connection and
+    /// message limits.
+    pub websocket: Option<crate::stage::websocket::WebSocketConfig>,
     /// Input validation of this route's request bodies.
     pub validate: Option<crate::stage::validate::ValidateConfig>,
     /// This route's CSRF protection: any `[csrf]` key.

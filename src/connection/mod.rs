@@ -27,7 +27,7 @@ pub mod tap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,21 @@ pub struct Connection {
     io_events: AtomicU64,
     /// When the request head being read now began, in ms since `opened`.
     head_started_ms: AtomicU64,
+    /// The connection switched protocols (a WebSocket): the socket lives
+    /// on after HTTP is done with it, until [`Upgraded`] is dropped.
+    upgraded: AtomicBool,
+    upgrade_ended: tokio::sync::Notify,
+}
+
+/// Held by whatever serves an upgraded connection; dropping it tells the
+/// listener the connection is over (its slot under `max_connections` is
+/// free again).
+pub struct Upgraded(Arc<Connection>);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        self.0.upgrade_ended.notify_one();
+    }
 }
 
 /// What the watchdog should do next.
@@ -93,6 +108,23 @@ impl Connection {
             last_request_ms: AtomicU64::new(NEVER),
             io_events: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NEVER),
+            upgraded: AtomicBool::new(false),
+            upgrade_ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Marks the connection as switching protocols; the listener keeps it
+    /// counted until the returned guard is dropped.
+    pub fn upgrade(self: &Arc<Self>) -> Upgraded {
+        self.upgraded.store(true, Ordering::Release);
+        Upgraded(self.clone())
+    }
+
+    /// After HTTP is done with the connection: waits until whatever took it
+    /// over is done too.
+    pub async fn upgrade_finished(&self) {
+        if self.upgraded.load(Ordering::Acquire) {
+            self.upgrade_ended.notified().await;
         }
     }
 

@@ -142,9 +142,11 @@ fn inspect_head_with<'b>(
     let mut record = RawFraming::default();
     let mut length = None;
     let mut last_coding: &[u8] = b"";
-    // `Upgrade` and CONNECT are not special here: the gateway never switches
-    // protocols (it strips `Upgrade` and refuses CONNECT), so what follows
-    // is always the next HTTP/1 message.
+    // `Upgrade` and CONNECT are not special here: the gateway switches
+    // protocols only on WebSocket routes, and what follows a switch (masked
+    // WebSocket frames) is no HTTP head, so the tap switches itself off at
+    // its first byte. Everywhere else `Upgrade` is stripped and CONNECT
+    // refused, so what follows is always the next HTTP/1 message.
     for h in request.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             record.content_lengths = record.content_lengths.saturating_add(1);

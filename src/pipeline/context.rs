@@ -51,6 +51,8 @@ pub struct RequestCx {
     pub csrf: Option<Box<crate::stage::csrf::CsrfIssue>>,
     /// csrf stage: a form whose token the body phase must find.
     pub csrf_pending: Option<Box<crate::stage::csrf::PendingForm>>,
+    /// websocket stage: the handshake of a WebSocket route, for the proxy.
+    pub websocket: Option<Box<crate::stage::websocket::Handshake>>,
     /// authn stage: who the request authenticated as.
     pub principal: Option<Principal>,
     /// forward_auth stage: answer with the access decision (200 and the
@@ -87,6 +89,7 @@ impl RequestCx {
             rewritten_path: None,
             csrf: None,
             csrf_pending: None,
+            websocket: None,
             principal: None,
             login_redirect: None,
             decision_only: None,

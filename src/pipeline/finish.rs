@@ -80,7 +80,7 @@ impl Exchange {
     }
 
     /// The pipeline and the request's context, to run the request.
-    pub fn parts(&mut self) -> (&Pipeline, &mut RequestCx) {
+    pub fn parts(&mut self) -> (&Arc<Pipeline>, &mut RequestCx) {
         let record = self.record.as_mut().expect("present until respond or drop");
         (&record.pipeline, &mut record.cx)
     }

@@ -98,6 +98,13 @@ pub trait Stage: Send + Sync {
     /// The phases this stage takes part in.
     fn phases(&self) -> Phases;
 
+    /// Whether its access hook runs again, on the handshake, while a
+    /// long-lived connection (a WebSocket) stays open: authentication and
+    /// authorisation, so an expired or revoked credential ends it.
+    fn rechecks(&self) -> bool {
+        false
+    }
+
     /// Before routing.
     fn early<'a>(&'a self, _cx: &'a mut RequestCx, _req: &'a mut Request<GatewayBody>) -> Verdict<'a> {
         Verdict::CONTINUE
@@ -179,6 +186,8 @@ pub struct Pipeline {
     early: Vec<Arc<dyn Stage>>,
     router: Box<dyn Router>,
     access: Vec<Arc<dyn Stage>>,
+    /// The access stages that [`Stage::rechecks`].
+    recheck: Vec<Arc<dyn Stage>>,
     body: Vec<Arc<dyn Stage>>,
     upstream_request: Vec<Arc<dyn Stage>>,
     response: Vec<Arc<dyn Stage>>,
@@ -195,6 +204,10 @@ impl Pipeline {
             early: phase(Phases::EARLY),
             router,
             access: phase(Phases::ACCESS),
+            recheck: phase(Phases::ACCESS)
+                .into_iter()
+                .filter(|s| s.rechecks())
+                .collect(),
             body: phase(Phases::BODY),
             upstream_request: phase(Phases::UPSTREAM_REQUEST),
             response: phase(Phases::RESPONSE),
@@ -218,8 +231,24 @@ impl Pipeline {
 
     /// Runs a request through every phase up to its response; logging runs
     /// later, from [`Exchange`], when the response is done.
-    pub async fn run(&self, cx: &mut RequestCx, mut req: Request<GatewayBody>) -> Response<GatewayBody> {
+    pub async fn run(
+        self: &Arc<Self>,
+        cx: &mut RequestCx,
+        mut req: Request<GatewayBody>,
+    ) -> Response<GatewayBody> {
         let mut response = match self.request_phases(cx, &mut req).await {
+            // A WebSocket route's proxy step: the upstream's handshake, then
+            // a task of its own relays the messages.
+            Ok(route) if cx.websocket.is_some() => {
+                let handshake = cx.websocket.take().expect("checked just above");
+                match crate::websocket::open(self, cx, &route, req, handshake).await {
+                    Ok(response) => {
+                        cx.from_upstream = true;
+                        response
+                    }
+                    Err(error) => render(cx, &error),
+                }
+            }
             // The proxy step, written here rather than in a function of its
             // own so the request is moved one time fewer.
             Ok(route) => {
@@ -275,6 +304,28 @@ impl Pipeline {
             stage.upstream_request(cx, &route, req);
         }
         Ok(route)
+    }
+
+    /// Runs the rechecking access stages (authentication, authorisation)
+    /// on a request again: `Ok` while its credential still admits it.
+    pub async fn recheck(
+        &self,
+        cx: &mut RequestCx,
+        route: &Route,
+        req: &mut Request<GatewayBody>,
+    ) -> Result<(), GatewayError> {
+        for stage in &self.recheck {
+            let result = match stage.access(cx, route, req) {
+                Verdict::Ready(result) => result,
+                Verdict::Pending(future) => future.await,
+            };
+            match result {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(_)) => return Err(GatewayError::Forbidden("refused".into())),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     /// The logging phase.
@@ -393,7 +444,10 @@ mod tests {
                 Verdict::Ready(Err(GatewayError::malformed("no")))
             }
         }
-        let pipeline = Pipeline::new(vec![Arc::new(Refuse), Arc::new(Stamp)], Box::new(NoRoute));
+        let pipeline = Arc::new(Pipeline::new(
+            vec![Arc::new(Refuse), Arc::new(Stamp)],
+            Box::new(NoRoute),
+        ));
         for (version, closes) in [(Version::HTTP_11, true), (Version::HTTP_2, false)] {
             let mut cx = RequestCx::for_test();
             cx.version = version;

@@ -12,6 +12,7 @@
 //! | [`https_redirect`] | access | 308 to https for requests that did not come over HTTPS |
 //! | [`ip_filter`] | access | a route's CIDR allow and deny lists on the client IP |
 //! | [`cors`] | early, access, response | the origin allow-list (exact, subdomain patterns, per route, per environment); answers preflights; the upstream's `Access-Control-*` removed |
+//! | [`websocket`] | access | WebSocket routes: a valid handshake (426), the `Origin` allow-list (403), the browser's `bearer` subprotocol token moved to `Authorization` |
 //! | [`rate_limit::pre_auth`] | early, access | limits before authentication, global and per route |
 //! | [`forward_auth`] | early, response | `/.auth/verify`: the request a proxy asks about replaces this one; the pipeline answers with the decision instead of proxying |
 //! | [`auth_pages`] | early | `/.auth/…`: the login form, logout, userinfo and provider logins (never routed upstream) |
@@ -49,3 +50,4 @@ pub mod security_headers;
 pub mod uploads;
 pub mod upstream_headers;
 pub mod validate;
+pub mod websocket;

@@ -267,6 +267,40 @@ impl Upstream {
         if any { Ok(()) } else { Err(last) }
     }
 
+    /// Opens a new connection to a target for a protocol upgrade (a
+    /// WebSocket), with `req` made ready for that target (`Host`, origin
+    /// form). Upgraded connections are never pooled.
+    pub async fn connect_for_upgrade(
+        &self,
+        req: &mut Request<GatewayBody>,
+        path: Option<&str>,
+    ) -> Result<tokio::net::TcpStream, GatewayError> {
+        let target = self.pick();
+        http1::prepare(req, &target.host, self.preserve_host, path)?;
+        let address = target.pool.address();
+        match tokio::time::timeout(self.connect_timeout, address.connect()).await {
+            Ok(Ok(stream)) => {
+                target.pool.note_reachable(true);
+                Ok(stream)
+            }
+            failed => {
+                target.pool.note_reachable(false);
+                self.metrics.record_unreachable();
+                if let Ok(Err(error)) = failed {
+                    tracing::warn!(upstream = %self.name, target = %address, %error, "cannot connect for a WebSocket");
+                }
+                Err(GatewayError::UpstreamUnreachable {
+                    upstream: self.name.clone(),
+                })
+            }
+        }
+    }
+
+    /// The upstream answered a handshake with something else than a switch.
+    pub fn record_protocol_error(&self) {
+        self.metrics.record_protocol_error();
+    }
+
     /// Sends the request to a target and returns its response head with
     /// the body still streaming.
     pub async fn forward(

@@ -7,6 +7,7 @@ pub mod clamav;
 pub mod h2;
 pub mod jwt;
 pub mod oidc;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -495,6 +495,10 @@ impl Stage for AuthnStage {
         "authn"
     }
 
+    fn rechecks(&self) -> bool {
+        true
+    }
+
     fn phases(&self) -> Phases {
         Phases::ACCESS
     }

@@ -139,6 +139,10 @@ impl Stage for AuthzStage {
         "authz"
     }
 
+    fn rechecks(&self) -> bool {
+        true
+    }
+
     fn phases(&self) -> Phases {
         Phases::ACCESS
     }

@@ -104,7 +104,7 @@ const DEFAULT_MAX_AGE_SECS: u64 = 600;
 
 impl CorsConfig {
     /// This table's keys over `base`'s.
-    fn over(&self, base: &CorsConfig) -> CorsConfig {
+    pub fn over(&self, base: &CorsConfig) -> CorsConfig {
         CorsConfig {
             enabled: self.enabled.or(base.enabled),
             origins: self.origins.clone().or_else(|| base.origins.clone()),

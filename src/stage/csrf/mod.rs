@@ -171,7 +171,7 @@ fn compile_route(
         ),
         None => {
             let merged = match (route.config.cors.as_ref(), cors) {
-                (Some(own), Some(base)) => Some(own_over(own, base)),
+                (Some(own), Some(base)) => Some(own.over(base)),
                 (Some(own), None) => Some(own.clone()),
                 (None, base) => base.cloned(),
             };
@@ -194,19 +194,6 @@ fn compile_route(
         trusted,
         mode,
     })
-}
-
-/// A route's `cors` over `[cors]` (as the CORS stage merges them).
-fn own_over(own: &CorsConfig, base: &CorsConfig) -> CorsConfig {
-    CorsConfig {
-        enabled: own.enabled.or(base.enabled),
-        origins: own.origins.clone().or_else(|| base.origins.clone()),
-        development_origins: own
-            .development_origins
-            .clone()
-            .or_else(|| base.development_origins.clone()),
-        ..Default::default()
-    }
 }
 
 /// Compiles `[csrf]` and routes' `csrf` tables. There is a stage when some

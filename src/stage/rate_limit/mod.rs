@@ -147,8 +147,25 @@ impl RefusalAudit {
 
 /// What `limit` counts `req` by.
 fn subject(limit: &Limit, cx: &RequestCx, req: &Request<GatewayBody>, ipv6_prefix: u8) -> Subject {
-    let ip = || Subject::ip(cx.client_ip, ipv6_prefix);
-    let principal = cx.principal.as_ref();
+    subject_for(
+        limit,
+        cx.client_ip,
+        cx.principal.as_ref(),
+        Some(req.headers()),
+        ipv6_prefix,
+    )
+}
+
+/// What `limit` counts by, for a client at `ip` authenticated as
+/// `principal`; a limit by header counts by IP where there are no headers.
+pub fn subject_for(
+    limit: &Limit,
+    client_ip: std::net::IpAddr,
+    principal: Option<&Principal>,
+    headers: Option<&http::HeaderMap>,
+    ipv6_prefix: u8,
+) -> Subject {
+    let ip = || Subject::ip(client_ip, ipv6_prefix);
     match &limit.spec.key {
         LimitKey::Ip => ip(),
         LimitKey::Route => Subject::Everyone,
@@ -164,9 +181,8 @@ fn subject(limit: &Limit, cx: &RequestCx, req: &Request<GatewayBody>, ipv6_prefi
             .and_then(|p| p.user_name().or(p.consumer()))
             .map(Subject::text)
             .unwrap_or_else(ip),
-        LimitKey::Header(name) => req
-            .headers()
-            .get(name)
+        LimitKey::Header(name) => headers
+            .and_then(|h| h.get(name))
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(Subject::text)

@@ -88,9 +88,7 @@ pub struct RouteValidation {
     methods: Vec<Method>,
     /// Lowercased media types.
     content_types: Option<Vec<String>>,
-    schema: Option<Schema>,
-    limits: JsonLimits,
-    rules: Vec<ContentRule>,
+    checks: JsonChecks,
     openapi: Option<openapi::OpenApi>,
     mode: Mode,
     /// Content rules report under their own name.
@@ -132,11 +130,7 @@ fn bounded(
         None => default,
         Some(v) if (1..=max).contains(&v) => v,
         Some(_) => {
-            problems.in_route(
-                route,
-                &format!("validate.{key}"),
-                format!("must be between 1 and {max}"),
-            );
+            problems.in_route(route, key, format!("must be between 1 and {max}"));
             default
         }
     }
@@ -144,9 +138,9 @@ fn bounded(
 
 fn load_schema(
     cx_base: &std::path::Path,
-    config: &ValidateConfig,
+    config: &JsonChecksConfig<'_>,
 ) -> Result<Option<Value>, (String, String)> {
-    match (&config.schema, &config.schema_file) {
+    match (config.schema, config.schema_file) {
         (Some(_), Some(_)) => Err(("schema".into(), "set `schema` or `schema_file`, not both".into())),
         (Some(inline), None) => Ok(Some(inline.clone())),
         (None, Some(file)) => {
@@ -165,6 +159,108 @@ fn load_schema(
             })
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// Where a document's checks come from: a route's `validate` table, or a
+/// WebSocket route's `websocket.validate`.
+pub struct JsonChecksConfig<'a> {
+    pub schema: Option<&'a Value>,
+    pub schema_file: Option<&'a std::path::Path>,
+    pub max_depth: Option<usize>,
+    pub max_string_length: Option<usize>,
+    pub max_array_length: Option<usize>,
+    pub rules: &'a [ContentRuleConfig],
+}
+
+/// The checks on one JSON document: limits, schema and content rules,
+/// shared by request bodies and WebSocket messages.
+pub struct JsonChecks {
+    pub schema: Option<Schema>,
+    pub limits: JsonLimits,
+    pub rules: Vec<ContentRule>,
+}
+
+impl JsonChecks {
+    /// Compiles the checks; problems name keys under `prefix`.
+    pub fn compile(
+        base_dir: &std::path::Path,
+        config: &JsonChecksConfig<'_>,
+        route: &RouteEntry<'_>,
+        problems: &mut Problems<'_>,
+        prefix: &str,
+    ) -> JsonChecks {
+        let schema = match load_schema(base_dir, config) {
+            Ok(None) => None,
+            Ok(Some(document)) => match Schema::compile(&document) {
+                Ok(schema) => Some(schema),
+                Err(e) => {
+                    let key = if config.schema.is_some() {
+                        "schema"
+                    } else {
+                        "schema_file"
+                    };
+                    problems.in_route(route, &format!("{prefix}.{key}"), e);
+                    None
+                }
+            },
+            Err((key, e)) => {
+                problems.in_route(route, &format!("{prefix}.{key}"), e);
+                None
+            }
+        };
+        let d = JsonLimits::DEFAULT;
+        let mut limit = |key: &str, value, default, max| {
+            bounded(problems, route, &format!("{prefix}.{key}"), value, default, max)
+        };
+        let limits = JsonLimits {
+            max_depth: limit("max_depth", config.max_depth, d.max_depth, 128),
+            max_string_length: limit(
+                "max_string_length",
+                config.max_string_length,
+                d.max_string_length,
+                16 << 20,
+            ),
+            max_array_length: limit(
+                "max_array_length",
+                config.max_array_length,
+                d.max_array_length,
+                1 << 20,
+            ),
+        };
+        let mut rules = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            match ContentRule::compile(rule, i) {
+                Ok(rule) => rules.push(rule),
+                Err(found) => {
+                    for (key, e) in found {
+                        problems.in_route(route, &format!("{prefix}.rules[{i}].{key}"), e);
+                    }
+                }
+            }
+        }
+        JsonChecks {
+            schema,
+            limits,
+            rules,
+        }
+    }
+
+    /// The limits, then (for a document within them) the schema and `extra`.
+    pub fn check_shape(&self, doc: &Value, extra: Option<&Schema>, errors: &mut Vec<FieldError>) {
+        limits::check(doc, self.limits, errors, MAX_ERRORS);
+        // A document past the limits is not handed to the schema.
+        if errors.is_empty() {
+            for schema in [self.schema.as_ref(), extra].into_iter().flatten() {
+                schema.check(doc, errors, MAX_ERRORS);
+            }
+        }
+    }
+
+    pub fn check_rules(&self, doc: &Value, errors: &mut Vec<FieldError>) {
+        for rule in &self.rules {
+            rule.check(doc, errors, MAX_ERRORS);
+        }
     }
 }
 
@@ -223,58 +319,22 @@ fn compile_route(
             })
             .collect()
     });
-    let schema = match load_schema(base_dir, config) {
-        Ok(None) => None,
-        Ok(Some(document)) => match Schema::compile(&document) {
-            Ok(schema) => Some(schema),
-            Err(e) => {
-                let key = if config.schema.is_some() {
-                    "validate.schema"
-                } else {
-                    "validate.schema_file"
-                };
-                problems.in_route(route, key, e);
-                None
-            }
+    let checks = JsonChecks::compile(
+        base_dir,
+        &JsonChecksConfig {
+            schema: config.schema.as_ref(),
+            schema_file: config.schema_file.as_deref(),
+            max_depth: config.max_depth,
+            max_string_length: config.max_string_length,
+            max_array_length: config.max_array_length,
+            rules: &config.rules,
         },
-        Err((key, e)) => {
-            problems.in_route(route, &format!("validate.{key}"), e);
-            None
-        }
-    };
-    let d = JsonLimits::DEFAULT;
-    let limits = JsonLimits {
-        max_depth: bounded(problems, route, "max_depth", config.max_depth, d.max_depth, 128),
-        max_string_length: bounded(
-            problems,
-            route,
-            "max_string_length",
-            config.max_string_length,
-            d.max_string_length,
-            16 << 20,
-        ),
-        max_array_length: bounded(
-            problems,
-            route,
-            "max_array_length",
-            config.max_array_length,
-            d.max_array_length,
-            1 << 20,
-        ),
-    };
-    let mut rules = Vec::new();
-    for (i, rule) in config.rules.iter().enumerate() {
-        match ContentRule::compile(rule, i) {
-            Ok(rule) => rules.push(rule),
-            Err(found) => {
-                for (key, e) in found {
-                    problems.in_route(route, &format!("validate.rules[{i}].{key}"), e);
-                }
-            }
-        }
-    }
+        route,
+        problems,
+        "validate",
+    );
     let mode = mode_for(problems, route, protection::VALIDATION, config.mode, None);
-    let rules_mode = if rules.is_empty() {
+    let rules_mode = if checks.rules.is_empty() {
         Mode::Enforce
     } else {
         mode_for(problems, route, protection::CONTENT_RULES, config.mode, None)
@@ -282,9 +342,7 @@ fn compile_route(
     Some(RouteValidation {
         methods,
         content_types,
-        schema,
-        limits,
-        rules,
+        checks,
         openapi,
         mode,
         rules_mode,
@@ -404,13 +462,7 @@ impl ValidateStage {
             }
         };
         let mut errors = Vec::new();
-        limits::check(&doc, v.limits, &mut errors, MAX_ERRORS);
-        // A document past the limits is not handed to the schema.
-        if errors.is_empty() {
-            for schema in [v.schema.as_ref(), operation_schema].into_iter().flatten() {
-                schema.check(&doc, &mut errors, MAX_ERRORS);
-            }
-        }
+        v.checks.check_shape(&doc, operation_schema, &mut errors);
         if !errors.is_empty() {
             return self.refuse(
                 cx,
@@ -420,9 +472,7 @@ impl ValidateStage {
                 errors,
             );
         }
-        for rule in &v.rules {
-            rule.check(&doc, &mut errors, MAX_ERRORS);
-        }
+        v.checks.check_rules(&doc, &mut errors);
         if !errors.is_empty() {
             return self.refuse(
                 cx,
@@ -498,7 +548,7 @@ impl Stage for ValidateStage {
         }
         let checks_body = v.methods.contains(req.method());
         if !has_body(req) {
-            if v.schema.is_some() && checks_body {
+            if v.checks.schema.is_some() && checks_body {
                 let missing = vec![FieldError {
                     pointer: String::new(),
                     detail: "a JSON body is required".into(),
@@ -527,7 +577,7 @@ impl Stage for ValidateStage {
         }
         // A schema, or content rules, check JSON: a body in another type
         // (or none declared) would pass unread.
-        if (v.schema.is_some() || !v.rules.is_empty()) && checks_body {
+        if (v.checks.schema.is_some() || !v.checks.rules.is_empty()) && checks_body {
             let error = GatewayError::UnsupportedMediaType {
                 allowed: "application/json".into(),
             };

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""WebSocket benchmark: portcullis and nginx proxying the same echo upstream,
+side by side in one run (docs/benchmarks.md, "WebSocket").
+
+    PORTCULLIS_BIN=target/release/portcullis python3 bench/websocket.py
+    python3 bench/websocket.py --idle 10000 --connections 50 --duration 10 --rounds 3
+
+Three figures per proxy, every one against the same run's direct figure:
+- echo throughput and latency: --connections clients each send a message
+  and wait for its echo, for --duration seconds (wsbench load);
+- resident memory per idle connection: --idle connections opened through
+  the proxy, one message each, then held (wsbench idle); the proxy's RSS
+  growth divided by the connections;
+- memory after those connections close, against the figure before them.
+
+The proxies run on --proxy-cpu, the upstream and the clients on --load-cpu
+(taskset), portcullis with one tokio worker and nginx with one worker.
+The hour-long soak is `--soak 3600`: one connection held open with a
+message a second, the gateway's RSS sampled each minute (not run in CI).
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+PORTCULLIS_CONF = """
+environment = "development"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+max_connections = {max_connections}
+[log]
+access_log = false
+[store]
+url = "sqlite://{tmp}/bench.db"
+[[upstreams]]
+name = "echo"
+targets = ["http://127.0.0.1:{upstream_port}"]
+[[routes]]
+id = "chat"
+path = "/"
+upstream = "echo"
+auth = ["none"]
+websocket = {{ origins = ["http://bench.local"], max_message = "64KiB", idle_timeout = "1h", max_duration = "2h" }}
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {max_connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-tmp;
+    proxy_temp_path {tmp}/nginx-tmp;
+    fastcgi_temp_path {tmp}/nginx-tmp;
+    uwsgi_temp_path {tmp}/nginx-tmp;
+    scgi_temp_path {tmp}/nginx-tmp;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+    }}
+}}
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[ws-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_port(port: int, limit: float = 20.0) -> None:
+    import socket
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def build_wsbench() -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "wsbench"
+    log("cargo build --release (bench/wsbench)")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                    str(HERE / "wsbench" / "Cargo.toml"), "--target-dir", str(target)], check=True)
+    return target / "release" / "wsbench"
+
+
+def nginx_worker(master: int) -> int:
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else master
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", default=os.environ.get("PORTCULLIS_BIN", str(ROOT / "target/release/portcullis")))
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--duration", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size", type=int, default=128, help="message size in bytes")
+    p.add_argument("--idle", type=int, default=10000, help="idle connections (0: skip)")
+    p.add_argument("--proxy-cpu", default="0")
+    p.add_argument("--load-cpu", default="1")
+    p.add_argument("--soak", type=int, default=0, help="seconds of one connection kept open (not in CI)")
+    a = p.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * a.idle + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < 3 * a.idle + 512:
+        log(f"open-file limit {want} is too low for {a.idle} idle connections; lowering to {want // 3 - 200}")
+        a.idle = max(0, want // 3 - 200)
+
+    wsbench = build_wsbench()
+    tmp = Path(tempfile.mkdtemp(prefix="ws-bench-"))
+    (tmp / "nginx-tmp").mkdir()
+    procs = []
+
+    def spawn(argv, cpu, **kw):
+        proc = subprocess.Popen(["taskset", "-c", cpu, *argv], **kw)
+        procs.append(proc)
+        return proc
+
+    try:
+        echo = spawn([str(wsbench), "echo", "127.0.0.1:0"], a.load_cpu, stdout=subprocess.PIPE, text=True)
+        upstream_port = int(echo.stdout.readline())
+        max_connections = a.idle + 1024
+        targets = {"direct": upstream_port}
+        pids = {}
+
+        port, admin = free_port(), free_port()
+        conf = tmp / "portcullis.toml"
+        conf.write_text(PORTCULLIS_CONF.format(port=port, admin_port=admin, tmp=tmp, upstream_port=upstream_port,
+                                               max_connections=max_connections))
+        env = dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="warn")
+        gw = spawn([a.bin, "serve", "--config", str(conf)], a.proxy_cpu, env=env,
+                   stdout=open(tmp / "portcullis.log", "w"), stderr=subprocess.STDOUT)
+        wait_port(port)
+        targets["portcullis"], pids["portcullis"] = port, gw.pid
+
+        nginx_port = free_port()
+        nconf = tmp / "nginx.conf"
+        nconf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, upstream_port=upstream_port,
+                                           max_connections=max_connections, nofile=want))
+        nginx = spawn([a.nginx, "-p", str(tmp), "-c", str(nconf), "-g", "daemon off;"], a.proxy_cpu)
+        wait_port(nginx_port)
+        time.sleep(0.3)
+        targets["nginx"], pids["nginx"] = nginx_port, nginx_worker(nginx.pid)
+
+        # Echo throughput and latency, interleaved by round.
+        results = {name: [] for name in targets}
+        for r in range(a.rounds):
+            for name, port in targets.items():
+                out = subprocess.run(["taskset", "-c", a.load_cpu, str(wsbench), "load", f"ws://127.0.0.1:{port}/",
+                                      str(a.connections), str(a.duration), str(a.size)],
+                                     capture_output=True, text=True, check=True).stdout.split()
+                rate, p50, p99, errors = float(out[0]), int(out[1]), int(out[2]), int(out[3])
+                results[name].append((rate, p50, p99, errors))
+                log(f"round {r + 1} {name}: {rate:.0f} msg/s p50 {p50} us p99 {p99} us errors {errors}")
+        print(f"\n## Echo: {a.connections} connections, {a.size}-byte messages, {a.duration} s x {a.rounds} rounds (medians)\n")
+        print("| target | messages/s | vs direct | p50 µs | p99 µs | p99 vs direct | errors |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+                   statistics.median(x[2] for x in v), sum(x[3] for x in v)) for n, v in results.items()}
+        d = med["direct"]
+        for name, (rate, p50, p99, errors) in med.items():
+            print(f"| {name} | {rate:,.0f} | {rate / d[0]:.2f}x | {p50:.0f} | {p99:.0f} | {p99 / max(d[2], 1):.2f}x | {errors} |")
+
+        if a.idle:
+            print(f"\n## Idle: {a.idle} connections, one message each, then held\n")
+            print("| proxy | RSS before (KiB) | RSS with them (KiB) | per connection | after they close (KiB) |")
+            print("| --- | --- | --- | --- | --- |")
+            for name in ("portcullis", "nginx"):
+                pid, port = pids[name], targets[name]
+                before = rss_kib(pid)
+                idle = subprocess.Popen(["taskset", "-c", a.load_cpu, str(wsbench), "idle", f"ws://127.0.0.1:{port}/",
+                                         str(a.idle), "600"], stdout=subprocess.PIPE, text=True)
+                line = idle.stdout.readline().split()
+                opened = int(line[1])
+                time.sleep(2)
+                during = rss_kib(pid)
+                idle.send_signal(signal.SIGKILL)
+                idle.wait()
+                time.sleep(3)
+                after = rss_kib(pid)
+                per = (during - before) / max(opened, 1)
+                print(f"| {name} | {before:,} | {during:,} ({opened} open) | {per:.1f} KiB | {after:,} |")
+
+        if a.soak:
+            print(f"\n## Soak: one connection, a message a second, {a.soak} s\n")
+            soak = subprocess.Popen(["taskset", "-c", a.load_cpu, str(wsbench), "load",
+                                     f"ws://127.0.0.1:{targets['portcullis']}/", "1", str(a.soak), str(a.size)],
+                                    stdout=subprocess.PIPE, text=True)
+            samples = []
+            end = time.time() + a.soak
+            while time.time() < end and soak.poll() is None:
+                samples.append(rss_kib(pids["portcullis"]))
+                time.sleep(60)
+            soak.wait()
+            print("RSS samples (KiB, each minute): " + ", ".join(str(s) for s in samples))
+        print(f"\nmachine: {os.cpu_count()} CPUs, {subprocess.run(['uname', '-srm'], capture_output=True, text=True).stdout.strip()}; "
+              f"proxies on CPU {a.proxy_cpu}, upstream and clients on CPU {a.load_cpu}; "
+              f"nginx {subprocess.run([a.nginx, '-v'], capture_output=True, text=True).stderr.strip()}")
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
