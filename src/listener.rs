@@ -69,6 +69,29 @@ impl Listener for Plain {
     }
 }
 
+/// One open connection's place under `max_connections` and in the open
+/// connections gauge; dropping it gives both back.
+struct ListenerSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+impl ListenerSlot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, open: IntGauge) -> ListenerSlot {
+        open.inc();
+        ListenerSlot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for ListenerSlot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// A listener's connection settings.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
@@ -171,8 +194,7 @@ pub async fn serve<L, F, S, B>(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let refused = refused.clone();
-        let open = open.clone();
-        open.inc();
+        let slot = ListenerSlot::new(permit, open.clone());
         tokio::spawn(async move {
             if let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await {
                 let io = TokioIo::new(Tapped::new(io, conn.clone()));
@@ -184,11 +206,11 @@ pub async fn serve<L, F, S, B>(
                     refused(&conn, status);
                 }
                 // A WebSocket carries on over the socket after HTTP is done
-                // with it; it keeps its slot until it closes.
-                conn.upgrade_finished().await;
+                // with it; the connection keeps the slot until it closes.
+                if conn.is_upgraded() {
+                    conn.hold(Box::new(slot));
+                }
             }
-            open.dec();
-            drop(permit);
         });
     }
     // Stop accepting at once: new connections are refused while the open

@@ -60,6 +60,12 @@ struct Story {
 impl Story {
     /// `redis`: for configs with a `[redis]` table.
     fn serve(name: &str, upstream: &TestUpstream, redis: Option<String>) -> Story {
+        Story::serve_with(name, &upstream.url(), redis, &[])
+    }
+
+    /// [`Story::serve`] with the upstream at `upstream_url` and `extra`
+    /// environment overrides.
+    fn serve_with(name: &str, upstream_url: &str, redis: Option<String>, extra: &[(&str, &str)]) -> Story {
         let dir = scratch_dir();
         let mut envs: Vec<(String, String)> = vec![
             ("PORTCULLIS_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
@@ -74,7 +80,7 @@ impl Story {
             ),
             (
                 "PORTCULLIS_UPSTREAMS__0__TARGETS".into(),
-                format!("[\"{}\"]", upstream.url()),
+                format!("[\"{upstream_url}\"]"),
             ),
             ("PORTCULLIS_ADMIN_TOKEN".into(), ADMIN.into()),
             ("PORTCULLIS_SESSION_KEY".into(), SESSION.into()),
@@ -87,6 +93,7 @@ impl Story {
                 format!("story{}", portcullis::keys::random_alnum(8)),
             ));
         }
+        envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = example(name);
         let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let bin = Binary::serve(&config, &refs);
@@ -568,4 +575,112 @@ async fn story_3_ops_portal_works_as_written() {
         Browser::new(story.bin.public).get_json("/health").await.status(),
         200
     );
+}
+
+/// Story 4's config through the real binary: the chat's WebSocket takes a
+/// user's token (from the issuer's JWKS) at the handshake, only from the
+/// chat's origin, and checks each message's size, shape and rate.
+#[tokio::test(flavor = "multi_thread")]
+async fn story_4_chat_service_works_as_written() {
+    use common::jwt::{JwksServer, claims, sign};
+    use common::ws::*;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let jwks = JwksServer::start(&["rsa-a"]).await;
+    let chat = WsUpstream::start().await;
+    let issuer = jwks.issuer() + "/";
+    let url = jwks.url();
+    let story = Story::serve_with(
+        "chat-service.toml",
+        &chat.url(),
+        None,
+        &[
+            ("PORTCULLIS_AUTH__JWT__0__ISSUER", &issuer),
+            ("PORTCULLIS_AUTH__JWT__0__JWKS_URL", &url),
+        ],
+    );
+    let addr = story.bin.public;
+    let mut user = claims(&issuer, "chat-api", "ada");
+    user["scope"] = "chat".into();
+    let token = sign(jsonwebtoken::Algorithm::RS256, "rsa-a", Some("rsa-a"), &user);
+    let origin = ("origin", "https://chat.example.com");
+
+    // No token, a foreign page, a token without the scope: refused.
+    assert_eq!(refused_status(connect(addr, "/ws", &[origin]).await), 401);
+    let offer = format!("bearer, {token}");
+    let hijack = [
+        ("origin", "https://evil.example"),
+        ("sec-websocket-protocol", offer.as_str()),
+    ];
+    assert_eq!(refused_status(connect(addr, "/ws", &hijack).await), 403);
+    let mut unscoped = claims(&issuer, "chat-api", "bo");
+    unscoped["scope"] = "other".into();
+    let unscoped = format!(
+        "Bearer {}",
+        sign(jsonwebtoken::Algorithm::RS256, "rsa-a", Some("rsa-a"), &unscoped)
+    );
+    assert_eq!(
+        refused_status(connect(addr, "/ws", &[origin, ("authorization", &unscoped)]).await),
+        403
+    );
+
+    // The chat's page, with the browser's bearer subprotocol.
+    let (mut ws, response) = connect(addr, "/ws", &[origin, ("sec-websocket-protocol", &offer)])
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "bearer");
+    let message = r#"{"text":"hello","conversation_id":"c-1"}"#;
+    ws.send(Message::text(message)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, message);
+    let seen = chat.handshakes().pop().unwrap();
+    assert_eq!(seen.headers["x-portcullis-user"], "ada");
+    assert!(!format!("{:?}", seen.headers).contains(&token));
+    // A message of another shape (what reached a subprocess before): 1008.
+    ws.send(Message::text(r#"{"text":"$(curl evil)"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some((1008, "message refused by validation".into()))
+    );
+    drop(ws);
+    // 20 messages a minute per user (the two above counted, the refused
+    // one too: limits come before validation); the 21st closes.
+    let (mut ws, _) = connect(addr, "/ws", &[origin, ("sec-websocket-protocol", &offer)])
+        .await
+        .unwrap();
+    for i in 1..=18 {
+        let m = format!(r#"{{"text":"m{i}"}}"#);
+        ws.send(Message::text(m.clone())).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, m);
+    }
+    ws.send(Message::text(r#"{"text":"one too many"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some((1008, "message rate limit exceeded".into()))
+    );
+    drop(ws);
+    // At most 3 connections per user (closed ones give their places back).
+    let mut open = Vec::new();
+    wait_until_async(
+        "three connections of one user open",
+        Duration::from_secs(8),
+        async || {
+            while open.len() < 3 {
+                match connect(addr, "/ws", &[origin, ("sec-websocket-protocol", &offer)]).await {
+                    Ok(connection) => open.push(connection),
+                    Err(_) => return false,
+                }
+            }
+            true
+        },
+    )
+    .await;
+    assert_eq!(
+        refused_status(connect(addr, "/ws", &[origin, ("sec-websocket-protocol", &offer)]).await),
+        429
+    );
+    assert!(!story.bin.output().contains(&token), "no token in the logs");
 }

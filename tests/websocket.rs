@@ -168,6 +168,8 @@ async fn messages_subprotocols_and_close_codes_pass_through() {
                 "portcullis_websocket_closes_total{reason=\"upstream\",route=\"chat\"}",
             ) == 1.0
             && metric(&m, "portcullis_websocket_connections{route=\"chat\"}") == 0.0
+            // The listener's slots come back when the sockets close.
+            && metric(&m, "portcullis_connections_open") == 0.0
     })
     .await;
     let opened = audit_events(&gw, Some("ws.opened")).await;

@@ -68,20 +68,11 @@ pub struct Connection {
     /// When the request head being read now began, in ms since `opened`.
     head_started_ms: AtomicU64,
     /// The connection switched protocols (a WebSocket): the socket lives
-    /// on after HTTP is done with it, until [`Upgraded`] is dropped.
+    /// on after HTTP is done with it.
     upgraded: AtomicBool,
-    upgrade_ended: tokio::sync::Notify,
-}
-
-/// Held by whatever serves an upgraded connection; dropping it tells the
-/// listener the connection is over (its slot under `max_connections` is
-/// free again).
-pub struct Upgraded(Arc<Connection>);
-
-impl Drop for Upgraded {
-    fn drop(&mut self) {
-        self.0.upgrade_ended.notify_one();
-    }
+    /// What must live as long as the connection once HTTP is done with it
+    /// (the listener's slot under `max_connections`).
+    held: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 /// What the watchdog should do next.
@@ -109,23 +100,26 @@ impl Connection {
             io_events: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NEVER),
             upgraded: AtomicBool::new(false),
-            upgrade_ended: tokio::sync::Notify::new(),
+            held: std::sync::Mutex::new(None),
         }
     }
 
-    /// Marks the connection as switching protocols; the listener keeps it
-    /// counted until the returned guard is dropped.
-    pub fn upgrade(self: &Arc<Self>) -> Upgraded {
+    /// Marks the connection as switching protocols: whatever takes the
+    /// socket over keeps this `Connection` (the tap holds it), and the
+    /// listener leaves its slot with it.
+    pub fn mark_upgraded(&self) {
         self.upgraded.store(true, Ordering::Release);
-        Upgraded(self.clone())
     }
 
-    /// After HTTP is done with the connection: waits until whatever took it
-    /// over is done too.
-    pub async fn upgrade_finished(&self) {
-        if self.upgraded.load(Ordering::Acquire) {
-            self.upgrade_ended.notified().await;
-        }
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// Keeps `slot` until this connection is dropped: for an upgraded
+    /// connection, when its socket closes. The listener's task (and the
+    /// HTTP state it holds) ends at once instead of waiting.
+    pub fn hold(&self, slot: Box<dyn std::any::Any + Send>) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
     }
 
     fn elapsed_ms(&self) -> u64 {

@@ -35,7 +35,7 @@ use futures_util::{Sink, StreamExt};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::time::{Instant as TokioInstant, sleep_until};
+use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -343,181 +343,302 @@ impl Session {
     }
 
     async fn relay(&self, client: Ws, upstream: Ws) -> (Ended, [u64; 2]) {
-        let policy = &self.policy;
         let (client_sink, mut from_client) = client.split();
         let (upstream_sink, mut from_upstream) = upstream.split();
-        let mut to_client = Outbox::new(client_sink);
-        let mut to_upstream = Outbox::new(upstream_sink);
-        let mut counts = [0u64; 2];
-        let now = TokioInstant::now();
-        let idle = sleep_until(now + policy.idle_timeout);
-        tokio::pin!(idle);
-        let ends_at = now + policy.max_duration;
-        let expires_at = self.token_expiry.map(|exp| {
-            let left = Duration::from_secs(exp.saturating_sub(unix_now()));
-            now + left + policy.expiry_grace
-        });
-        let far = now + Duration::from_secs(365 * 24 * 3600);
-        let ping_every = policy
-            .ping_interval
-            .unwrap_or(Duration::from_secs(365 * 24 * 3600));
-        let mut next_ping = now + ping_every;
-        let mut awaiting_pong = false;
-        let mut next_recheck = if self.recheck.is_some() {
-            now + policy.recheck_interval
-        } else {
-            far
+        let mut state = Relay {
+            to_client: Outbox::new(client_sink),
+            to_upstream: Outbox::new(upstream_sink),
+            closing: None,
+            client_open: true,
+            upstream_open: true,
+            counts: [0; 2],
+            clock: Deadlines::new(&self.policy, self.token_expiry, self.recheck.is_some()),
         };
-        let mut revoked_at: Option<TokioInstant> = None;
-        let mut shutdown = policy.services.registry.shutdown_signal();
-        // Set when the first close frame passes: the reason, and when to stop waiting.
-        let mut closing: Option<(Ended, TokioInstant)> = None;
-        let mut client_open = true;
-        let mut upstream_open = true;
-
-        loop {
-            if !client_open && !upstream_open {
-                break;
-            }
-            let wait_until = closing.map(|(_, at)| at).unwrap_or(far);
+        let timer = tokio::time::sleep_until(state.clock.next());
+        tokio::pin!(timer);
+        let mut shutdown = self.policy.services.registry.shutdown_signal();
+        while state.client_open || state.upstream_open {
+            let closing = state.closing.is_some();
             tokio::select! {
                 biased;
-                result = poll_fn(|cx| to_client.poll_send(cx)), if to_client.busy() => {
+                result = poll_fn(|cx| state.to_client.poll_send(cx)), if state.to_client.busy() => {
                     if result.is_err() {
-                        to_client.dead = true;
-                        client_open = false;
-                        begin_close(Ended::ClientError, &mut to_client, &mut to_upstream, &mut closing);
+                        state.client_gone();
                     }
                 }
-                result = poll_fn(|cx| to_upstream.poll_send(cx)), if to_upstream.busy() => {
+                result = poll_fn(|cx| state.to_upstream.poll_send(cx)), if state.to_upstream.busy() => {
                     if result.is_err() {
-                        to_upstream.dead = true;
-                        upstream_open = false;
-                        begin_close(Ended::UpstreamError, &mut to_client, &mut to_upstream, &mut closing);
+                        state.upstream_gone();
                     }
                 }
-                message = from_client.next(), if client_open && (to_upstream.has_room() || closing.is_some()) => match message {
-                    Some(Ok(Message::Close(frame))) => {
-                        // tungstenite answers the client's close; the upstream gets its code.
-                        if closing.is_none() {
-                            closing = Some((Ended::Client, TokioInstant::now() + CLOSE_WAIT));
-                            to_upstream.control = Some(Message::Close(frame));
-                        }
-                    }
-                    Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) if closing.is_none() => {
-                        awaiting_pong = false;
-                        match self.admit(&message).await {
-                            Ok(()) => {
-                                counts[0] += 1;
-                                self.metrics.message(Direction::ToUpstream, message.len());
-                                idle.as_mut().reset(TokioInstant::now() + policy.idle_timeout);
-                                to_upstream.data = Some(message);
-                            }
-                            Err(violation) if policy.on_violation == OnViolation::Drop => {
-                                if to_client.control.is_none() {
-                                    to_client.control = Some(warning(violation));
-                                }
-                            }
-                            Err(violation) => begin_close(violation, &mut to_client, &mut to_upstream, &mut closing),
-                        }
-                    }
-                    // Pings (tungstenite answers them), and anything after the first close.
-                    Some(Ok(_)) => {}
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        begin_close(Ended::TooBig, &mut to_client, &mut to_upstream, &mut closing);
-                    }
-                    Some(Err(_)) | None => {
-                        client_open = false;
-                        to_client.dead = true;
-                        begin_close(Ended::ClientError, &mut to_client, &mut to_upstream, &mut closing);
-                    }
-                },
-                message = from_upstream.next(), if upstream_open && (to_client.has_room() || closing.is_some()) => match message {
-                    Some(Ok(Message::Close(frame))) => {
-                        if closing.is_none() {
-                            closing = Some((Ended::Upstream, TokioInstant::now() + CLOSE_WAIT));
-                            to_client.control = Some(Message::Close(frame));
-                        }
-                    }
-                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) if closing.is_none() => {
-                        counts[1] += 1;
-                        self.metrics.message(Direction::ToClient, message.len());
-                        idle.as_mut().reset(TokioInstant::now() + policy.idle_timeout);
-                        to_client.data = Some(message);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(WsError::Capacity(_))) => {
-                        begin_close(Ended::UpstreamError, &mut to_client, &mut to_upstream, &mut closing);
-                        to_upstream.control = Some(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Size,
-                            reason: Utf8Bytes::from_static("message too big"),
-                        })));
-                    }
-                    Some(Err(_)) | None => {
-                        upstream_open = false;
-                        to_upstream.dead = true;
-                        begin_close(Ended::UpstreamError, &mut to_client, &mut to_upstream, &mut closing);
-                    }
-                },
-                () = &mut idle, if closing.is_none() => begin_close(Ended::Idle, &mut to_client, &mut to_upstream, &mut closing),
-                () = sleep_until(ends_at), if closing.is_none() => {
-                    begin_close(Ended::MaxDuration, &mut to_client, &mut to_upstream, &mut closing);
+                message = from_client.next(), if state.client_open && (state.to_upstream.has_room() || closing) => {
+                    self.on_client_message(&mut state, message).await;
                 }
-                () = sleep_until(expires_at.unwrap_or(far)), if closing.is_none() && expires_at.is_some() => {
-                    begin_close(Ended::Expired, &mut to_client, &mut to_upstream, &mut closing);
+                message = from_upstream.next(), if state.upstream_open && (state.to_client.has_room() || closing) => {
+                    self.on_upstream_message(&mut state, message);
                 }
-                () = sleep_until(revoked_at.unwrap_or(far)), if closing.is_none() && revoked_at.is_some() => {
-                    begin_close(Ended::Revoked, &mut to_client, &mut to_upstream, &mut closing);
-                }
-                () = sleep_until(next_ping), if closing.is_none() && policy.ping_interval.is_some() => {
-                    if awaiting_pong {
-                        begin_close(Ended::PingTimeout, &mut to_client, &mut to_upstream, &mut closing);
-                    } else if to_client.control.is_none() {
-                        to_client.control = Some(Message::Ping(bytes::Bytes::from_static(b"portcullis")));
-                        awaiting_pong = true;
+                () = &mut timer => {
+                    if state.closing.is_some_and(|(_, by)| TokioInstant::now() >= by) {
+                        break;
                     }
-                    next_ping = TokioInstant::now() + ping_every;
-                }
-                () = sleep_until(next_recheck), if closing.is_none() && revoked_at.is_none() => {
-                    if !self.still_admitted().await {
-                        revoked_at = Some(TokioInstant::now() + policy.expiry_grace);
+                    match state.clock.due(TokioInstant::now()) {
+                        Some(Due::Close(ended)) => state.begin_close(ended),
+                        Some(Due::Ping) => state.ping(),
+                        Some(Due::Recheck) if !self.still_admitted().await => state.clock.revoked(&self.policy),
+                        _ => {}
                     }
-                    next_recheck = TokioInstant::now() + policy.recheck_interval;
                 }
-                _ = shutdown.changed(), if closing.is_none() => {
-                    begin_close(Ended::Shutdown, &mut to_client, &mut to_upstream, &mut closing);
-                }
-                () = sleep_until(wait_until), if closing.is_some() => break,
+                _ = shutdown.changed(), if !closing => state.begin_close(Ended::Shutdown),
+            }
+            // One timer for every deadline; it moves only when one is due
+            // or closing starts, never per message.
+            let next = state.next_deadline();
+            if next != timer.deadline() {
+                timer.as_mut().reset(next);
             }
         }
-        let ended = closing.map(|(ended, _)| ended).unwrap_or(Ended::Client);
-        (ended, counts)
+        (
+            state.closing.map(|(ended, _)| ended).unwrap_or(Ended::Client),
+            state.counts,
+        )
+    }
+
+    async fn on_client_message(&self, state: &mut Relay, message: Option<Result<Message, WsError>>) {
+        match message {
+            Some(Ok(Message::Close(frame))) => {
+                // tungstenite answers the client's close; the upstream gets its code.
+                if state.closing.is_none() {
+                    state.closing = Some((Ended::Client, TokioInstant::now() + CLOSE_WAIT));
+                    state.to_upstream.control = Some(Message::Close(frame));
+                }
+            }
+            Some(Ok(Message::Pong(_))) => state.clock.awaiting_pong = false,
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) if state.closing.is_none() => {
+                state.clock.heard_from_client();
+                match self.admit(&message).await {
+                    Ok(()) => {
+                        state.counts[0] += 1;
+                        self.metrics.message(Direction::ToUpstream, message.len());
+                        state.to_upstream.data = Some(message);
+                    }
+                    Err(violation) if self.policy.on_violation == OnViolation::Drop => {
+                        if state.to_client.control.is_none() {
+                            state.to_client.control = Some(warning(violation));
+                        }
+                    }
+                    Err(violation) => state.begin_close(violation),
+                }
+            }
+            // Pings (tungstenite answers them), and anything after the first close.
+            Some(Ok(_)) => {}
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                state.begin_close(Ended::TooBig);
+            }
+            Some(Err(_)) | None => state.client_gone(),
+        }
+    }
+
+    fn on_upstream_message(&self, state: &mut Relay, message: Option<Result<Message, WsError>>) {
+        match message {
+            Some(Ok(Message::Close(frame))) => {
+                if state.closing.is_none() {
+                    state.closing = Some((Ended::Upstream, TokioInstant::now() + CLOSE_WAIT));
+                    state.to_client.control = Some(Message::Close(frame));
+                }
+            }
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) if state.closing.is_none() => {
+                state.clock.heard_from_upstream();
+                state.counts[1] += 1;
+                self.metrics.message(Direction::ToClient, message.len());
+                state.to_client.data = Some(message);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(WsError::Capacity(_))) => {
+                state.begin_close(Ended::UpstreamError);
+                state.to_upstream.control = Some(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: Utf8Bytes::from_static("message too big"),
+                })));
+            }
+            Some(Err(_)) | None => state.upstream_gone(),
+        }
     }
 }
 
-/// Starts closing (once): the client gets the reason's close frame, the
-/// upstream 1001, except the side whose close or failure this is.
-fn begin_close(
-    ended: Ended,
-    to_client: &mut Outbox,
-    to_upstream: &mut Outbox,
-    closing: &mut Option<(Ended, TokioInstant)>,
-) {
-    if closing.is_some() {
-        return;
+/// One connection's relaying state, both directions.
+struct Relay {
+    to_client: Outbox,
+    to_upstream: Outbox,
+    /// Set when the first close frame passes: the reason, and when to stop
+    /// waiting for the other side's.
+    closing: Option<(Ended, TokioInstant)>,
+    client_open: bool,
+    upstream_open: bool,
+    /// Messages relayed from the client and to it.
+    counts: [u64; 2],
+    clock: Deadlines,
+}
+
+impl Relay {
+    /// Starts closing (once): the client gets the reason's close frame, the
+    /// upstream 1001, except the side whose close or failure this is.
+    fn begin_close(&mut self, ended: Ended) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some((ended, TokioInstant::now() + CLOSE_WAIT));
+        self.to_client.data = None;
+        self.to_upstream.data = None;
+        if !matches!(ended, Ended::Client | Ended::ClientError) {
+            self.to_client.control = Some(Message::Close(Some(ended.client_frame())));
+        }
+        if !matches!(ended, Ended::Upstream | Ended::UpstreamError) {
+            self.to_upstream.control = Some(Message::Close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: Utf8Bytes::from_static(""),
+            })));
+        }
     }
-    *closing = Some((ended, TokioInstant::now() + CLOSE_WAIT));
-    to_client.data = None;
-    to_upstream.data = None;
-    if !matches!(ended, Ended::Client | Ended::ClientError) {
-        to_client.control = Some(Message::Close(Some(ended.client_frame())));
+
+    fn client_gone(&mut self) {
+        self.client_open = false;
+        self.to_client.dead = true;
+        self.begin_close(Ended::ClientError);
     }
-    if !matches!(ended, Ended::Upstream | Ended::UpstreamError) {
-        to_upstream.control = Some(Message::Close(Some(CloseFrame {
-            code: CloseCode::Away,
-            reason: Utf8Bytes::from_static(""),
-        })));
+
+    fn upstream_gone(&mut self) {
+        self.upstream_open = false;
+        self.to_upstream.dead = true;
+        self.begin_close(Ended::UpstreamError);
+    }
+
+    /// Pings the client, unless no answer came to the last ping.
+    fn ping(&mut self) {
+        if self.clock.awaiting_pong {
+            self.begin_close(Ended::PingTimeout);
+        } else if self.to_client.control.is_none() {
+            self.to_client.control = Some(Message::Ping(bytes::Bytes::from_static(b"portcullis")));
+            self.clock.awaiting_pong = true;
+        }
+    }
+
+    fn next_deadline(&self) -> TokioInstant {
+        match self.closing {
+            Some((_, by)) => by,
+            None => self.clock.next(),
+        }
+    }
+}
+
+/// What a connection's one timer found due.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Close(Ended),
+    Ping,
+    Recheck,
+}
+
+/// Every deadline of a connection, behind one timer. Messages only note
+/// when they passed; the idle deadline is worked out when the timer fires.
+struct Deadlines {
+    idle_timeout: Duration,
+    last_message: TokioInstant,
+    /// When idleness is checked next (at most `idle_timeout` after the last
+    /// message, often sooner).
+    idle_check: TokioInstant,
+    ends_at: TokioInstant,
+    /// The credential's expiry, grace added.
+    expires_at: Option<TokioInstant>,
+    ping_every: Option<Duration>,
+    next_ping: Option<TokioInstant>,
+    awaiting_pong: bool,
+    recheck_every: Duration,
+    next_recheck: Option<TokioInstant>,
+    /// A recheck failed: the connection ends here (grace added).
+    revoked_at: Option<TokioInstant>,
+}
+
+impl Deadlines {
+    fn new(policy: &WebSocketPolicy, token_expiry: Option<u64>, rechecks: bool) -> Deadlines {
+        let now = TokioInstant::now();
+        Deadlines {
+            idle_timeout: policy.idle_timeout,
+            last_message: now,
+            idle_check: now + policy.idle_timeout,
+            ends_at: now + policy.max_duration,
+            expires_at: token_expiry
+                .map(|exp| now + Duration::from_secs(exp.saturating_sub(unix_now())) + policy.expiry_grace),
+            ping_every: policy.ping_interval,
+            next_ping: policy.ping_interval.map(|every| now + every),
+            awaiting_pong: false,
+            recheck_every: policy.recheck_interval,
+            next_recheck: rechecks.then(|| now + policy.recheck_interval),
+            revoked_at: None,
+        }
+    }
+
+    fn heard_from_client(&mut self) {
+        self.last_message = TokioInstant::now();
+        // Any message shows the client is alive, as a pong would.
+        self.awaiting_pong = false;
+    }
+
+    fn heard_from_upstream(&mut self) {
+        self.last_message = TokioInstant::now();
+    }
+
+    fn revoked(&mut self, policy: &WebSocketPolicy) {
+        self.revoked_at = Some(TokioInstant::now() + policy.expiry_grace);
+        self.next_recheck = None;
+    }
+
+    fn next(&self) -> TokioInstant {
+        [
+            Some(self.idle_check),
+            Some(self.ends_at),
+            self.expires_at,
+            self.next_ping,
+            self.next_recheck,
+            self.revoked_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the idle check is always there")
+    }
+
+    /// What is due at `now`, the most final first; moves the deadlines
+    /// that repeat.
+    fn due(&mut self, now: TokioInstant) -> Option<Due> {
+        if now >= self.ends_at {
+            return Some(Due::Close(Ended::MaxDuration));
+        }
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Some(Due::Close(Ended::Expired));
+        }
+        if self.revoked_at.is_some_and(|at| now >= at) {
+            return Some(Due::Close(Ended::Revoked));
+        }
+        if now >= self.idle_check {
+            let idle_until = self.last_message + self.idle_timeout;
+            if now >= idle_until {
+                return Some(Due::Close(Ended::Idle));
+            }
+            self.idle_check = idle_until;
+        }
+        if let (Some(at), Some(every)) = (self.next_ping, self.ping_every)
+            && now >= at
+        {
+            self.next_ping = Some(now + every);
+            return Some(Due::Ping);
+        }
+        if let Some(at) = self.next_recheck
+            && now >= at
+        {
+            self.next_recheck = Some(now + self.recheck_every);
+            return Some(Due::Recheck);
+        }
+        None
     }
 }
 
@@ -528,4 +649,70 @@ fn warning(violation: Ended) -> Message {
         _ => "invalid_message",
     };
     Message::Text(format!(r#"{{"portcullis":"message_dropped","reason":"{reason}"}}"#).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadlines(idle: u64, ping: Option<u64>, recheck: bool) -> Deadlines {
+        let now = TokioInstant::now();
+        Deadlines {
+            idle_timeout: Duration::from_secs(idle),
+            last_message: now,
+            idle_check: now + Duration::from_secs(idle),
+            ends_at: now + Duration::from_secs(3600),
+            expires_at: None,
+            ping_every: ping.map(Duration::from_secs),
+            next_ping: ping.map(|p| now + Duration::from_secs(p)),
+            awaiting_pong: false,
+            recheck_every: Duration::from_secs(30),
+            next_recheck: recheck.then(|| now + Duration::from_secs(30)),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_message_moves_the_idle_deadline_only_when_the_timer_fires() {
+        let mut d = deadlines(10, None, false);
+        let start = d.last_message;
+        assert_eq!(d.next(), start + Duration::from_secs(10));
+        // A message at +4 s: the timer still fires at +10 s, finds the
+        // connection busy, and moves on to +14 s.
+        d.last_message = start + Duration::from_secs(4);
+        assert_eq!(d.next(), start + Duration::from_secs(10));
+        assert_eq!(d.due(start + Duration::from_secs(10)), None);
+        assert_eq!(d.next(), start + Duration::from_secs(14));
+        assert_eq!(
+            d.due(start + Duration::from_secs(14)),
+            Some(Due::Close(Ended::Idle))
+        );
+    }
+
+    #[test]
+    fn the_final_deadlines_come_before_pings_and_rechecks() {
+        let mut d = deadlines(3600, Some(30), true);
+        let start = d.last_message;
+        d.expires_at = Some(start + Duration::from_secs(30));
+        assert_eq!(d.next(), start + Duration::from_secs(30));
+        assert_eq!(
+            d.due(start + Duration::from_secs(30)),
+            Some(Due::Close(Ended::Expired))
+        );
+        let mut d = deadlines(3600, Some(30), true);
+        let start = d.last_message;
+        assert_eq!(d.due(start + Duration::from_secs(30)), Some(Due::Ping));
+        // Both were due: the recheck's turn comes on the next firing.
+        assert_eq!(d.due(start + Duration::from_secs(30)), Some(Due::Recheck));
+        assert_eq!(d.due(start + Duration::from_secs(31)), None);
+        d.revoked_at = Some(start + Duration::from_secs(40));
+        assert_eq!(
+            d.due(start + Duration::from_secs(41)),
+            Some(Due::Close(Ended::Revoked))
+        );
+        assert_eq!(
+            d.due(start + Duration::from_secs(3601)),
+            Some(Due::Close(Ended::MaxDuration))
+        );
+    }
 }
