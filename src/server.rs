@@ -165,6 +165,11 @@ impl Gateway {
             source: loaded.source.clone(),
             reload_lock: std::sync::Mutex::new(()),
         });
+        let weak = Arc::downgrade(&shared);
+        shared
+            .runtime
+            .websockets
+            .follow(move || weak.upgrade().map(|shared| shared.policy.load_full()));
         let (shutdown, signal) = watch::channel(false);
         let public_task = tokio::spawn(serve_public(public, shared.clone(), signal.clone()));
         let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), signal));

@@ -782,3 +782,147 @@ async fn pythons_websockets_client_talks_through_the_binary() {
     );
     assert!(!gw.output().contains("eyJ"), "no token in the gateway's logs");
 }
+
+/// Review findings, each shown through the server: a pong flood cannot
+/// starve the deadlines; a forward-auth question about a WebSocket route
+/// still meets the origin check; a token moved out of the subprotocol
+/// never reaches the upstream when another method admitted the handshake;
+/// a rotated JWT secret closes connections opened with the old one at the
+/// next recheck; `null` and report mode are refused in the config.
+#[tokio::test(flavor = "multi_thread")]
+async fn deadlines_forward_auth_moved_tokens_and_reloads_hold() {
+    let upstream = WsUpstream::start().await;
+    let text = ws_config(
+        &upstream,
+        &[
+            ws_route(
+                "short",
+                "/short",
+                "none",
+                r#"origins = [ORIGIN], max_duration = "1s""#,
+            ),
+            ws_route(
+                "both",
+                "/both",
+                "session\", \"jwt",
+                r#"origins = [ORIGIN], recheck_interval = "300ms""#,
+            ),
+        ]
+        .concat(),
+    );
+    let gw = start_gateway(&text).await;
+    let addr = gw.public_addr();
+
+    // A client that never stops sending pongs still meets max_duration.
+    let (ws, _) = connect(addr, "/short", &[("origin", ORIGIN)]).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let flood = tokio::spawn(async move {
+        while sink
+            .send(Message::Pong(bytes::Bytes::from_static(b"x")))
+            .await
+            .is_ok()
+        {}
+    });
+    let started = std::time::Instant::now();
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    flood.abort();
+    assert_eq!(code, Some(1008));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Forward-auth: the proxy asking does the upgrade, the origin is still checked.
+    let ask = |origin: &'static str| {
+        client()
+            .get(format!("http://{addr}/.auth/verify"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/short")
+            .header("origin", origin)
+            .send()
+    };
+    assert_eq!(ask("https://evil.example").await.unwrap().status(), 403);
+    assert_eq!(ask(ORIGIN).await.unwrap().status(), 200);
+
+    // A session admits the handshake; the token in the subprotocol still
+    // never reaches the upstream.
+    let hash = portcullis::users::hash_password("correct horse battery").unwrap();
+    store_of(&gw).create_user("gail", &hash, &[]).await.unwrap();
+    let browser = common::browser::Browser::new(addr);
+    let login = common::browser::log_in(&browser, "/both", "gail", "correct horse battery").await;
+    assert_eq!(login.status(), 303);
+    let cookie = format!(
+        "__Host-portcullis={}",
+        browser.cookie("__Host-portcullis").unwrap()
+    );
+    let jwt = token("ada", 300);
+    let offer = format!("bearer, {jwt}");
+    let (_session_ws, _) = connect(
+        addr,
+        "/both",
+        &[
+            ("origin", ORIGIN),
+            ("cookie", &cookie),
+            ("sec-websocket-protocol", &offer),
+        ],
+    )
+    .await
+    .unwrap();
+    let seen = upstream.handshakes().pop().unwrap();
+    assert_eq!(seen.headers["x-portcullis-user"], "gail", "the session decided");
+    assert!(seen.headers.get("authorization").is_none());
+    assert!(!format!("{:?}", seen.headers).contains(&jwt));
+
+    // A reload that rotates the JWT secret ends the old token's connections.
+    let (mut jwt_ws, _) = connect(
+        addr,
+        "/both",
+        &[("origin", ORIGIN), ("sec-websocket-protocol", &offer)],
+    )
+    .await
+    .unwrap();
+    jwt_ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_text(&mut jwt_ws).await, "before");
+    let secret_file = string_at(&text, "auth.jwt.0.secret.file");
+    std::fs::write(&secret_file, b"a-rotated-secret-of-at-least-32-bytes!").unwrap();
+    gw.reload().unwrap();
+    assert_eq!(
+        close_code(&mut jwt_ws, Duration::from_secs(5)).await,
+        Some((1008, "credential no longer valid".into()))
+    );
+    gw.shutdown().await;
+
+    // `null`, and report mode, are refused on WebSocket routes.
+    for (route, problem) in [
+        (
+            ws_route("n", "/n", "none", r#"origins = ["null"]"#),
+            "`null` is any sandboxed page's origin",
+        ),
+        (
+            ws_route("r", "/r", "none", r#"origins = [ORIGIN]"#)
+                .replace("auth = [\"none\"]", "auth = [\"none\"]\nmode = \"report\""),
+            "WebSocket routes have no report mode",
+        ),
+    ] {
+        let loaded = portcullis::config::load::load(
+            &portcullis::config::Source::Text {
+                name: "t.toml".into(),
+                text: ws_config(&upstream, &route),
+            },
+            &[],
+        )
+        .unwrap();
+        let error = portcullis::Gateway::start(loaded).await.err().expect("refused");
+        assert!(error.to_string().contains(problem), "{error}");
+    }
+}

@@ -39,7 +39,6 @@ use crate::audit::{Event, Severity};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::pipeline::{Pipeline, RequestCx, Route};
-use crate::stage::websocket::handshake::BEARER_PROTOCOL;
 use crate::stage::websocket::{Handshake, WebSocketPolicy, rejected};
 pub use registry::WebSockets;
 
@@ -85,6 +84,11 @@ fn upstream_request(
         TRANSFER_ENCODING,
     ] {
         headers.remove(name);
+    }
+    if hs.moved_token {
+        // The browser's token is the gateway's to check, whichever method
+        // admitted the handshake.
+        headers.remove(http::header::AUTHORIZATION);
     }
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -169,6 +173,23 @@ async fn upstream_handshake(
     Ok((chosen, upgraded))
 }
 
+/// When the credential that admitted the handshake expires: a JWT's `exp`,
+/// read from the token the authn stage verified (the one in
+/// `Authorization`; a token from a cookie or another header is caught by
+/// the next recheck instead).
+fn token_expiry(cx: &RequestCx, hs: &Handshake) -> Option<u64> {
+    if cx.principal.as_ref()?.method() != crate::principal::Method::Jwt {
+        return None;
+    }
+    let (_, headers) = hs.recheck.as_ref()?;
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    crate::stage::websocket::handshake::jwt_expiry(token.trim())
+}
+
 /// The client's `101 Switching Protocols`.
 fn switching(hs: &Handshake, chosen: Option<HeaderValue>) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::Empty);
@@ -185,10 +206,11 @@ fn switching(hs: &Handshake, chosen: Option<HeaderValue>) -> Response<GatewayBod
         Some(protocol) => {
             headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
         }
-        None if hs.bearer => {
-            headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(BEARER_PROTOCOL));
+        None => {
+            if let Some(bearer) = hs.bearer.as_deref().and_then(|b| HeaderValue::try_from(b).ok()) {
+                headers.insert(SEC_WEBSOCKET_PROTOCOL, bearer);
+            }
         }
-        None => {}
     }
     response
 }
@@ -209,7 +231,10 @@ pub async fn open(
         .registry
         .open(registry::Caps {
             route: &route.id,
-            ip: cx.client_ip,
+            ip: match crate::ratelimit::Subject::ip(cx.client_ip, policy.ipv6_prefix) {
+                crate::ratelimit::Subject::Ip(ip, _) => ip,
+                _ => cx.client_ip,
+            },
             per_ip: policy.max_connections_per_ip,
             user,
             per_user: policy.max_connections_per_user,
@@ -235,7 +260,8 @@ pub async fn open(
     }
     services.audit.emit(event);
     let response = switching(&hs, chosen);
-    let session = relay::Session::new(pipeline.clone(), route.clone(), cx, hs, place);
+    let expiry = token_expiry(cx, &hs);
+    let session = relay::Session::new(pipeline.clone(), route.clone(), cx, hs, place, expiry);
     let config = tungstenite_config(&policy);
     cx.connection.mark_upgraded();
     tokio::spawn(async move {

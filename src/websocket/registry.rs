@@ -39,8 +39,13 @@ impl CapReached {
     }
 }
 
+/// Where the policy serving now comes from (the gateway's `ArcSwap`).
+type PolicySource = Box<dyn Fn() -> Option<Arc<crate::policy::Policy>> + Send + Sync>;
+
 pub struct WebSockets {
     counts: Mutex<HashMap<CountKey, u32>>,
+    /// Rechecks run against the policy serving now, not the handshake's.
+    current: std::sync::OnceLock<PolicySource>,
     open: AtomicUsize,
     all_closed: Notify,
     shutdown: watch::Sender<bool>,
@@ -74,6 +79,8 @@ impl Drop for Place {
 /// The caps of one route.
 pub struct Caps<'a> {
     pub route: &'a Arc<str>,
+    /// The client IP, IPv6 grouped by `[rate_limits] ipv6_prefix` (one
+    /// host usually holds a whole /64).
     pub ip: IpAddr,
     pub per_ip: Option<u32>,
     pub user: Option<&'a str>,
@@ -84,6 +91,7 @@ impl WebSockets {
     pub fn new() -> Arc<WebSockets> {
         Arc::new(WebSockets {
             counts: Mutex::new(HashMap::new()),
+            current: std::sync::OnceLock::new(),
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
             shutdown: watch::channel(false).0,
@@ -120,6 +128,16 @@ impl WebSockets {
             registry: self.clone(),
             keys,
         })
+    }
+
+    /// Lets rechecks find the policy serving now (set once, at start).
+    pub fn follow(&self, source: impl Fn() -> Option<Arc<crate::policy::Policy>> + Send + Sync + 'static) {
+        let _ = self.current.set(Box::new(source));
+    }
+
+    /// The policy serving now, if the gateway said where to find it.
+    pub fn current_policy(&self) -> Option<Arc<crate::policy::Policy>> {
+        self.current.get().and_then(|source| source())
     }
 
     /// Open connections.

@@ -71,6 +71,8 @@ pub enum Ended {
     Expired,
     Revoked,
     Shutdown,
+    /// A reload removed the route.
+    RouteRemoved,
     ClientError,
     UpstreamError,
 }
@@ -89,6 +91,7 @@ impl Ended {
             Ended::Expired => "credential_expired",
             Ended::Revoked => "credential_revoked",
             Ended::Shutdown => "shutdown",
+            Ended::RouteRemoved => "route_removed",
             Ended::ClientError => "client_error",
             Ended::UpstreamError => "upstream_error",
         }
@@ -106,6 +109,7 @@ impl Ended {
             Ended::Expired => (CloseCode::Policy, "credential expired"),
             Ended::Revoked => (CloseCode::Policy, "credential no longer valid"),
             Ended::Shutdown => (CloseCode::Away, "gateway shutting down"),
+            Ended::RouteRemoved => (CloseCode::Away, "the route was removed"),
             Ended::Client | Ended::ClientError => (CloseCode::Away, ""),
             Ended::Upstream | Ended::UpstreamError => (CloseCode::Error, "upstream connection failed"),
         };
@@ -210,6 +214,7 @@ impl Session {
         cx: &RequestCx,
         hs: Box<Handshake>,
         place: Place,
+        token_expiry: Option<u64>,
     ) -> Session {
         let policy = hs.policy.clone();
         let principal = cx.principal.clone();
@@ -235,7 +240,7 @@ impl Session {
             request_id: cx.request_id().to_string(),
             principal,
             recheck: hs.recheck,
-            token_expiry: hs.token_expiry,
+            token_expiry,
             subjects,
             metrics,
             policy,
@@ -246,6 +251,7 @@ impl Session {
     /// The client went away before its socket was handed over.
     pub fn never_opened(&self) {
         self.metrics.closed(Ended::ClientError.as_str());
+        self.audit_closed(Ended::ClientError, Duration::ZERO, [0, 0]);
     }
 
     /// Relays until the connection ends, then records how it ended.
@@ -259,9 +265,13 @@ impl Session {
         let (ended, counts) = self.relay(client, upstream).await;
         self.metrics.active.dec();
         self.metrics.closed(ended.as_str());
+        self.audit_closed(ended, started.elapsed(), counts);
+    }
+
+    fn audit_closed(&self, ended: Ended, lasted: Duration, counts: [u64; 2]) {
         let mut event = Event::new("ws.closed", Severity::Info)
             .detail("reason", ended.as_str())
-            .detail("duration_ms", started.elapsed().as_millis() as u64)
+            .detail("duration_ms", lasted.as_millis() as u64)
             .detail("messages_from_client", counts[0])
             .detail("messages_to_client", counts[1])
             .client_ip(self.client_ip);
@@ -308,14 +318,22 @@ impl Session {
     }
 
     /// Runs the route's authentication and authorisation on the handshake
-    /// again: `false` once its credential no longer admits it.
-    async fn still_admitted(&self) -> bool {
+    /// again, with the policy serving now (a reload may have rotated a key
+    /// or changed the route's roles).
+    async fn recheck(&self) -> Recheck {
         let Some((uri, headers)) = &self.recheck else {
-            return true;
+            return Recheck::Admitted;
+        };
+        let (pipeline, route) = match self.policy.services.registry.current_policy() {
+            Some(policy) => match policy.routes.iter().find(|r| r.id == self.route.id) {
+                Some(route) => (policy.pipeline.clone(), route.clone()),
+                None => return Recheck::RouteGone,
+            },
+            None => (self.pipeline.clone(), self.route.clone()),
         };
         let mut cx = RequestCx::new(self.connection.clone(), Version::HTTP_11);
         cx.client_ip = self.client_ip;
-        cx.route = Some(self.route.clone());
+        cx.route = Some(route.clone());
         if let Ok(id) = http::HeaderValue::try_from(self.request_id.as_str()) {
             cx.request_id = id;
         }
@@ -323,10 +341,17 @@ impl Session {
         *req.method_mut() = Method::GET;
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
-        self.pipeline
-            .recheck(&mut cx, &self.route, &mut req)
-            .await
-            .is_ok()
+        match pipeline.recheck(&mut cx, &route, &mut req).await {
+            Ok(()) => Recheck::Admitted,
+            // Refused: the credential no longer admits the connection.
+            Err(e) if e.status().is_client_error() => Recheck::Refused,
+            // The store or Redis is down: try again at the next recheck
+            // rather than closing every connection at once.
+            Err(e) => {
+                tracing::warn!(request_id = self.request_id, error = %e, "WebSocket recheck could not decide");
+                Recheck::Undecided
+            }
+        }
     }
 
     /// What to do with a message from the client: pass it, or the
@@ -357,10 +382,31 @@ impl Session {
         let timer = tokio::time::sleep_until(state.clock.next());
         tokio::pin!(timer);
         let mut shutdown = self.policy.services.registry.shutdown_signal();
+        if *shutdown.borrow_and_update() {
+            state.begin_close(Ended::Shutdown);
+        }
         while state.client_open || state.upstream_open {
             let closing = state.closing.is_some();
+            // Deadlines first: a client that always has something to read
+            // (pongs, say) must not starve them.
             tokio::select! {
                 biased;
+                () = &mut timer => {
+                    if state.closing.is_some_and(|(_, by)| TokioInstant::now() >= by) {
+                        break;
+                    }
+                    match state.clock.due(TokioInstant::now()) {
+                        Some(Due::Close(ended)) => state.begin_close(ended),
+                        Some(Due::Ping) => state.ping(),
+                        Some(Due::Recheck) => match self.recheck().await {
+                            Recheck::Refused => state.clock.revoked(&self.policy),
+                            Recheck::RouteGone => state.begin_close(Ended::RouteRemoved),
+                            Recheck::Admitted | Recheck::Undecided => {}
+                        },
+                        _ => {}
+                    }
+                }
+                _ = shutdown.changed(), if !closing => state.begin_close(Ended::Shutdown),
                 result = poll_fn(|cx| state.to_client.poll_send(cx)), if state.to_client.busy() => {
                     if result.is_err() {
                         state.client_gone();
@@ -377,18 +423,6 @@ impl Session {
                 message = from_upstream.next(), if state.upstream_open && (state.to_client.has_room() || closing) => {
                     self.on_upstream_message(&mut state, message);
                 }
-                () = &mut timer => {
-                    if state.closing.is_some_and(|(_, by)| TokioInstant::now() >= by) {
-                        break;
-                    }
-                    match state.clock.due(TokioInstant::now()) {
-                        Some(Due::Close(ended)) => state.begin_close(ended),
-                        Some(Due::Ping) => state.ping(),
-                        Some(Due::Recheck) if !self.still_admitted().await => state.clock.revoked(&self.policy),
-                        _ => {}
-                    }
-                }
-                _ = shutdown.changed(), if !closing => state.begin_close(Ended::Shutdown),
             }
             // One timer for every deadline; it moves only when one is due
             // or closing starts, never per message.
@@ -528,6 +562,17 @@ impl Relay {
             None => self.clock.next(),
         }
     }
+}
+
+/// What a recheck of the handshake's credential found.
+enum Recheck {
+    Admitted,
+    /// 401 or 403 now.
+    Refused,
+    /// The store or Redis could not answer.
+    Undecided,
+    /// A reload removed the route.
+    RouteGone,
 }
 
 /// What a connection's one timer found due.

@@ -155,10 +155,15 @@ async fn soak(url: String, connections: usize, seconds: u64, interval_ms: u64) {
                 if ws.send(Message::text(text.clone())).await.is_err() {
                     return (sent, errors + 1);
                 }
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) if t.as_str() == text => sent += 1,
-                    _ => return (sent, errors + 1),
+                // The gateway's pings come in between (answered by tungstenite).
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.as_str() == text => break,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        _ => return (sent, errors + 1),
+                    }
                 }
+                sent += 1;
             }
             let _ = ws.close(None).await;
             (sent, errors)

@@ -65,9 +65,9 @@ pub fn check(method: &Method, version: Version, headers: &HeaderMap) -> Result<H
 pub struct Offer {
     pub protocols: Vec<String>,
     pub token: Option<String>,
-    /// The client offered `bearer` (it then expects it back if the upstream
-    /// picks nothing else).
-    pub bearer: bool,
+    /// The client offered `bearer`, as it spelled it (it then expects it
+    /// back, byte for byte, if the upstream picks nothing else).
+    pub bearer: Option<String>,
 }
 
 /// Splits `Sec-WebSocket-Protocol` into what the upstream is offered and
@@ -95,7 +95,7 @@ pub fn offer(headers: &HeaderMap, take_token: bool) -> Result<Offer, GatewayErro
                 return Err(GatewayError::bad_request("Offer one bearer token, not several."));
             }
             offer.token = Some(token.to_string());
-            offer.bearer = true;
+            offer.bearer = Some(entry.to_string());
         } else if offer.protocols.len() < 32 {
             offer.protocols.push(entry.to_string());
         } else {
@@ -113,45 +113,50 @@ pub fn take_query_token(uri: &Uri, name: &str) -> Result<Option<(Uri, String)>, 
         return Ok(None);
     };
     let mut token = None;
-    let mut kept = form_urlencoded::Serializer::new(String::new());
-    let mut found = 0;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key == name {
-            found += 1;
-            token = Some(value.into_owned());
-        } else {
-            kept.append_pair(&key, &value);
+    let mut kept: Vec<&str> = Vec::new();
+    for segment in query.split('&') {
+        let mut pair = form_urlencoded::parse(segment.as_bytes());
+        match pair.next() {
+            Some((key, value)) if key == name => {
+                if token.replace(value.into_owned()).is_some() {
+                    return Err(GatewayError::bad_request("Send the token parameter once."));
+                }
+            }
+            // The other parameters go on exactly as they came.
+            _ => kept.push(segment),
         }
     }
-    match (found, token) {
-        (0, _) | (_, None) => Ok(None),
-        (1, Some(token)) => {
-            let kept = kept.finish();
-            let target = if kept.is_empty() {
-                uri.path().to_string()
-            } else {
-                format!("{}?{kept}", uri.path())
-            };
-            let uri = target
-                .parse::<Uri>()
-                .map_err(|_| GatewayError::bad_request("The request target is not valid."))?;
-            Ok(Some((uri, token)))
-        }
-        _ => Err(GatewayError::bad_request("Send the token parameter once.")),
-    }
+    let Some(token) = token else { return Ok(None) };
+    let target = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let uri = target
+        .parse::<Uri>()
+        .map_err(|_| GatewayError::bad_request("The request target is not valid."))?;
+    Ok(Some((uri, token)))
 }
 
 /// Whether `origin` is the request's own (scheme aside: the gateway may be
 /// behind a TLS terminator): its authority equals `Host`.
 pub fn same_origin(origin: &[u8], host: Option<&HeaderValue>) -> bool {
-    let Some(host) = host else { return false };
+    let Some(host) = host.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
     let Ok(origin) = std::str::from_utf8(origin) else {
         return false;
     };
-    let authority = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"));
-    authority.is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+    let (authority, default_port) = match origin.strip_prefix("https://") {
+        Some(rest) => (rest, ":443"),
+        None => match origin.strip_prefix("http://") {
+            Some(rest) => (rest, ":80"),
+            None => return false,
+        },
+    };
+    // `Host: chat.example.com:443` is the origin `https://chat.example.com`.
+    let host = host.strip_suffix(default_port).unwrap_or(host);
+    authority.eq_ignore_ascii_case(host)
 }
 
 /// The expiry (`exp`, seconds since the epoch) of a JWT, read without
@@ -232,7 +237,7 @@ mod tests {
         let offer = offer(&h, true).unwrap();
         assert_eq!(offer.protocols, vec!["chat.v1", "chat.v2"]);
         assert_eq!(offer.token.as_deref(), Some("eyJ.a.b"));
-        assert!(offer.bearer);
+        assert_eq!(offer.bearer.as_deref(), Some("bearer"));
         // Where tokens are not taken, `bearer` is an ordinary subprotocol.
         let plain = super::offer(&h, false).unwrap();
         assert_eq!(plain.protocols.len(), 4);
@@ -247,10 +252,10 @@ mod tests {
 
     #[test]
     fn the_query_token_is_removed_from_the_target() {
-        let uri: Uri = "/ws?room=1&token=abc.def&x=y".parse().unwrap();
+        let uri: Uri = "/ws?room=a%20b&token=abc.def&flag".parse().unwrap();
         let (rest, token) = take_query_token(&uri, "token").unwrap().unwrap();
         assert_eq!(token, "abc.def");
-        assert_eq!(rest.to_string(), "/ws?room=1&x=y");
+        assert_eq!(rest.to_string(), "/ws?room=a%20b&flag", "the rest as it came");
         let only: Uri = "/ws?token=t".parse().unwrap();
         assert_eq!(
             take_query_token(&only, "token").unwrap().unwrap().0.to_string(),
@@ -271,6 +276,9 @@ mod tests {
         assert!(!same_origin(b"https://chat.example.com.evil.net", Some(&host)));
         assert!(!same_origin(b"null", Some(&host)));
         assert!(!same_origin(b"https://chat.example.com", None));
+        let with_port = HeaderValue::from_static("chat.example.com:443");
+        assert!(same_origin(b"https://chat.example.com", Some(&with_port)));
+        assert!(!same_origin(b"http://chat.example.com", Some(&with_port)));
     }
 
     #[test]

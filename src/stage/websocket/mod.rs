@@ -156,14 +156,17 @@ pub struct Handshake {
     pub key: HeaderValue,
     /// Subprotocols offered to the upstream (the bearer entries removed).
     pub protocols: Vec<String>,
-    /// The client offered `bearer`: answered with it when the upstream
-    /// picks no subprotocol (a browser fails a handshake answered with none).
-    pub bearer: bool,
+    /// The client offered `bearer` (as it spelled it): answered with it
+    /// when the upstream picks no subprotocol (a browser fails a handshake
+    /// answered with none).
+    pub bearer: Option<String>,
+    /// The token came in the subprotocol or the query and was put in
+    /// `Authorization`: it never goes upstream, whichever method admitted
+    /// the request.
+    pub moved_token: bool,
     /// The handshake as authentication saw it, to check it again later
     /// (only on routes that authenticate).
     pub recheck: Option<(Uri, HeaderMap)>,
-    /// The token's `exp`, when it came as a JWT.
-    pub token_expiry: Option<u64>,
     pub origin: Option<HeaderValue>,
 }
 
@@ -196,6 +199,26 @@ fn compile_route(
     });
     for (key, e) in errors {
         problems.at(&key, e);
+    }
+    if origins.as_ref().is_some_and(OriginList::lists_null) {
+        problems.in_route(
+            route,
+            "websocket.origins",
+            "`null` is any sandboxed page's origin, on any site; list real origins",
+        );
+    }
+    let reports = route.config.mode == Some(crate::enforce::Mode::Report)
+        || route
+            .config
+            .report_only
+            .iter()
+            .any(|p| p == "authn" || p == "authz");
+    if reports {
+        problems.in_route(
+            route,
+            "websocket",
+            "WebSocket routes have no report mode: authentication and authorisation are enforced on them",
+        );
     }
     if origins.as_ref().is_some_and(OriginList::allows_any) {
         problems.in_route(
@@ -371,8 +394,37 @@ impl WebSocketStage {
         req: &mut Request<GatewayBody>,
     ) -> StageResult {
         let key = handshake::check(req.method(), req.version(), req.headers())?;
+        let (offer, moved_token) = self.check_origin_and_token(cx, policy, req)?;
+        let recheck = policy
+            .authenticated
+            .then(|| (req.uri().clone(), req.headers().clone()));
+        cx.websocket = Some(Box::new(Handshake {
+            policy: policy.clone(),
+            key,
+            protocols: offer.protocols,
+            bearer: offer.bearer,
+            moved_token,
+            recheck,
+            origin: req.headers().get(ORIGIN).cloned(),
+        }));
+        Ok(Flow::Continue)
+    }
+
+    /// The origin check, and the browser's token moved to `Authorization`
+    /// (also for a forward-auth question, whose proxy does the upgrade).
+    fn check_origin_and_token(
+        &self,
+        cx: &mut RequestCx,
+        policy: &WebSocketPolicy,
+        req: &mut Request<GatewayBody>,
+    ) -> Result<(handshake::Offer, bool), GatewayError> {
         let origin = req.headers().get(ORIGIN).cloned();
-        if let Err(reason) = self.check_origin(policy, req) {
+        let result = if req.headers().get_all(ORIGIN).iter().nth(1).is_some() {
+            Err("several origins")
+        } else {
+            self.check_origin(policy, req)
+        };
+        if let Err(reason) = result {
             rejected(&self.audit, cx, reason, origin.as_ref());
             return Err(GatewayError::Forbidden(
                 "This page's origin may not open a WebSocket on this route.".into(),
@@ -393,41 +445,21 @@ impl WebSocketStage {
         }
         // The upstream is offered what is left; the token is never in it.
         req.headers_mut().remove(SEC_WEBSOCKET_PROTOCOL);
-        let mut token_expiry = None;
-        if let Some(token) = token {
-            if req.headers().contains_key(AUTHORIZATION) {
-                return Err(GatewayError::bad_request(
-                    "Send the token in Authorization or in the handshake, not both.",
-                ));
-            }
-            let value = HeaderValue::try_from(format!("Bearer {token}"))
-                .map_err(|_| GatewayError::bad_request("The token is not valid header text."))?;
-            if let Ok(raw) = HeaderValue::try_from(token.as_str()) {
-                cx.credentials.add_token(raw);
-            }
-            req.headers_mut().insert(AUTHORIZATION, value);
-            token_expiry = handshake::jwt_expiry(&token);
-        } else if let Some(bearer) = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        {
-            token_expiry = handshake::jwt_expiry(bearer.trim());
+        let Some(token) = token else {
+            return Ok((offer, false));
+        };
+        if req.headers().contains_key(AUTHORIZATION) {
+            return Err(GatewayError::bad_request(
+                "Send the token in Authorization or in the handshake, not both.",
+            ));
         }
-        let recheck = policy
-            .authenticated
-            .then(|| (req.uri().clone(), req.headers().clone()));
-        cx.websocket = Some(Box::new(Handshake {
-            policy: policy.clone(),
-            key,
-            protocols: offer.protocols,
-            bearer: offer.bearer,
-            recheck,
-            token_expiry,
-            origin,
-        }));
-        Ok(Flow::Continue)
+        let value = HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| GatewayError::bad_request("The token is not valid header text."))?;
+        if let Ok(raw) = HeaderValue::try_from(token.as_str()) {
+            cx.credentials.add_token(raw);
+        }
+        req.headers_mut().insert(AUTHORIZATION, value);
+        Ok((offer, true))
     }
 }
 
@@ -447,10 +479,16 @@ impl Stage for WebSocketStage {
         req: &'a mut Request<GatewayBody>,
     ) -> Verdict<'a> {
         match route.get(self.slot) {
-            // A forward-auth question about a WebSocket route is answered
-            // like any other: the proxy asking handles the upgrade itself.
-            Some(policy) if cx.decision_only.is_none() => Verdict::Ready(self.check(cx, policy, req)),
-            _ => Verdict::CONTINUE,
+            None => Verdict::CONTINUE,
+            // A forward-auth question about a WebSocket route: the proxy
+            // asking does the upgrade, but the origin is checked here all
+            // the same (it is what keeps a session cookie from being used
+            // cross-site), and a browser's token is read.
+            Some(policy) if cx.decision_only.is_some() => Verdict::Ready(
+                self.check_origin_and_token(cx, policy, req)
+                    .map(|_| Flow::Continue),
+            ),
+            Some(policy) => Verdict::Ready(self.check(cx, policy, req)),
         }
     }
 }
