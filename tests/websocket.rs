@@ -926,3 +926,49 @@ async fn deadlines_forward_auth_moved_tokens_and_reloads_hold() {
         assert!(error.to_string().contains(problem), "{error}");
     }
 }
+
+/// An API key at the handshake (a service, not a browser): admitted with
+/// the consumer's identity headers, and closed with 1008 once the key is
+/// revoked, at the next recheck.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_admits_a_handshake_until_it_is_revoked() {
+    let upstream = WsUpstream::start().await;
+    let gw = start_gateway(&ws_config(
+        &upstream,
+        &ws_route(
+            "feed",
+            "/feed",
+            "api_key",
+            r#"origins = [ORIGIN], allow_missing_origin = true, recheck_interval = "300ms""#,
+        ),
+    ))
+    .await;
+    let addr = gw.public_addr();
+    let key = make_key(&gw, "billing", &[], None).await;
+    assert_eq!(
+        refused_status(connect(addr, "/feed", &[("x-api-key", "pk_wrong")]).await),
+        401
+    );
+    let (mut ws, _) = connect(addr, "/feed", &[("x-api-key", &key.key)]).await.unwrap();
+    ws.send(Message::text("tick")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "tick");
+    let seen = upstream.handshakes().pop().unwrap();
+    assert_eq!(seen.headers["x-portcullis-consumer"], "billing");
+    assert!(
+        seen.headers.get("x-api-key").is_none(),
+        "the key stays at the gateway"
+    );
+    portcullis::keys::manage::revoke_key(
+        &store_of(&gw),
+        &gw.shared().runtime.audit,
+        &key.id,
+        portcullis::keys::manage::Actor::CLI,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(6)).await,
+        Some((1008, "credential no longer valid".into()))
+    );
+    gw.shutdown().await;
+}
