@@ -5,7 +5,9 @@ side by side in one run (docs/benchmarks.md, "WebSocket").
     PORTCULLIS_BIN=target/release/portcullis python3 bench/websocket.py
     python3 bench/websocket.py --idle 10000 --connections 50 --duration 10 --rounds 3
 
-Three figures per proxy, every one against the same run's direct figure:
+Three figures per proxy, every one against the same run's direct figure
+(and, for portcullis, with a message limit on every message, counted in
+process and in Redis):
 - echo throughput and latency: --connections clients each send a message
   and wait for its echo, for --duration seconds (wsbench load);
 - resident memory per idle connection: --idle connections opened through
@@ -44,10 +46,19 @@ max_connections = {max_connections}
 [log]
 access_log = false
 [store]
-url = "sqlite://{tmp}/bench.db"
+url = "sqlite://{tmp}/{name}.db"
 [[upstreams]]
 name = "echo"
 targets = ["http://127.0.0.1:{upstream_port}"]
+{redis}
+# Every message passes a limit it never reaches: the cost of the check.
+[[routes]]
+id = "limited"
+path = "/limited"
+upstream = "echo"
+auth = ["none"]
+websocket = {{ origins = ["http://bench.local"], max_message = "64KiB", messages = "1000000000 per second per ip" }}
+
 [[routes]]
 id = "chat"
 path = "/"
@@ -122,6 +133,18 @@ def build_wsbench() -> Path:
     return target / "release" / "wsbench"
 
 
+def redis_up(url: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def nginx_worker(master: int) -> int:
     out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
     return int(out[0]) if out else master
@@ -138,7 +161,10 @@ def main() -> None:
     p.add_argument("--idle", type=int, default=10000, help="idle connections (0: skip)")
     p.add_argument("--proxy-cpu", default="0")
     p.add_argument("--load-cpu", default="1")
-    p.add_argument("--soak", type=int, default=0, help="seconds of one connection kept open (not in CI)")
+    p.add_argument("--soak", type=int, default=0, help="seconds of the soak (not in CI)")
+    p.add_argument("--no-limits", dest="limits", action="store_false",
+                   help="skip the message-limit scenarios (in-process and Redis)")
+    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379"))
     a = p.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -173,15 +199,29 @@ def main() -> None:
         targets = {"direct": upstream_port}
         pids = {}
 
-        port, admin = free_port(), free_port()
-        conf = tmp / "portcullis.toml"
-        conf.write_text(PORTCULLIS_CONF.format(port=port, admin_port=admin, tmp=tmp, upstream_port=upstream_port,
-                                               max_connections=max_connections))
-        env = dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="warn")
-        gw = spawn([a.bin, "serve", "--config", str(conf)], a.proxy_cpu, env=env,
-                   stdout=open(tmp / "portcullis.log", "w"), stderr=subprocess.STDOUT)
-        wait_port(port)
-        targets["portcullis"], pids["portcullis"] = port, gw.pid
+        def start_gateway(name: str, redis: str) -> tuple[int, int]:
+            port, admin = free_port(), free_port()
+            conf = tmp / f"{name}.toml"
+            conf.write_text(PORTCULLIS_CONF.format(port=port, admin_port=admin, tmp=tmp, upstream_port=upstream_port,
+                                                   max_connections=max_connections, redis=redis, name=name))
+            env = dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="warn")
+            gw = spawn([a.bin, "serve", "--config", str(conf)], a.proxy_cpu, env=env,
+                       stdout=open(tmp / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+            wait_port(port)
+            return port, gw.pid
+
+        port, pids["portcullis"] = start_gateway("portcullis", "")
+        targets["portcullis"] = port
+        paths = {name: "/" for name in ("direct", "portcullis", "nginx")}
+        if a.limits:
+            targets["portcullis-limit"], paths["portcullis-limit"] = port, "/limited"
+            if redis_up(a.redis_url):
+                prefix = f"wsbench{os.getpid()}"
+                rport, _ = start_gateway("portcullis-redis",
+                                         f'[redis]\nurl = "{a.redis_url}"\nprefix = "{prefix}"\n')
+                targets["portcullis-redis-limit"], paths["portcullis-redis-limit"] = rport, "/limited"
+            else:
+                log(f"no Redis at {a.redis_url}: the Redis message-limit scenario is skipped")
 
         nginx_port = free_port()
         nconf = tmp / "nginx.conf"
@@ -196,7 +236,8 @@ def main() -> None:
         results = {name: [] for name in targets}
         for r in range(a.rounds):
             for name, port in targets.items():
-                out = subprocess.run(["taskset", "-c", a.load_cpu, str(wsbench), "load", f"ws://127.0.0.1:{port}/",
+                out = subprocess.run(["taskset", "-c", a.load_cpu, str(wsbench), "load",
+                                      f"ws://127.0.0.1:{port}{paths.get(name, '/')}",
                                       str(a.connections), str(a.duration), str(a.size)],
                                      capture_output=True, text=True, check=True).stdout.split()
                 rate, p50, p99, errors = float(out[0]), int(out[1]), int(out[2]), int(out[3])
@@ -256,9 +297,16 @@ def main() -> None:
               f"proxies on CPU {a.proxy_cpu}, upstream and clients on CPU {a.load_cpu}; "
               f"nginx {subprocess.run([a.nginx, '-v'], capture_output=True, text=True).stderr.strip()}")
     finally:
+        # SIGTERM, not SIGKILL: nginx's master stops its workers only when
+        # it is asked (a killed master leaves them running).
         for proc in reversed(procs):
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
