@@ -414,18 +414,7 @@ async fn development_origins_never_count_in_production() {
     let text = edit(&config("production", &upstream.url(), PATTERNS), |doc| {
         *at(doc, "cors.origins") = vec!["http://localhost:5173"].into();
     });
-    let loaded = portcullis::config::load::load(
-        &portcullis::config::Source::Text {
-            name: "t.toml".into(),
-            text,
-        },
-        &[],
-    )
-    .unwrap();
-    let errors = portcullis::policy::compile(&loaded, &portcullis::runtime::Runtime::offline())
-        .err()
-        .unwrap()
-        .to_string();
+    let errors = compile_offline(&text).err().unwrap();
     assert!(errors.contains("development_origins"), "{errors}");
 }
 

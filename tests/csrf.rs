@@ -301,18 +301,7 @@ async fn report_mode_lets_a_forged_request_through_and_counts_it() {
 #[test]
 fn csrf_on_a_cookie_route_needs_the_session_key_and_production_warns_about_report_mode() {
     let text = config("production", "http://127.0.0.1:9", ROUTES).replace("[secrets]\n", "");
-    let loaded = portcullis::config::load::load(
-        &portcullis::config::Source::Text {
-            name: "t.toml".into(),
-            text,
-        },
-        &[],
-    )
-    .unwrap();
-    let errors = portcullis::policy::compile(&loaded, &portcullis::runtime::Runtime::offline())
-        .err()
-        .expect("no session key")
-        .to_string();
+    let errors = compile_offline(&text).err().expect("no session key");
     assert!(
         errors.contains("CSRF tokens need `secrets.session_key`"),
         "{errors}"
@@ -322,15 +311,7 @@ fn csrf_on_a_cookie_route_needs_the_session_key_and_production_warns_about_repor
         &config("production", "http://127.0.0.1:9", ROUTES),
         "q7Vx9Lm2Pz4Rt8Wk3Ns6Yb1Hc5Jd0FgA",
     );
-    let loaded = portcullis::config::load::load(
-        &portcullis::config::Source::Text {
-            name: "t.toml".into(),
-            text,
-        },
-        &[],
-    )
-    .unwrap();
-    let policy = portcullis::policy::compile(&loaded, &portcullis::runtime::Runtime::offline()).unwrap();
+    let policy = compile_offline(&text).unwrap();
     assert!(
         policy
             .warnings

@@ -752,18 +752,7 @@ fn configs_that_would_allow_key_confusion_or_weak_checks_are_refused() {
             "environment = \"development\"\n[[upstreams]]\nname = \"app\"\ntargets = [\"http://127.0.0.1:9\"]\n\
              [[auth.jwt]]\nname = \"x\"\n{issuer}\n[[routes]]\npath = \"/\"\nupstream = \"app\"\nauth = [\"jwt\"]\n"
         );
-        let loaded = portcullis::config::load::load(
-            &portcullis::config::Source::Text {
-                name: "t.toml".into(),
-                text,
-            },
-            &[],
-        )
-        .unwrap();
-        match portcullis::policy::compile(&loaded, &portcullis::runtime::Runtime::offline()) {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
+        compile_offline(&text).err().unwrap_or_default()
     };
     let pem = fixture("rsa-a.pub.pem");
     let ok = check(&format!(

@@ -166,18 +166,7 @@ validate = {{ openapi = {{ url = "http://{addr}/openapi.json" }} }}
         &format!("http://{addr}"),
         &routes.replace(&format!("http://{addr}/openapi.json"), &gone),
     );
-    let loaded = portcullis::config::load::load(
-        &portcullis::config::Source::Text {
-            name: "t.toml".into(),
-            text,
-        },
-        &[],
-    )
-    .unwrap();
-    let errors = portcullis::policy::compile(&loaded, &portcullis::runtime::Runtime::offline())
-        .err()
-        .unwrap()
-        .to_string();
+    let errors = compile_offline(&text).err().unwrap();
     assert!(
         errors.contains("validate.openapi") && errors.contains("fetching"),
         "{errors}"

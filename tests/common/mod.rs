@@ -462,6 +462,20 @@ upstream = "app"
 auth = ["none"]
 "#;
 
+/// Config text compiled as `portcullis check` does (no store, no
+/// fetching): the policy, or every problem as text.
+pub fn compile_offline(text: &str) -> Result<portcullis::policy::Policy, String> {
+    let loaded = load(
+        &Source::Text {
+            name: "t.toml".into(),
+            text: text.into(),
+        },
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
+    portcullis::policy::compile(&loaded, &portcullis::runtime::Runtime::offline()).map_err(|e| e.to_string())
+}
+
 /// Starts the gateway in this process.
 pub async fn start_gateway(text: &str) -> Gateway {
     let loaded = load(
