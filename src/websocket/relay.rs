@@ -231,7 +231,7 @@ impl Session {
                 )
             })
             .collect();
-        let metrics = policy.services.metrics.for_websocket(&route.id);
+        let metrics = policy.metrics.clone();
         Session {
             pipeline,
             route,
@@ -285,7 +285,8 @@ impl Session {
 
     /// Whether a message from the client passes the route's message limits.
     async fn within_limits(&self) -> bool {
-        let limits: Vec<&crate::ratelimit::Limit> = self.policy.messages.iter().collect();
+        // On the stack: this runs for every message.
+        let limits: smallvec::SmallVec<[&crate::ratelimit::Limit; 4]> = self.policy.messages.iter().collect();
         if limits.is_empty() {
             return true;
         }

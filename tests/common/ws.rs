@@ -44,7 +44,7 @@ pub struct WsUpstream {
 impl WsUpstream {
     pub async fn start() -> WsUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut upstream = WsUpstream {
+        let upstream = WsUpstream {
             addr: Some(listener.local_addr().unwrap()),
             ..Default::default()
         };
@@ -54,7 +54,6 @@ impl WsUpstream {
                 tokio::spawn(state.clone().serve(stream));
             }
         });
-        upstream.addr = Some(upstream.addr.unwrap());
         upstream
     }
 

@@ -201,7 +201,7 @@ pub struct RateLimitStage {
 
 /// A route's limits: its own `rate_limit`, or else the defaults, each
 /// counted per route.
-fn route_limits(specs: &[RateSpec], scope: Scope) -> RouteLimits {
+pub fn route_limits(specs: &[RateSpec], scope: Scope) -> RouteLimits {
     let mut names: Vec<String> = Vec::new();
     let mut limits = Vec::new();
     for spec in specs {

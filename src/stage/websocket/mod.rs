@@ -31,7 +31,7 @@ use crate::compile::{CompileCx, Problems, RouteEntry};
 use crate::config::{ByteSize, ConfigDuration, RateSpec};
 use crate::error::GatewayError;
 use crate::pipeline::{Flow, Phases, RequestCx, Route, Slot, Stage, StageResult, Verdict};
-use crate::ratelimit::{Limit, Scope, limit_name};
+use crate::ratelimit::{Limit, Scope};
 use crate::stage::cors::origin::OriginList;
 use crate::stage::validate::{ContentRuleConfig, JsonChecks, JsonChecksConfig};
 
@@ -147,6 +147,9 @@ pub struct WebSocketPolicy {
     /// The route authenticates: keep the handshake's credential to check again.
     pub authenticated: bool,
     pub services: crate::websocket::Services,
+    /// This route's WebSocket metric handles, made once per compile (no
+    /// label lookups per connection or message).
+    pub metrics: crate::metrics::WebSocketMetrics,
 }
 
 /// What the handshake checks found, for the proxy step.
@@ -177,22 +180,18 @@ fn duration_or(value: Option<ConfigDuration>, default: Duration) -> Duration {
     value.map(|d| d.0).unwrap_or(default)
 }
 
-fn compile_route(
-    cx_base: &std::path::Path,
-    ipv6_prefix: u8,
-    services: &crate::websocket::Services,
+/// `websocket.origins`, and what the config must not allow: `"*"`,
+/// `"null"`, and a warning for session routes without the origin check.
+fn compile_origins(
+    config: &WebSocketConfig,
     route: &RouteEntry<'_>,
     problems: &mut Problems<'_>,
-) -> Option<WebSocketPolicy> {
-    let config = route.config.websocket.as_ref()?;
-    let production = problems.production();
-    let auth = route.config.auth.clone().unwrap_or_default();
-    let accepts = |kind: &str| auth.iter().any(|a| a == kind);
+) -> Option<OriginList> {
     let mut errors = Vec::new();
     let origins = config.origins.as_ref().map(|list| {
         OriginList::compile(
             list,
-            production,
+            problems.production(),
             &format!("{}.websocket.origins", route.key),
             &mut errors,
         )
@@ -207,6 +206,35 @@ fn compile_route(
             "`null` is any sandboxed page's origin, on any site; list real origins",
         );
     }
+    if origins.as_ref().is_some_and(OriginList::allows_any) {
+        problems.in_route(
+            route,
+            "websocket.origins",
+            "\"*\" would let any site's page use a visitor's credentials; list the origins",
+        );
+    }
+    if config.allow_missing_origin && route.config.auth.iter().flatten().any(|a| a == "session") {
+        // A browser always sends Origin; a cookie without one is a script
+        // replaying it, and the origin check is what keeps sessions safe.
+        problems.warn(format!(
+            "{}: allow_missing_origin on a session route admits handshakes that no origin check covers",
+            route.label()
+        ));
+    }
+    origins
+}
+
+fn compile_route(
+    cx_base: &std::path::Path,
+    ipv6_prefix: u8,
+    services: &crate::websocket::Services,
+    route: &RouteEntry<'_>,
+    problems: &mut Problems<'_>,
+) -> Option<WebSocketPolicy> {
+    let config = route.config.websocket.as_ref()?;
+    let auth = route.config.auth.clone().unwrap_or_default();
+    let accepts = |kind: &str| auth.iter().any(|a| a == kind);
+    let origins = compile_origins(config, route, problems);
     let reports = route.config.mode == Some(crate::enforce::Mode::Report)
         || route
             .config
@@ -219,21 +247,6 @@ fn compile_route(
             "websocket",
             "WebSocket routes have no report mode: authentication and authorisation are enforced on them",
         );
-    }
-    if origins.as_ref().is_some_and(OriginList::allows_any) {
-        problems.in_route(
-            route,
-            "websocket.origins",
-            "\"*\" would let any site's page use a visitor's credentials; list the origins",
-        );
-    }
-    if config.allow_missing_origin && accepts("session") {
-        // A browser always sends Origin; a cookie without one is a script
-        // replaying it, and the origin check is what keeps sessions safe.
-        problems.warn(format!(
-            "{}: allow_missing_origin on a session route admits handshakes that no origin check covers",
-            route.label()
-        ));
     }
     if let Some(name) = &config.query_token
         && (name.is_empty()
@@ -271,20 +284,11 @@ fn compile_route(
             problems.in_route(route, &format!("websocket.{key}"), "must be more than zero");
         }
     }
-    let scope = Scope::Route(format!("{}#messages", route.id).into());
-    let mut names = Vec::new();
-    let messages = config
-        .messages
-        .as_ref()
-        .map(Rates::specs)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|spec| {
-            let name = limit_name(&spec, &names);
-            names.push(name.clone());
-            Limit::new(spec, scope.clone(), name)
-        })
-        .collect();
+    let messages = crate::stage::rate_limit::route_limits(
+        &config.messages.as_ref().map(Rates::specs).unwrap_or_default(),
+        Scope::Route(format!("{}#messages", route.id).into()),
+    )
+    .limits;
     let checks = config.validate.as_ref().map(|v| {
         JsonChecks::compile(
             cx_base,
@@ -322,6 +326,7 @@ fn compile_route(
         text_only: config.validate.as_ref().is_some_and(|v| v.text_only),
         checks,
         authenticated: !auth.is_empty() && !auth.iter().all(|a| a == "none"),
+        metrics: services.metrics.for_websocket(&route.id),
         services: services.clone(),
     })
 }
