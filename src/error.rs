@@ -75,6 +75,14 @@ pub enum GatewayError {
     UpstreamTimeout { upstream: String, timeout_ms: u128 },
     #[error("the upstream `{upstream}` answered with a protocol switch nobody asked for")]
     UpstreamProtocol { upstream: String },
+    /// Every target is ejected (its circuit breaker open) or failing its
+    /// health checks.
+    #[error("no target of the upstream `{upstream}` is available")]
+    UpstreamUnavailable { upstream: String, retry_after_secs: u64 },
+    /// Every target is at `max_connections` and none freed up within the
+    /// queue timeout.
+    #[error("every connection to the upstream `{upstream}` is in use")]
+    UpstreamBusy { upstream: String },
     #[error("the upstream `{upstream}` failed to handle the request")]
     UpstreamFailed {
         upstream: String,
@@ -151,6 +159,9 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamFailed { status, .. } => *status,
             GatewayError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -185,6 +196,8 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamProtocol { .. }
             | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamBusy { .. }
             | GatewayError::UpstreamFailed { .. }
             | GatewayError::UpstreamRefused { .. } => ErrorSide::Upstream,
             GatewayError::Unavailable(_) | GatewayError::Internal => ErrorSide::Internal,
@@ -207,6 +220,10 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => {
                 "The service behind this route failed to handle the request.".into()
             }
+            GatewayError::UpstreamUnavailable { .. } => {
+                "The service behind this route is unavailable; retry later.".into()
+            }
+            GatewayError::UpstreamBusy { .. } => "The service behind this route is busy; retry later.".into(),
             GatewayError::Internal => "The gateway failed to handle the request.".into(),
             GatewayError::CorsRefused(detail) | GatewayError::Unauthorized { detail, .. } => (*detail).into(),
             GatewayError::Forbidden(detail) => detail.clone(),
@@ -234,7 +251,8 @@ impl GatewayError {
                 headers.insert(RETRY_AFTER, v.clone());
             }
             GatewayError::RateLimited { retry_after_secs }
-            | GatewayError::AuthFailuresLimited { retry_after_secs } => {
+            | GatewayError::AuthFailuresLimited { retry_after_secs }
+            | GatewayError::UpstreamUnavailable { retry_after_secs, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             GatewayError::Unauthorized { challenge, .. } => {
@@ -242,6 +260,9 @@ impl GatewayError {
             }
             GatewayError::LoginRequired { location } => {
                 headers.insert(http::header::LOCATION, location.clone());
+            }
+            GatewayError::UpstreamBusy { .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::UpgradeRequired(_) => {
                 headers.insert(

@@ -23,6 +23,10 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
     upstream_reachable: IntGaugeVec,
+    upstream_retries: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    ejections: IntCounterVec,
+    target_healthy: IntGaugeVec,
     /// Targets whose reachability gauge exists (kept across reloads).
     known_targets: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub connections_open: IntGauge,
@@ -170,6 +174,19 @@ pub struct UpstreamMetrics {
     unreachable: IntCounter,
     timeout: IntCounter,
     protocol: IntCounter,
+    unavailable: IntCounter,
+    busy: IntCounter,
+    retried: IntCounter,
+    retry_refused: IntCounter,
+}
+
+/// Handles for one target's health.
+pub struct TargetMetrics {
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGauge,
+    pub ejections: IntCounter,
+    /// 1 unless the active health checks took the target out.
+    pub healthy: IntGauge,
 }
 
 impl UpstreamMetrics {
@@ -184,6 +201,18 @@ impl UpstreamMetrics {
     }
     pub fn record_protocol_error(&self) {
         self.protocol.inc();
+    }
+    /// Every target ejected or failing its checks: 503 at once.
+    pub fn record_unavailable(&self) {
+        self.unavailable.inc();
+    }
+    /// Every target at `max_connections` past the queue timeout.
+    pub fn record_busy(&self) {
+        self.busy.inc();
+    }
+    /// A retry sent, or refused by the retry budget.
+    pub fn record_retry(&self, sent: bool) {
+        if sent { &self.retried } else { &self.retry_refused }.inc();
     }
 }
 
@@ -219,7 +248,7 @@ impl Metrics {
         );
         let upstream_errors = counter(
             "portcullis_upstream_errors_total",
-            "Upstream requests that failed, by upstream and kind (unreachable, timeout, protocol).",
+            "Upstream requests that failed, by upstream and kind (unreachable, timeout, protocol, unavailable: every target ejected, busy: every target at max_connections).",
             &["upstream", "kind"],
         );
         let upstream_reachable = IntGaugeVec::new(
@@ -230,6 +259,28 @@ impl Metrics {
             &["upstream", "target"],
         )
         .expect("metric definitions are valid");
+        let upstream_retries = counter(
+            "portcullis_upstream_retries_total",
+            "Upstream retries, by upstream and outcome (sent, budget_exhausted).",
+            &["upstream", "outcome"],
+        );
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["upstream", "target"])
+                .expect("metric definitions are valid")
+        };
+        let breaker_state = gauge(
+            "portcullis_upstream_breaker_state",
+            "A target's circuit breaker: 0 closed, 1 open (ejected), 2 half-open (one trial request).",
+        );
+        let target_healthy = gauge(
+            "portcullis_upstream_healthy",
+            "1 unless the target's active health checks took it out of service.",
+        );
+        let ejections = counter(
+            "portcullis_upstream_ejections_total",
+            "Times a target's circuit breaker opened, by upstream and target.",
+            &["upstream", "target"],
+        );
         let connections_open = IntGauge::new(
             "portcullis_connections_open",
             "Open client connections on the public listener.",
@@ -280,6 +331,10 @@ impl Metrics {
             Box::new(upstream_duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(upstream_reachable.clone()),
+            Box::new(upstream_retries.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(ejections.clone()),
+            Box::new(target_healthy.clone()),
             Box::new(connections_open.clone()),
             Box::new(admin_connections_open.clone()),
             Box::new(config_reloads.clone()),
@@ -294,6 +349,10 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             upstream_reachable,
+            upstream_retries,
+            breaker_state,
+            ejections,
+            target_healthy,
             known_targets: Default::default(),
             connections_open,
             admin_connections_open,
@@ -369,6 +428,20 @@ impl Metrics {
             unreachable: self.upstream_errors.with_label_values(&[upstream, "unreachable"]),
             timeout: self.upstream_errors.with_label_values(&[upstream, "timeout"]),
             protocol: self.upstream_errors.with_label_values(&[upstream, "protocol"]),
+            unavailable: self.upstream_errors.with_label_values(&[upstream, "unavailable"]),
+            busy: self.upstream_errors.with_label_values(&[upstream, "busy"]),
+            retried: self.upstream_retries.with_label_values(&[upstream, "sent"]),
+            retry_refused: self
+                .upstream_retries
+                .with_label_values(&[upstream, "budget_exhausted"]),
+        }
+    }
+
+    pub fn for_target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        TargetMetrics {
+            breaker_state: self.breaker_state.with_label_values(&[upstream, target]),
+            ejections: self.ejections.with_label_values(&[upstream, target]),
+            healthy: self.target_healthy.with_label_values(&[upstream, target]),
         }
     }
 

@@ -58,6 +58,17 @@ pub struct Policy {
     pub warnings: Vec<String>,
 }
 
+impl Policy {
+    /// Starts what a serving policy runs in the background (upstream
+    /// health checks); it stops when the policy is dropped. Never called
+    /// for a policy that is only checked.
+    pub fn start_background(&self) {
+        for upstream in &self.upstreams {
+            upstream.start_health_checks();
+        }
+    }
+}
+
 /// The stages, in their one order; each phase runs the stages that take
 /// part in it in this order (see [`crate::pipeline`]). Adding a stage is a
 /// line here.

@@ -31,6 +31,9 @@ pub struct Runtime {
     pub sessions: Option<Arc<SessionCache>>,
     /// Open WebSocket connections (caps, shutdown).
     pub websockets: Arc<crate::websocket::WebSockets>,
+    /// Each upstream target's breaker and health-check state, kept across
+    /// reloads.
+    pub targets: Arc<crate::upstream::health::TargetRegistry>,
 }
 
 impl Runtime {
@@ -57,6 +60,7 @@ impl Runtime {
             redis: None,
             limit_audit: Arc::new(quick_cache::sync::Cache::new(16)),
             websockets: crate::websocket::WebSockets::new(),
+            targets: Default::default(),
         }
     }
 }

@@ -127,6 +127,7 @@ async fn start_services(
         redis,
         limit_audit: Arc::new(quick_cache::sync::Cache::new(10_000)),
         websockets: crate::websocket::WebSockets::new(),
+        targets: Default::default(),
     };
     Ok((runtime, audit_task, background))
 }
@@ -158,6 +159,7 @@ impl Gateway {
             addr: policy.server.admin_listen,
             source,
         })?;
+        policy.start_background();
         let shared = Arc::new(Shared {
             policy: ArcSwap::from_pointee(policy),
             metrics,
@@ -258,6 +260,7 @@ impl Shared {
                 for warning in &policy.warnings {
                     tracing::warn!("{warning}");
                 }
+                policy.start_background();
                 self.policy.store(Arc::new(policy));
                 self.metrics.config_reloads.with_label_values(&["applied"]).inc();
                 self.runtime.audit.emit(

@@ -1790,7 +1790,13 @@ async fn admin_token_variants_and_path_tricks_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn production_masks_5xx_over_http2_and_for_every_method() {
     let upstream = TestUpstream::start().await;
-    let gw = start_gateway(&config("production", &upstream.url(), PUBLIC_ROOT)).await;
+    // The statuses are the upstream's on purpose: ejecting it after five
+    // 502s (passive health) would answer the gateway's own 503.
+    let text = edit(&config("production", &upstream.url(), PUBLIC_ROOT), |doc| {
+        let passive: toml::Table = "max_failures = 0".parse().unwrap();
+        set(doc, "upstreams.0", "passive_health", passive);
+    });
+    let gw = start_gateway(&text).await;
     for status in [500u16, 502, 503, 504, 599] {
         for method in [
             reqwest::Method::GET,

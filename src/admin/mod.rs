@@ -198,13 +198,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         };
         checks.insert(format!("jwks:{issuer}"), value);
     }
-    for (upstream, result) in results {
+    for (upstream, (result, targets)) in results {
         let required = upstream.readiness == Readiness::Require;
         let value = match result {
-            Ok(()) => json!({ "status": "ok" }),
+            Ok(()) => json!({ "status": "ok", "targets": targets }),
             Err(why) => {
                 ready &= !required;
-                json!({ "status": "unreachable", "detail": why, "required": required })
+                json!({ "status": "unreachable", "detail": why, "required": required, "targets": targets })
             }
         };
         checks.insert(format!("upstream:{}", upstream.name), value);

@@ -264,6 +264,10 @@ pub struct RouteConfig {
     pub methods: Option<Vec<String>>,
     /// Name of an `[[upstreams]]` entry.
     pub upstream: String,
+    /// Let the upstream's retries try non-idempotent requests (POST,
+    /// PATCH) again too, for a backend whose handlers are idempotent.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
     /// Authentication methods, any of which admits a request; `["none"]`
     /// marks a public route. Required in production.
     pub auth: Option<Vec<String>>,

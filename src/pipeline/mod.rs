@@ -256,6 +256,7 @@ impl Pipeline {
                     request_id: cx.request_id.to_str().unwrap_or("-"),
                     path: cx.rewritten_path.as_deref(),
                     credentials: &mut cx.credentials,
+                    retry_non_idempotent: route.retry_non_idempotent,
                 };
                 match route.upstream.forward(req, forwarding).await {
                     Ok(forwarded) => {

@@ -58,6 +58,8 @@ pub struct Route {
     pub id: Arc<str>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    /// `retry_non_idempotent`: the upstream may retry any method here.
+    pub retry_non_idempotent: bool,
     slots: RouteSlots,
 }
 
@@ -67,6 +69,7 @@ impl Route {
             id,
             upstream,
             metrics,
+            retry_non_idempotent: false,
             slots,
         }
     }

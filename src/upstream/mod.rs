@@ -1,112 +1,71 @@
 //! The upstream side: a named group of targets, how one is chosen, and
-//! forwarding a request to it with timeouts, error mapping and, in
-//! production, masked 5xx bodies.
+//! forwarding a request to it with timeouts, retries, error mapping and,
+//! in production, masked 5xx bodies.
 //!
-//! The parts, and where later capabilities plug in:
-//!
-//! | file | does | later |
-//! | --- | --- | --- |
-//! | [`connect`] | opens a TCP connection to a target | TLS to `https://` targets wraps the stream here |
-//! | [`pool`] | keep-alive HTTP/1.1 connections driven by the request's own task | an HTTP/2 transport sits beside it |
-//! | [`http1`] | what an HTTP/1.1 upstream receives (origin form, `Host`, one `Cookie`) | |
-//! | [`hop_by_hop`] | hop-by-hop headers, both directions | protocol upgrades (WebSocket) keep `Upgrade` on their routes |
-//! | [`redact`] | credentials never logged from an upstream's answer | |
-//! | this file | target choice, [`Upstream::forward`], masking, readiness probes | balancing, passive health and circuit breakers wrap `pick` and the outcome match in `forward` |
+//! | file | does |
+//! | --- | --- |
+//! | [`config`] | `[[upstreams]]`: targets and weights, balancing, passive and active health, retries |
+//! | [`balance`] | round robin (nginx's smooth weighted schedule) and least-outstanding |
+//! | [`breaker`] | a target's circuit breaker: consecutive failures eject it for a growing cool-down, then one trial |
+//! | [`health`] | each target's breaker and active-check state, kept across reloads; the active check itself |
+//! | [`retry`] | which failures are tried again, and the retry budget |
+//! | [`connect`] | opens a TCP connection to a target |
+//! | [`pool`] | keep-alive HTTP/1.1 connections driven by the request's own task, and the per-target cap (leases) |
+//! | [`http1`] | what an HTTP/1.1 upstream receives (origin form, `Host`, one `Cookie`) |
+//! | [`hop_by_hop`] | hop-by-hop headers, both directions |
+//! | [`redact`] | credentials never logged from an upstream's answer |
+//! | this file | [`Upstream::forward`]: choose, send, judge the outcome, retry or pass on; masking; readiness |
 //!
 //! This module knows nothing of the pipeline: the proxy step hands it the
 //! request and the few facts it needs ([`Forwarding`]).
 
+pub mod balance;
+pub mod breaker;
+pub mod config;
 pub mod connect;
+pub mod health;
 pub mod hop_by_hop;
 pub mod http1;
 pub mod pool;
 pub mod redact;
+pub mod retry;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
-use serde::Deserialize;
 
 use crate::body::{BodyError, GatewayBody};
 use crate::compile::CompileCx;
-use crate::config::ConfigDuration;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use balance::{Balancer, Cursor};
+use breaker::{Admission, BreakerSettings};
+pub use config::{Balance, Readiness, TargetConfig, UpstreamConfig};
 use connect::Address;
+use health::{TargetHealth, TargetRegistry};
 pub use hop_by_hop::strip_hop_by_hop;
-use pool::{Limits, SendError, TargetPool, UpstreamBody};
+use pool::{Failed, Lease, Limits, SendError, TargetPool, UpstreamBody};
 pub use redact::Credentials;
+use retry::RetryPolicy;
 
 /// How much of a masked upstream error body is kept for the log.
 const MASKED_BODY_LOG_LIMIT: usize = 8 * 1024;
-
-/// Whether a failing upstream makes the gateway unready.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Readiness {
-    /// Reported in `/readyz` and in metrics; the gateway stays ready (its
-    /// other routes still work).
-    #[default]
-    Report,
-    /// `/readyz` answers 503 while no target of this upstream is reachable.
-    Require,
-}
-
-/// `[[upstreams]]`: a named group of backend targets.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    pub name: String,
-    /// The backend's OpenAPI document: every route to this upstream
-    /// validates requests by it (a route's `validate.openapi` wins).
-    pub openapi: Option<crate::stage::validate::openapi::OpenApiConfig>,
-    /// `http://host:port` base URLs, used round-robin.
-    pub targets: Vec<String>,
-    /// Time to establish a TCP connection to a target.
-    #[serde(default = "UpstreamConfig::default_connect_timeout")]
-    pub connect_timeout: ConfigDuration,
-    /// Time from sending the request until the response head arrives.
-    #[serde(default = "UpstreamConfig::default_timeout")]
-    pub timeout: ConfigDuration,
-    /// How long an idle pooled connection is kept.
-    #[serde(default = "UpstreamConfig::default_idle_timeout")]
-    pub idle_timeout: ConfigDuration,
-    /// Idle pooled connections kept per target.
-    #[serde(default = "UpstreamConfig::default_max_idle")]
-    pub max_idle_connections: usize,
-    /// Send the client's `Host` upstream instead of the target's authority.
-    #[serde(default)]
-    pub preserve_host: bool,
-    /// Whether this upstream being unreachable makes the gateway unready.
-    #[serde(default)]
-    pub readiness: Readiness,
-}
-
-impl UpstreamConfig {
-    fn default_connect_timeout() -> ConfigDuration {
-        ConfigDuration(Duration::from_secs(5))
-    }
-    fn default_timeout() -> ConfigDuration {
-        ConfigDuration(Duration::from_secs(30))
-    }
-    fn default_idle_timeout() -> ConfigDuration {
-        ConfigDuration(Duration::from_secs(90))
-    }
-    fn default_max_idle() -> usize {
-        256
-    }
-}
 
 /// A compiled `[[upstreams]]` entry with its connection pools.
 pub struct Upstream {
     pub name: String,
     targets: Vec<Target>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    breaker: BreakerSettings,
+    /// Statuses that count as a target's failure (`passive_health`).
+    failure_statuses: Box<[u16]>,
+    retry: RetryPolicy,
+    queue_timeout: Duration,
+    health_check: Option<config::HealthCheckConfig>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     preserve_host: bool,
@@ -117,9 +76,12 @@ pub struct Upstream {
 }
 
 struct Target {
+    /// `host:port`, as metrics and logs name the target.
+    label: String,
     /// The `Host` header sent unless `preserve_host` is set.
     host: HeaderValue,
     pool: Arc<TargetPool>,
+    health: Arc<TargetHealth>,
 }
 
 /// What the proxy step hands over with a request.
@@ -130,6 +92,8 @@ pub struct Forwarding<'a> {
     /// The credentials the request carried (the gateway adds the
     /// `Authorization` and `Cookie` lines it forwards).
     pub credentials: &'a mut Credentials,
+    /// The route lets non-idempotent requests be retried.
+    pub retry_non_idempotent: bool,
 }
 
 /// The upstream's response head, with its body still streaming.
@@ -137,6 +101,37 @@ pub struct Forwarded {
     pub response: Response<GatewayBody>,
     /// From sending the request to the response head.
     pub elapsed: Duration,
+}
+
+/// A target chosen for one try, with its lease.
+struct Choice {
+    index: usize,
+    admission: Admission,
+    lease: Lease,
+}
+
+/// Why no target could take a request now.
+enum NoTarget {
+    /// Every target is ejected or failing its checks; one may be back in
+    /// about this long.
+    Down { retry_in_ms: u64 },
+    /// Every usable target is at `max_connections`; this one is the first
+    /// choice to wait for.
+    Full { index: usize, admission: Admission },
+}
+
+/// How one try ended.
+enum Attempt {
+    /// A response head to pass on.
+    Answered(Response<UpstreamBody>, Duration),
+    /// A response with a status the retries name.
+    RetryStatus(Response<UpstreamBody>, Duration),
+    /// No response head: the error, and the request when it was never
+    /// written (so any method may go to another target).
+    Failed(GatewayError, Option<Request<GatewayBody>>),
+    TimedOut(GatewayError),
+    /// Not the target's fault (the client's body broke): never retried.
+    Fatal(GatewayError),
 }
 
 /// Compiles every `[[upstreams]]` entry.
@@ -155,10 +150,19 @@ pub fn compile_all(cx: &mut CompileCx<'_>) -> Vec<Arc<Upstream>> {
                 format!("another upstream is already named `{}`", u.name),
             );
         }
-        if u.timeout.0.is_zero() || u.connect_timeout.0.is_zero() {
-            cx.problems.at(&key, "timeouts must be more than zero");
+        let problems = u.problems();
+        for (at, problem) in &problems {
+            cx.problems.at(&format!("{key}.{at}"), problem);
         }
-        match Upstream::new(u, config.environment.is_production(), metrics) {
+        if !problems.is_empty() {
+            continue;
+        }
+        match Upstream::new(
+            u,
+            config.environment.is_production(),
+            metrics,
+            &cx.runtime.targets,
+        ) {
             Ok(upstream) => out.push(Arc::new(upstream)),
             Err(why) => {
                 for w in why {
@@ -172,7 +176,12 @@ pub fn compile_all(cx: &mut CompileCx<'_>) -> Vec<Arc<Upstream>> {
 
 impl Upstream {
     /// Builds an upstream; returns the problems with its targets on failure.
-    pub fn new(config: &UpstreamConfig, mask_errors: bool, metrics: &Metrics) -> Result<Self, Vec<String>> {
+    pub fn new(
+        config: &UpstreamConfig,
+        mask_errors: bool,
+        metrics: &Metrics,
+        registry: &TargetRegistry,
+    ) -> Result<Self, Vec<String>> {
         let mut targets = Vec::new();
         let mut problems = Vec::new();
         if config.targets.is_empty() {
@@ -182,12 +191,16 @@ impl Upstream {
             connect_timeout: config.connect_timeout.0,
             idle_timeout: config.idle_timeout.0,
             max_idle: config.max_idle_connections,
+            max_connections: config.max_connections,
         };
-        for text in &config.targets {
-            match parse_target(text) {
+        for target in &config.targets {
+            match parse_target(target.url()) {
                 Ok((address, host)) => {
-                    let reachable = metrics.upstream_reachable(&config.name, &address.to_string());
+                    let label = address.to_string();
+                    let reachable = metrics.upstream_reachable(&config.name, &label);
                     targets.push(Target {
+                        health: registry.get(metrics, &config.name, target.url(), &label),
+                        label,
                         host,
                         pool: Arc::new(TargetPool::new(address, limits, reachable)),
                     })
@@ -198,10 +211,22 @@ impl Upstream {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let weights: Vec<u32> = config.targets.iter().map(TargetConfig::weight).collect();
+        let passive = &config.passive_health;
         Ok(Upstream {
             name: config.name.clone(),
             targets,
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(config.balance, &weights),
+            breaker: BreakerSettings {
+                max_failures: passive.max_failures,
+                ejection: passive.ejection.0,
+                max_ejection: passive.max_ejection.0,
+                trial_window: config.connect_timeout.0 + config.timeout.0,
+            },
+            failure_statuses: passive.failure_statuses.clone().into(),
+            retry: RetryPolicy::new(&config.retries),
+            queue_timeout: config.queue_timeout.0,
+            health_check: config.health_check.clone(),
             timeout: config.timeout.0,
             connect_timeout: config.connect_timeout.0,
             preserve_host: config.preserve_host,
@@ -214,26 +239,34 @@ impl Upstream {
     /// An upstream named `app` with one target, for unit tests.
     #[cfg(test)]
     pub fn for_test(target: &str, metrics: &Metrics) -> Upstream {
-        let config = UpstreamConfig {
-            name: "app".into(),
-            openapi: None,
-            targets: vec![target.into()],
-            connect_timeout: UpstreamConfig::default_connect_timeout(),
-            timeout: UpstreamConfig::default_timeout(),
-            idle_timeout: UpstreamConfig::default_idle_timeout(),
-            max_idle_connections: 8,
-            preserve_host: false,
-            readiness: Readiness::Report,
-        };
-        Upstream::new(&config, false, metrics).expect("a valid test target")
+        let mut config = UpstreamConfig::with_targets("app", &[target]);
+        config.max_idle_connections = 8;
+        Upstream::new(&config, false, metrics, &TargetRegistry::default()).expect("a valid test target")
     }
 
-    fn pick(&self) -> &Target {
-        if self.targets.len() == 1 {
-            return &self.targets[0];
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
+    /// Starts this upstream's active health checks, if it has any; they
+    /// stop when the upstream is dropped (its policy replaced).
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let Some(check) = &self.health_check else { return };
+        health::spawn_checks(
+            Arc::downgrade(self),
+            check.interval.0,
+            |upstream: Arc<Upstream>| async move { upstream.check_targets().await },
+        );
+    }
+
+    async fn check_targets(&self) {
+        let Some(check) = &self.health_check else { return };
+        let checks = self.targets.iter().map(|target| async move {
+            let result = health::check_once(target.pool.address(), &target.host, check).await;
+            let (passed, detail) = match &result {
+                Ok(status) => (check.passes(*status), format!("status {status}")),
+                Err(why) => (false, why.clone()),
+            };
+            target.pool.note_reachable(result.is_ok());
+            target.health.observe(passed, check, &detail);
+        });
+        futures_util::future::join_all(checks).await;
     }
 
     /// Idle pooled connections over all targets (for tests and diagnostics).
@@ -241,53 +274,150 @@ impl Upstream {
         self.targets.iter().map(|t| t.pool.idle_count()).sum()
     }
 
-    /// Whether at least one target accepts a TCP connection within the
-    /// connect timeout (capped at 2 s), for `/readyz`; each target's
+    /// A target for one try: the balancer's choice among those not in
+    /// `tried` that are healthy, not ejected and not full; when every such
+    /// target was tried, any that qualifies.
+    fn choose(&self, tried: u64) -> Result<Choice, NoTarget> {
+        match self.walk(tried) {
+            Err(NoTarget::Down { .. }) if tried != 0 => self.walk(0),
+            other => other,
+        }
+    }
+
+    fn walk(&self, skip: u64) -> Result<Choice, NoTarget> {
+        let mut cursor = Cursor::default();
+        let mut full = None;
+        let mut retry_in_ms = u64::MAX;
+        let in_flight = |i: usize| self.targets[i].pool.in_flight();
+        while let Some(index) = self.balancer.next(&mut cursor, skip, in_flight) {
+            let target = &self.targets[index];
+            if !target.health.is_healthy() {
+                let interval = self
+                    .health_check
+                    .as_ref()
+                    .map_or(1000, |c| c.interval.0.as_millis() as u64);
+                retry_in_ms = retry_in_ms.min(interval);
+                continue;
+            }
+            match target.health.breaker.admit(&self.breaker) {
+                Admission::Refused { retry_in_ms: r } => retry_in_ms = retry_in_ms.min(r),
+                admission => match target.pool.try_lease() {
+                    Some(lease) => {
+                        return Ok(Choice {
+                            index,
+                            admission,
+                            lease,
+                        });
+                    }
+                    None => {
+                        full.get_or_insert((index, admission));
+                    }
+                },
+            }
+        }
+        Err(match full {
+            Some((index, admission)) => NoTarget::Full { index, admission },
+            None => NoTarget::Down { retry_in_ms },
+        })
+    }
+
+    /// A choice, waiting up to `queue_timeout` when every target is full.
+    async fn choice(&self, tried: u64) -> Result<Choice, GatewayError> {
+        match self.choose(tried) {
+            Ok(choice) => Ok(choice),
+            Err(NoTarget::Down { retry_in_ms }) => {
+                self.metrics.record_unavailable();
+                Err(GatewayError::UpstreamUnavailable {
+                    upstream: self.name.clone(),
+                    retry_after_secs: retry_in_ms.div_ceil(1000).clamp(1, 3600),
+                })
+            }
+            Err(NoTarget::Full { index, admission }) => {
+                let pool = &self.targets[index].pool;
+                match Box::pin(pool.lease_within(self.queue_timeout)).await {
+                    Some(lease) => Ok(Choice {
+                        index,
+                        admission,
+                        lease,
+                    }),
+                    None => {
+                        self.metrics.record_busy();
+                        Err(GatewayError::UpstreamBusy {
+                            upstream: self.name.clone(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each target's state for `/readyz`, and whether at least one accepts
+    /// a TCP connection within the connect timeout (capped at 2 s) and is
+    /// neither ejected nor failing its checks. Each target's
     /// `portcullis_upstream_reachable` gauge is updated on the way.
-    pub async fn probe(&self) -> Result<(), String> {
+    pub async fn probe(&self) -> (Result<(), String>, Vec<serde_json::Value>) {
         let limit = self.connect_timeout.min(Duration::from_secs(2));
+        let probes = self.targets.iter().map(|target| async move {
+            let addr = target.pool.address();
+            let connected = match tokio::time::timeout(limit, addr.connect()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                Err(_) => Err(format!("{addr}: connect timed out")),
+            };
+            target.pool.note_reachable(connected.is_ok());
+            connected
+        });
+        let results = futures_util::future::join_all(probes).await;
         let mut last = String::new();
         let mut any = false;
-        for target in &self.targets {
-            let addr = target.pool.address();
-            let reachable = match tokio::time::timeout(limit, addr.connect()).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => {
-                    last = format!("{addr}: {e}");
-                    false
-                }
-                Err(_) => {
-                    last = format!("{addr}: connect timed out");
-                    false
-                }
-            };
-            target.pool.note_reachable(reachable);
-            any |= reachable;
+        let mut states = Vec::with_capacity(self.targets.len());
+        for (target, connected) in self.targets.iter().zip(results) {
+            let breaker = target.health.breaker.state();
+            let usable = connected.is_ok() && target.health.is_healthy() && breaker != breaker::State::Open;
+            match &connected {
+                Err(why) => last.clone_from(why),
+                Ok(()) if !usable => last = format!("{}: ejected or failing its health check", target.label),
+                Ok(()) => {}
+            }
+            any |= usable;
+            states.push(serde_json::json!({
+                "target": target.label,
+                "reachable": connected.is_ok(),
+                "breaker": breaker.as_str(),
+                "health_check": target.health.check_state(),
+                "in_flight": target.pool.in_flight(),
+            }));
         }
-        if any { Ok(()) } else { Err(last) }
+        (if any { Ok(()) } else { Err(last) }, states)
     }
 
     /// Opens a new connection to a target for a protocol upgrade (a
     /// WebSocket), with `req` made ready for that target (`Host`, origin
-    /// form). Upgraded connections are never pooled.
+    /// form). Upgraded connections are never pooled, and not counted in
+    /// `max_connections` (WebSocket routes have caps of their own).
     pub async fn connect_for_upgrade(
         &self,
         req: &mut Request<GatewayBody>,
         path: Option<&str>,
     ) -> Result<tokio::net::TcpStream, GatewayError> {
-        let target = self.pick();
+        // The lease only serves the choice; the connection is not counted.
+        let choice = self.choice(0).await?;
+        drop(choice.lease);
+        let target = &self.targets[choice.index];
         http1::prepare(req, &target.host, self.preserve_host, path)?;
         let address = target.pool.address();
         match tokio::time::timeout(self.connect_timeout, address.connect()).await {
             Ok(Ok(stream)) => {
                 target.pool.note_reachable(true);
+                target.health.breaker.succeeded(choice.admission);
                 Ok(stream)
             }
             failed => {
                 target.pool.note_reachable(false);
+                target.health.breaker.failed(choice.admission, &self.breaker);
                 self.metrics.record_unreachable();
                 if let Ok(Err(error)) = failed {
-                    tracing::warn!(upstream = %self.name, target = %address, %error, "cannot connect for a WebSocket");
+                    tracing::warn!(upstream = %self.name, backend = %address, %error, "cannot connect for a WebSocket");
                 }
                 Err(GatewayError::UpstreamUnreachable {
                     upstream: self.name.clone(),
@@ -301,35 +431,118 @@ impl Upstream {
         self.metrics.record_protocol_error();
     }
 
-    /// Sends the request to a target and returns its response head with
-    /// the body still streaming.
+    /// Sends the request to a target, trying again where [`retry`] allows,
+    /// and returns the final response head with the body still streaming.
     pub async fn forward(
         &self,
         mut req: Request<GatewayBody>,
         forwarding: Forwarding<'_>,
     ) -> Result<Forwarded, GatewayError> {
-        let target = self.pick();
-        http1::prepare(&mut req, &target.host, self.preserve_host, forwarding.path)?;
-        if self.mask_errors {
-            forwarding.credentials.add_from(req.headers());
+        self.retry.deposit();
+        let mut tried = 0u64;
+        let mut retries = 0;
+        loop {
+            let choice = self.choice(tried).await?;
+            tried |= 1 << choice.index;
+            let target = &self.targets[choice.index];
+            http1::prepare(&mut req, &target.host, self.preserve_host, forwarding.path)?;
+            if retries == 0 && self.mask_errors {
+                forwarding.credentials.add_from(req.headers());
+            }
+            let spare = if retries < self.retry.attempts {
+                self.retry.spare(&req, forwarding.retry_non_idempotent)
+            } else {
+                None
+            };
+            let attempt = self.attempt(target, choice, req, forwarding.request_id).await;
+            let again = match &attempt {
+                Attempt::Answered(..) | Attempt::Fatal(_) => None,
+                Attempt::RetryStatus(..) => spare,
+                Attempt::TimedOut(_) => spare.filter(|_| self.retry.on_timeout),
+                Attempt::Failed(..) => spare,
+            };
+            let (again, attempt) = match attempt {
+                // Never written: the request itself can go again, whatever its method.
+                Attempt::Failed(error, Some(unsent)) => (Some(unsent), Attempt::Failed(error, None)),
+                other => (again, other),
+            };
+            if let Some(next) = again
+                && retries < self.retry.attempts
+            {
+                if self.retry.withdraw() {
+                    retries += 1;
+                    self.metrics.record_retry(true);
+                    tracing::debug!(request_id = forwarding.request_id, upstream = %self.name, backend = %target.label, "retrying on another target");
+                    req = next;
+                    continue;
+                }
+                self.metrics.record_retry(false);
+            }
+            return match attempt {
+                Attempt::Answered(response, elapsed) | Attempt::RetryStatus(response, elapsed) => {
+                    self.pass_on(response, elapsed, &forwarding).await
+                }
+                Attempt::Failed(error, _) | Attempt::TimedOut(error) | Attempt::Fatal(error) => Err(error),
+            };
         }
+    }
+
+    /// One try on one target, with the breaker told how it went.
+    async fn attempt(
+        &self,
+        target: &Target,
+        choice: Choice,
+        req: Request<GatewayBody>,
+        request_id: &str,
+    ) -> Attempt {
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent) + self.timeout;
-        let result = tokio::time::timeout_at(deadline, target.pool.send(req)).await;
-        let response = match result {
+        let breaker = &target.health.breaker;
+        match tokio::time::timeout_at(deadline, choice.lease.send(req)).await {
             Err(_) => {
+                breaker.failed(choice.admission, &self.breaker);
                 self.metrics.record_timeout();
-                return Err(GatewayError::UpstreamTimeout {
+                Attempt::TimedOut(GatewayError::UpstreamTimeout {
                     upstream: self.name.clone(),
                     timeout_ms: self.timeout.as_millis(),
-                });
+                })
             }
-            Ok(Err(error)) => return Err(self.send_failed(&error, forwarding.request_id)),
-            Ok(Ok(response)) => response,
-        };
-        let elapsed = sent.elapsed();
-        self.metrics.record_response(elapsed);
+            Ok(Err(failed)) => match self.send_failed(&failed, target, request_id) {
+                Some(error) => Attempt::Fatal(error),
+                None => {
+                    breaker.failed(choice.admission, &self.breaker);
+                    let error = GatewayError::UpstreamUnreachable {
+                        upstream: self.name.clone(),
+                    };
+                    Attempt::Failed(error, failed.unsent)
+                }
+            },
+            Ok(Ok(response)) => {
+                let elapsed = sent.elapsed();
+                self.metrics.record_response(elapsed);
+                let status = response.status().as_u16();
+                if self.failure_statuses.contains(&status) {
+                    breaker.failed(choice.admission, &self.breaker);
+                } else {
+                    breaker.succeeded(choice.admission);
+                }
+                if self.retry.retries_status(status) {
+                    Attempt::RetryStatus(response, elapsed)
+                } else {
+                    Attempt::Answered(response, elapsed)
+                }
+            }
+        }
+    }
 
+    /// The final response head, checked, stripped and (5xx in production)
+    /// masked.
+    async fn pass_on(
+        &self,
+        response: Response<UpstreamBody>,
+        elapsed: Duration,
+        forwarding: &Forwarding<'_>,
+    ) -> Result<Forwarded, GatewayError> {
         let (mut head, body) = response.into_parts();
         if head.status.is_informational() {
             // A protocol switch nobody asked for (the gateway strips
@@ -349,7 +562,7 @@ impl Upstream {
         strip_hop_by_hop(&mut head.headers);
         // 5xx, and the nonstandard 6xx-9xx some servers invent for errors too.
         if head.status.as_u16() >= 500 && self.mask_errors {
-            return Err(self.mask(&forwarding, head, body).await);
+            return Err(self.mask(forwarding, head, body).await);
         }
         Ok(Forwarded {
             response: Response::from_parts(head, GatewayBody::Upstream(body)),
@@ -357,28 +570,31 @@ impl Upstream {
         })
     }
 
-    /// The error for a request that got no response head.
-    fn send_failed(&self, error: &SendError, request_id: &str) -> GatewayError {
+    /// The error for a request that got no response head when the client's
+    /// own body is why; `None` when it is the target's failure (logged).
+    fn send_failed(&self, failed: &Failed, target: &Target, request_id: &str) -> Option<GatewayError> {
+        let error: &SendError = &failed.error;
         if let Some(limit) = body_too_large(error) {
             // The client's body went past its limit while streaming; the
             // upstream saw an aborted request.
-            return GatewayError::PayloadTooLarge { limit };
+            return Some(GatewayError::PayloadTooLarge { limit });
         }
         if caused_by_client_body(error) {
             // The client's body broke off or was malformed mid-stream; the
             // upstream saw an aborted request, never a reframed one.
-            return GatewayError::malformed("the request body was malformed or incomplete");
+            return Some(GatewayError::malformed(
+                "the request body was malformed or incomplete",
+            ));
         }
         self.metrics.record_unreachable();
         tracing::warn!(
             request_id,
             upstream = %self.name,
+            backend = %target.label,
             error = %error_chain(error),
             "upstream request failed"
         );
-        GatewayError::UpstreamUnreachable {
-            upstream: self.name.clone(),
-        }
+        None
     }
 
     /// Replaces an upstream 5xx with a problem document (status kept), after

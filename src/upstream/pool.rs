@@ -40,6 +40,16 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// Requests in flight at most (each holds one connection).
+    pub max_connections: usize,
+}
+
+/// A request that got no response head: why, and the request itself when
+/// it was never written (so it may go to another target).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: SendError,
+    pub unsent: Option<Request<GatewayBody>>,
 }
 
 /// Why no response head came back.
@@ -136,8 +146,88 @@ pub struct TargetPool {
     limits: Limits,
     builder: http1::Builder,
     idle: Mutex<IdleList>,
+    /// One permit per request that may be in flight.
+    permits: tokio::sync::Semaphore,
     /// 1 when the last connection attempt succeeded, 0 when it failed.
     reachable: prometheus::IntGauge,
+}
+
+/// The right to one request in flight to a target; given back when the
+/// response body ends or is dropped (or when the request fails).
+pub struct Lease {
+    pool: Arc<TargetPool>,
+    held: bool,
+}
+
+impl Lease {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.pool.permits.add_permits(1);
+        }
+    }
+
+    /// Sends `req` on a pooled or new connection and returns the response
+    /// head; the body streams from the connection as it is polled, and
+    /// keeps the lease until it ends.
+    pub async fn send(self, req: Request<GatewayBody>) -> Result<Response<UpstreamBody>, Failed> {
+        let (conn, reused) = match self.pool.checkout() {
+            Some(conn) => (conn, true),
+            // Boxed, as is the retry below: both are rare, and inline they
+            // would make every request's future larger and costlier to move.
+            None => match Box::pin(self.pool.connect()).await {
+                Ok(conn) => (conn, false),
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        unsent: Some(req),
+                    });
+                }
+            },
+        };
+        let mut slot = Some(conn);
+        match round_trip(&mut slot, req).await {
+            Ok(response) => Ok(stream(response, slot, self)),
+            Err(mut error) => match error.take_message() {
+                // The upstream closed the pooled connection just before it
+                // was used (checkout saw no EOF yet). The request was never
+                // written, so sending it again on a new connection is safe.
+                Some(req) if reused => Box::pin(self.send_on_new_connection(req)).await,
+                unsent => Err(Failed {
+                    error: SendError::Http(error.into_error()),
+                    unsent,
+                }),
+            },
+        }
+    }
+
+    async fn send_on_new_connection(
+        self,
+        req: Request<GatewayBody>,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        tracing::debug!("pooled upstream connection was closed; retrying on a new one");
+        let mut slot = match self.pool.connect().await {
+            Ok(conn) => Some(conn),
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
+        match round_trip(&mut slot, req).await {
+            Ok(response) => Ok(stream(response, slot, self)),
+            Err(mut error) => Err(Failed {
+                unsent: error.take_message(),
+                error: SendError::Http(error.into_error()),
+            }),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl TargetPool {
@@ -147,8 +237,40 @@ impl TargetPool {
             limits,
             builder: http1::Builder::new(),
             idle: Mutex::new(IdleList::default()),
+            permits: tokio::sync::Semaphore::new(limits.max_connections),
             reachable,
         }
+    }
+
+    /// A lease if a request may start now.
+    pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
+        let permit = self.permits.try_acquire().ok()?;
+        permit.forget();
+        Some(Lease {
+            pool: self.clone(),
+            held: true,
+        })
+    }
+
+    /// A lease within `wait`, or `None`: waiting requests are served in
+    /// the order they came.
+    pub async fn lease_within(self: &Arc<Self>, wait: Duration) -> Option<Lease> {
+        let permit = tokio::time::timeout(wait, self.permits.acquire())
+            .await
+            .ok()?
+            .ok()?;
+        permit.forget();
+        Some(Lease {
+            pool: self.clone(),
+            held: true,
+        })
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.limits
+            .max_connections
+            .saturating_sub(self.permits.available_permits())
     }
 
     /// Records whether the target accepted a connection just now.
@@ -197,57 +319,6 @@ impl TargetPool {
             .await
             .map_err(SendError::Http)?;
         Ok(Box::new(Conn { sender, conn }))
-    }
-
-    /// Sends `req` on a pooled or new connection and returns the response
-    /// head; the body streams from the connection as it is polled.
-    pub async fn send(
-        self: &Arc<Self>,
-        req: Request<GatewayBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        let (conn, reused) = match self.checkout() {
-            Some(conn) => (conn, true),
-            // Boxed, as is the retry below: both are rare, and inline they
-            // would make every request's future larger and costlier to move.
-            None => (Box::pin(self.connect()).await?, false),
-        };
-        let mut slot = Some(conn);
-        match round_trip(&mut slot, req).await {
-            Ok(response) => Ok(self.stream(response, slot)),
-            Err(mut error) => match error.take_message() {
-                // The upstream closed the pooled connection just before it
-                // was used (checkout saw no EOF yet). The request was never
-                // written, so sending it again on a new connection is safe.
-                Some(req) if reused => Box::pin(self.send_on_new_connection(req)).await,
-                _ => Err(SendError::Http(error.into_error())),
-            },
-        }
-    }
-
-    async fn send_on_new_connection(
-        self: &Arc<Self>,
-        req: Request<GatewayBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        tracing::debug!("pooled upstream connection was closed; retrying on a new one");
-        let mut slot = Some(self.connect().await?);
-        match round_trip(&mut slot, req).await {
-            Ok(response) => Ok(self.stream(response, slot)),
-            Err(error) => Err(SendError::Http(error.into_error())),
-        }
-    }
-
-    /// The response with a body that drives the connection in `slot`, if
-    /// it is still open.
-    fn stream(
-        self: &Arc<Self>,
-        response: Response<Incoming>,
-        slot: Option<Box<Conn>>,
-    ) -> Response<UpstreamBody> {
-        response.map(|body| UpstreamBody {
-            body,
-            conn: slot,
-            pool: self.clone(),
-        })
     }
 
     /// Takes back a connection whose exchange is complete, if it can serve
@@ -300,6 +371,16 @@ impl TargetPool {
         drop(doomed);
         any_left
     }
+}
+
+/// The response with a body that drives the connection in `slot`, if it
+/// is still open, and holds the lease.
+fn stream(response: Response<Incoming>, slot: Option<Box<Conn>>, lease: Lease) -> Response<UpstreamBody> {
+    response.map(|body| UpstreamBody {
+        body,
+        conn: slot,
+        lease,
+    })
 }
 
 /// Runs while a pool has idle connections, and stops with the pool.
@@ -359,14 +440,15 @@ pub struct UpstreamBody {
     body: Incoming,
     /// Present until the body ends (then pooled) or the connection finishes.
     conn: Option<Box<Conn>>,
-    pool: Arc<TargetPool>,
+    lease: Lease,
 }
 
 impl UpstreamBody {
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.release(conn);
+            self.lease.pool.release(conn);
         }
+        self.lease.release();
     }
 }
 
@@ -451,6 +533,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(10),
                 max_idle: 8,
+                max_connections: 8,
             },
             prometheus::IntGauge::new("reachable", "test").unwrap(),
         ))
@@ -507,14 +590,27 @@ mod tests {
             since: Instant::now(),
         });
 
-        let response = pool.send(get()).await.unwrap();
+        let response = pool.try_lease().unwrap().send(get()).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         // The body's end returned the new connection; the stale one is gone.
         assert_eq!(pool.idle_count(), 1);
-        let again = pool.send(get()).await.unwrap();
+        let again = pool.try_lease().unwrap().send(get()).await.unwrap();
         assert_eq!(again.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(pool.idle_count(), 1);
+        assert_eq!(pool.in_flight(), 0, "the ended bodies gave their leases back");
+    }
+
+    #[tokio::test]
+    async fn leases_are_capped_and_come_back_when_the_body_ends() {
+        let addr = closes_the_first_connection().await;
+        let pool = pool(addr);
+        let leases: Vec<Lease> = (0..8).map(|_| pool.try_lease().unwrap()).collect();
+        assert!(pool.try_lease().is_none(), "max_connections reached");
+        assert!(pool.lease_within(Duration::from_millis(20)).await.is_none());
+        drop(leases);
+        assert_eq!(pool.in_flight(), 0);
+        assert!(pool.try_lease().is_some());
     }
 }

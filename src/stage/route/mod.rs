@@ -213,12 +213,9 @@ pub fn compile(cx: &mut CompileCx<'_>, upstreams: &[Arc<Upstream>]) -> (RouteTab
             continue;
         }
         let slots = cx.take_slots(index);
-        let route = Arc::new(Route::new(
-            id.clone(),
-            upstream,
-            cx.runtime.metrics.for_route(&id),
-            slots,
-        ));
+        let mut route = Route::new(id.clone(), upstream, cx.runtime.metrics.for_route(&id), slots);
+        route.retry_non_idempotent = route_config.retry_non_idempotent;
+        let route = Arc::new(route);
         let mut entry = Entry {
             route,
             methods,
