@@ -28,8 +28,10 @@ pub mod server;
 pub mod sessions;
 pub mod stage;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 pub mod users;
 pub mod websocket;
+pub mod x509;
 
 pub use server::{Gateway, StartError};

@@ -4,10 +4,11 @@
 //! tap, HTTP/1.1 and HTTP/2 (prior knowledge) on one port, and a drain on
 //! shutdown.
 //!
-//! [`Listener`] is the seam TLS implements: `accept` hands over a raw
-//! stream at once, and `establish` (run in the connection's own task, under
-//! the header read timeout) turns it into what HTTP runs over. For plain TCP
-//! that is the stream itself.
+//! [`Listener`] is the seam TLS implements ([`crate::tls::TlsListener`]):
+//! `accept` hands over a raw stream at once, and `establish` (run in the
+//! connection's own task, under the header read timeout and, for TLS, the
+//! handshake timeout) turns it into what HTTP runs over. For plain TCP that
+//! is the stream itself.
 
 use std::future::Future;
 use std::io;
@@ -45,6 +46,12 @@ pub trait Listener: Send + 'static {
 
     /// Makes an accepted stream ready for HTTP (a TLS handshake, say).
     fn establish(&self, stream: Self::Stream) -> impl Future<Output = io::Result<Self::Io>> + Send + 'static;
+
+    /// What `establish` learnt that requests should know (TLS: the name
+    /// asked for, the client's certificate); `None` for plain TCP.
+    fn describe(_io: &Self::Io) -> Option<crate::tls::TlsInfo> {
+        None
+    }
 }
 
 /// Plain TCP.
@@ -197,6 +204,9 @@ pub async fn serve<L, F, S, B>(
         let slot = ListenerSlot::new(permit, open.clone());
         tokio::spawn(async move {
             if let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await {
+                if let Some(info) = L::describe(&io) {
+                    conn.set_tls(info);
+                }
                 let io = TokioIo::new(Tapped::new(io, conn.clone()));
                 let connection = builder.serve_connection_with_upgrades(io, service);
                 if let Some(Err(error)) =

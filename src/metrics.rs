@@ -47,8 +47,8 @@ pub struct Metrics {
 /// (no label lookup on the request path), failures by reason.
 #[derive(Clone)]
 pub struct AuthMetrics {
-    /// api_key, jwt, session.
-    successes: [IntCounter; 3],
+    /// api_key, jwt, session, mtls.
+    successes: [IntCounter; 4],
     outcomes: IntCounterVec,
 }
 
@@ -56,7 +56,12 @@ impl AuthMetrics {
     fn new(outcomes: IntCounterVec) -> AuthMetrics {
         let success = |method| outcomes.with_label_values(&[method, "success"]);
         AuthMetrics {
-            successes: [success("api_key"), success("jwt"), success("session")],
+            successes: [
+                success("api_key"),
+                success("jwt"),
+                success("session"),
+                success("mtls"),
+            ],
             outcomes,
         }
     }
@@ -67,6 +72,7 @@ impl AuthMetrics {
             Method::ApiKey => 0,
             Method::Jwt => 1,
             Method::Session => 2,
+            Method::Mtls => 3,
         };
         self.successes[i].inc();
     }

@@ -35,6 +35,9 @@ pub struct ServerPolicy {
     /// head that breaks them reaches the request-head stage).
     pub max_head: usize,
     pub max_headers: usize,
+    /// `[server.tls]`, its paths resolved against the config's folder;
+    /// its files were read and found valid.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Resolved secrets.
@@ -231,6 +234,20 @@ fn compile_server(cx: &mut CompileCx<'_>) -> Option<ServerPolicy> {
     // Room for a request line and header section just past the limits, so
     // that they are refused with a problem document rather than by hyper.
     let max_head = (s.max_uri_length.0 + s.max_header_size.0).min(4 << 20) as usize + 4096;
+    let tls = s.tls.as_ref().map(|t| t.resolved(&cx.loaded.base_dir));
+    if let Some(tls) = &tls {
+        let problems = tls.problems();
+        for problem in &problems {
+            cx.problems.at("server.tls", problem);
+        }
+        // Read every file now, so that `check` and a reload report a bad
+        // certificate before it could serve.
+        if problems.is_empty()
+            && let Err(error) = crate::tls::Tls::load(tls)
+        {
+            cx.problems.at("server.tls", error.to_string());
+        }
+    }
     Some(ServerPolicy {
         listen: listen?,
         admin_listen: admin_listen?,
@@ -238,6 +255,7 @@ fn compile_server(cx: &mut CompileCx<'_>) -> Option<ServerPolicy> {
         admin: limits(s.admin_max_connections, false),
         max_head,
         max_headers: (s.max_header_count * 2).max(100),
+        tls,
     })
 }
 

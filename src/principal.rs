@@ -28,6 +28,8 @@ pub enum Method {
     ApiKey,
     Jwt,
     Session,
+    /// A client certificate (mTLS).
+    Mtls,
 }
 
 impl Method {
@@ -36,6 +38,7 @@ impl Method {
             Method::ApiKey => "api_key",
             Method::Jwt => "jwt",
             Method::Session => "session",
+            Method::Mtls => "mtls",
         }
     }
 }
@@ -101,6 +104,25 @@ impl Principal {
             scopes,
             roles: Vec::new(),
             quota,
+            headers,
+        }))
+    }
+
+    /// The principal of a client certificate that names `consumer`.
+    pub fn certificate(consumer: &str, scopes: Vec<String>) -> Principal {
+        let headers = vec![
+            (X_PORTCULLIS_CONSUMER.clone(), header_value(consumer)),
+            (X_PORTCULLIS_SCOPES.clone(), header_value(&scopes.join(" "))),
+        ];
+        Principal(Arc::new(Identity {
+            method: Method::Mtls,
+            consumer: Some(consumer.to_string()),
+            user: None,
+            key_id: None,
+            issuer: None,
+            scopes,
+            roles: Vec::new(),
+            quota: None,
             headers,
         }))
     }

@@ -39,6 +39,9 @@ use crate::store::{Store, StoreError};
 /// What every connection and the admin listener share.
 pub struct Shared {
     pub policy: ArcSwap<Policy>,
+    /// The public listener's TLS, loaded at start; SIGHUP and file changes
+    /// reload its certificates.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     pub metrics: Arc<Metrics>,
     pub runtime: Runtime,
     source: Source,
@@ -58,6 +61,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("Redis is not usable: {0}")]
     Redis(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub struct Gateway {
@@ -160,7 +165,15 @@ impl Gateway {
             source,
         })?;
         policy.start_background();
+        let tls = match &policy.server.tls {
+            Some(config) => Some(crate::tls::Tls::load(config)?),
+            None => None,
+        };
+        if let Some(tls) = &tls {
+            tls.watch();
+        }
         let shared = Arc::new(Shared {
+            tls,
             policy: ArcSwap::from_pointee(policy),
             metrics,
             runtime,
@@ -178,6 +191,7 @@ impl Gateway {
         tracing::info!(
             public = %public_addr,
             admin = %admin_addr,
+            tls = shared.tls.is_some(),
             environment = shared.policy.load().environment.as_str(),
             "portcullis is listening"
         );
@@ -240,6 +254,16 @@ impl Gateway {
 impl Shared {
     pub fn reload(&self) -> Result<(), ConfigErrors> {
         let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Certificates are files the config names: reloaded whatever the
+        // config's fate, so a renewed certificate never waits on a typo.
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "TLS certificates not reloaded; the previous ones keep serving")
+                }
+            }
+        }
         let env = crate::config::load::config_env_vars();
         let result = load::load(&self.source, &env).and_then(|loaded| compile(&loaded, &self.runtime));
         match result {
@@ -254,6 +278,7 @@ impl Shared {
                     || new.public.timeouts.idle != old.public.timeouts.idle
                     || new.max_head != old.max_head
                     || new.max_headers != old.max_headers
+                    || new.tls != old.tls
                 {
                     tracing::warn!("listener settings changed; they take effect after a restart");
                 }
@@ -306,20 +331,19 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watc
             );
         }
     };
+    let tls = shared.tls.clone();
     let service = move |connection: Arc<Connection>| {
         let shared = shared.clone();
         service_fn(move |req| handle(shared.clone(), connection.clone(), req))
     };
-    listener::serve(
-        Plain(listener),
-        server.public,
-        builder,
-        service,
-        refused,
-        shutdown,
-        open,
-    )
-    .await;
+    let limits = server.public;
+    match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener { tcp: listener, tls };
+            listener::serve(listener, limits, builder, service, refused, shutdown, open).await
+        }
+        None => listener::serve(Plain(listener), limits, builder, service, refused, shutdown, open).await,
+    }
 }
 
 /// Runs one request through the pipeline; its log line is written exactly

@@ -149,6 +149,8 @@ pub struct ServerConfig {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(default = "ServerConfig::default_drain_timeout")]
     pub drain_timeout: ConfigDuration,
+    /// TLS on the public listener.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl ServerConfig {
@@ -207,6 +209,7 @@ impl Default for ServerConfig {
             hosts: Vec::new(),
             max_body: Self::default_max_body(),
             drain_timeout: Self::default_drain_timeout(),
+            tls: None,
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct Connection {
     /// What must live as long as the connection once HTTP is done with it
     /// (the listener's slot under `max_connections`).
     held: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// What the TLS handshake established, on a TLS listener.
+    tls: std::sync::OnceLock<crate::tls::TlsInfo>,
 }
 
 /// What the watchdog should do next.
@@ -101,7 +103,22 @@ impl Connection {
             head_started_ms: AtomicU64::new(NEVER),
             upgraded: AtomicBool::new(false),
             held: std::sync::Mutex::new(None),
+            tls: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the handshake's facts (once, before any request is served).
+    pub fn set_tls(&self, info: crate::tls::TlsInfo) {
+        let _ = self.tls.set(info);
+    }
+
+    /// The handshake's facts, on a TLS listener.
+    pub fn tls(&self) -> Option<&crate::tls::TlsInfo> {
+        self.tls.get()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.get().is_some()
     }
 
     /// Marks the connection as switching protocols: whatever takes the

@@ -7,6 +7,7 @@ pub mod clamav;
 pub mod h2;
 pub mod jwt;
 pub mod oidc;
+pub mod tls;
 pub mod ws;
 
 use std::convert::Infallible;

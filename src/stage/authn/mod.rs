@@ -19,6 +19,7 @@ pub mod api_key;
 pub mod failure_limit;
 pub mod jwt;
 mod jwt_method;
+pub mod mtls_method;
 mod session_method;
 
 use std::sync::Arc;
@@ -118,6 +119,9 @@ pub struct AuthConfig {
     /// `[[auth.oidc]]`: identity providers people log in with (sessions).
     #[serde(default)]
     pub oidc: Vec<crate::oidc::OidcProviderConfig>,
+    /// `[auth.mtls]`: which name of a client certificate is the consumer.
+    #[serde(default)]
+    pub mtls: mtls_method::MtlsConfig,
 }
 
 impl AuthConfig {
@@ -133,6 +137,7 @@ impl Default for AuthConfig {
             jwt: Vec::new(),
             jwt_cache_size: Self::default_jwt_cache_size(),
             oidc: Vec::new(),
+            mtls: Default::default(),
         }
     }
 }
@@ -148,11 +153,13 @@ pub enum AuthMethod {
     Jwt,
     /// A login session's cookie.
     Session,
+    /// A client certificate verified by the TLS handshake.
+    Mtls,
 }
 
 impl AuthMethod {
     /// Methods a route may name, for messages.
-    pub const NAMES: &'static [&'static str] = &["none", "api_key", "jwt", "session"];
+    pub const NAMES: &'static [&'static str] = &["none", "api_key", "jwt", "session", "mtls"];
 
     pub fn parse(name: &str) -> Option<Self> {
         match name {
@@ -160,6 +167,7 @@ impl AuthMethod {
             "api_key" => Some(AuthMethod::ApiKey),
             "jwt" => Some(AuthMethod::Jwt),
             "session" => Some(AuthMethod::Session),
+            "mtls" => Some(AuthMethod::Mtls),
             _ => None,
         }
     }
@@ -254,6 +262,7 @@ pub struct AuthnStage {
     api_keys: ApiKeyAuth,
     jwt: Option<Arc<JwtVerifier>>,
     sessions: Option<SessionAuth>,
+    mtls: mtls_method::MtlsAuth,
     failures: Option<FailureLimiter>,
     /// Keep the credentials a request carries for redaction (production,
     /// where upstream error bodies are logged).
@@ -281,10 +290,19 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
     let jwt = jwt_method::compile_issuers(cx).map(Arc::new);
     let sessions = SessionAuth::compile(cx);
     let has_sessions = cx.config.sessions.is_some();
+    let has_client_ca = cx
+        .config
+        .server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some());
     let slot = cx.per_route(|route, problems| {
         let auth = compile_route(route, problems, production, &api_keys, jwt.as_deref());
         if auth.methods.contains(&AuthMethod::Session) && !has_sessions {
             problems.in_route(route, "auth", "\"session\" needs a [sessions] table");
+        }
+        if auth.methods.contains(&AuthMethod::Mtls) && !has_client_ca {
+            problems.in_route(route, "auth", "\"mtls\" needs [server.tls] with a client_ca");
         }
         Some(auth)
     });
@@ -294,6 +312,7 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         api_keys,
         jwt,
         sessions,
+        mtls: mtls_method::MtlsAuth::new(&config.auth.mtls),
         failures,
         redact: production,
         slot,
@@ -397,6 +416,7 @@ fn challenges(methods: &[AuthMethod], api_keys: &ApiKeyAuth) -> (HeaderValue, He
             }
             AuthMethod::Jwt => bearer = true,
             AuthMethod::Session => parts.push("Session realm=\"portcullis\", login=\"/.auth/login\"".into()),
+            AuthMethod::Mtls => {}
             AuthMethod::None => {}
         }
     }
@@ -455,6 +475,29 @@ impl AuthnStage {
                 auth.challenge.clone()
             },
         }
+    }
+
+    /// A request over a connection whose client sent a verified
+    /// certificate; `None` when it sent none.
+    fn mtls_access(&self, cx: &mut RequestCx, auth: &RouteAuth) -> Option<Result<(), GatewayError>> {
+        let connection = cx.connection.clone();
+        let names = connection.tls()?.client.as_ref()?;
+        Some(match self.mtls.identify(names) {
+            Ok(principal) => {
+                self.succeeded(cx, Method::Mtls, principal.consumer().unwrap_or("-"), None);
+                cx.principal = Some(principal);
+                Ok(())
+            }
+            Err(failure) => {
+                let refusal = Refusal {
+                    method: Some(Method::Mtls),
+                    reason: failure.reason(),
+                    detail: failure.detail(),
+                    presented: true,
+                };
+                Err(self.fail(cx, auth, refusal, None, false))
+            }
+        })
     }
 
     /// A success, sampled into the audit log and counted.
@@ -539,6 +582,11 @@ impl Stage for AuthnStage {
                         return self.session_access(cx, auth, req, cookie);
                     }
                 }
+                AuthMethod::Mtls => match self.mtls_access(cx, auth) {
+                    Some(Ok(())) => return Verdict::CONTINUE,
+                    Some(Err(error)) => return Verdict::Ready(Err(error)),
+                    None => {}
+                },
             }
         }
         Verdict::Ready(Err(self.missing(cx, auth)))

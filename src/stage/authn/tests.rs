@@ -11,6 +11,7 @@ fn stage(failures: Option<FailureLimiter>) -> AuthnStage {
         api_keys: ApiKeyAuth::for_test(),
         jwt: None,
         sessions: None,
+        mtls: super::mtls_method::MtlsAuth::new(&Default::default()),
         failures,
         redact: true,
         slot: Slot::new(0),

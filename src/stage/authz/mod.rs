@@ -98,6 +98,7 @@ impl AuthzStage {
             Some(Method::ApiKey) | None => "The API key",
             Some(Method::Jwt) => "The token",
             Some(Method::Session) => "Your session",
+            Some(Method::Mtls) => "The client certificate",
         };
         if !missing.is_empty() {
             self.refused(cx, "missing_scope", &missing);

@@ -136,11 +136,12 @@ impl Stage for ClientIpStage {
         } else {
             peer
         };
-        cx.https = cx.peer_trusted
-            && req
-                .headers()
-                .get("x-forwarded-proto")
-                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        cx.https = cx.connection.is_tls()
+            || cx.peer_trusted
+                && req
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
         Verdict::CONTINUE
     }
 }

@@ -217,8 +217,12 @@ impl Stage for UpstreamHeadersStage {
         // grow the map once.
         headers.reserve(9);
         headers.insert(&X_FORWARDED_FOR, from_proxy.chain.unwrap_or(peer));
-        // The listener is plain HTTP; a TLS listener will say `https` here.
-        let proto = from_proxy.proto.unwrap_or(HeaderValue::from_static("http"));
+        // A trusted proxy's word, else how the client reached this listener.
+        let proto = from_proxy.proto.unwrap_or(if cx.connection.is_tls() {
+            HeaderValue::from_static("https")
+        } else {
+            HeaderValue::from_static("http")
+        });
         headers.insert(&X_FORWARDED_PROTO, proto);
         if let Some(host) = from_proxy.host.or(host) {
             headers.insert(&X_FORWARDED_HOST, host);
