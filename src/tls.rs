@@ -144,10 +144,7 @@ impl BySni {
     fn choose(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let chosen = name.and_then(|name| {
             let name = name.to_ascii_lowercase();
-            let exact = self
-                .certificates
-                .iter()
-                .find(|c| c.names.contains(&name));
+            let exact = self.certificates.iter().find(|c| c.names.contains(&name));
             exact.or_else(|| {
                 let parent = name.split_once('.').map(|(_, rest)| rest)?;
                 self.certificates

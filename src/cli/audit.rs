@@ -138,18 +138,7 @@ fn report(verifier: &Verifier, result: Result<(), portcullis::audit::chain::Brok
 }
 
 async fn verify_store(store: &Store) -> Result<ExitCode> {
-    let mut verifier = Verifier::new();
-    let mut after = i64::MIN;
-    let result = loop {
-        let page = store.audit_after(after, 1000).await?;
-        let Some(last) = page.last() else {
-            break verifier.finish(true);
-        };
-        after = last.seq;
-        if let Err(broken) = page.iter().try_for_each(|e| verifier.check(e)) {
-            break Err(broken);
-        }
-    };
+    let (verifier, result) = portcullis::store::backup::verify_audit(store).await?;
     Ok(report(&verifier, result))
 }
 

@@ -2,6 +2,7 @@
 //! turns the result into output and an exit code. `anyhow` stops here.
 
 mod audit;
+mod backup;
 mod gateway;
 mod identity;
 mod users;
@@ -71,6 +72,12 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Write a consistent copy of the SQLite store to FILE (which must not
+    /// exist), while the gateway keeps serving.
+    Backup { file: PathBuf },
+    /// Replace the SQLite store's contents with a backup's, after checking
+    /// it (integrity, audit chain); restart running gateways afterwards.
+    Restore { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +114,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys { command } => identity::keys(&config, command).await,
         Command::Users { command } => users::run(&config, command).await,
         Command::Audit { command } => audit::run(&config, command).await,
+        Command::Backup { file } => backup::backup(&config, &file).await,
+        Command::Restore { file } => backup::restore(&config, &file).await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! backends and the `Any` driver handle identically.
 
 pub mod audit;
+pub mod backup;
 pub mod consumers;
 pub mod keys;
 pub mod sessions;
