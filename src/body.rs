@@ -23,6 +23,69 @@ pub enum BodyError {
     /// limit were never passed on.
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: u64 },
+    /// A client body arrived slower than the listener's pace allows
+    /// (slow-POST).
+    #[error("the request body arrived too slowly")]
+    TooSlow,
+}
+
+/// How fast a client body must arrive (Apache's `mod_reqtimeout`): within
+/// `timeout` of its first read, extended by a second for every
+/// `min_rate` bytes received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    pub timeout: Duration,
+    /// Bytes per second; 0: no extension, the whole body within `timeout`.
+    pub min_rate: u64,
+}
+
+impl Pace {
+    fn deadline(&self, started: tokio::time::Instant, received: u64) -> tokio::time::Instant {
+        let earned = received
+            .saturating_mul(1000)
+            .checked_div(self.min_rate)
+            .map_or(Duration::ZERO, Duration::from_millis);
+        started + self.timeout + earned
+    }
+}
+
+/// A body's pace check: when it began, and the timer that fires if the
+/// client sends nothing more in time (made on the first wait).
+#[derive(Debug)]
+struct Paced {
+    pace: Pace,
+    started: tokio::time::Instant,
+    received: u64,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Paced {
+    fn new(pace: Pace) -> Paced {
+        Paced {
+            pace,
+            started: tokio::time::Instant::now(),
+            received: 0,
+            timer: None,
+        }
+    }
+
+    /// After `len` more bytes: whether the body is still within its pace.
+    fn received(&mut self, len: u64) -> bool {
+        self.received += len;
+        tokio::time::Instant::now() <= self.pace.deadline(self.started, self.received)
+    }
+
+    /// While waiting for the client: `Ready` when its time is up.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.pace.deadline(self.started, self.received);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
+    }
 }
 
 /// A body streamed from a peer, a fixed buffer, or nothing.
@@ -58,16 +121,18 @@ impl GatewayBody {
         }
     }
 
-    /// Puts a size limit on a client body; other bodies are left as they
-    /// are. `http1`: what the client sends past the limit is read and
-    /// discarded for a while ([`linger`]).
-    pub fn limit(self, limit: u64, http1: bool) -> Self {
+    /// Puts a size limit, and a pace when given, on a client body; other
+    /// bodies are left as they are. `http1`: what the client sends past
+    /// the limit is read and discarded for a while ([`linger`]).
+    pub fn limit(self, limit: u64, http1: bool, pace: Option<Pace>) -> Self {
         match self {
             GatewayBody::Streamed(inner) => GatewayBody::Limited(LimitedBody {
                 inner: Some(inner),
                 remaining: limit,
                 limit,
                 linger_on_excess: http1,
+                paced: pace.map(|pace| Box::new(Paced::new(pace))),
+                too_slow: false,
             }),
             other => other,
         }
@@ -101,6 +166,7 @@ pub async fn buffer(
             Ok(inner) if matches!(*inner, BodyError::TooLarge { .. }) => {
                 return Err(GatewayError::PayloadTooLarge { limit });
             }
+            Ok(inner) if matches!(*inner, BodyError::TooSlow) => return Err(GatewayError::RequestTimeout),
             _ => return Err(GatewayError::bad_request("the request body could not be read")),
         },
     };
@@ -154,21 +220,47 @@ pub struct LimitedBody {
     remaining: u64,
     limit: u64,
     linger_on_excess: bool,
+    /// Boxed: most of the time nobody looks at it, and inline it would
+    /// make every `GatewayBody` (and so every response) larger.
+    paced: Option<Box<Paced>>,
+    /// The pace was missed (and `inner` dropped, which closes an HTTP/1
+    /// connection: the rest of the body is never read).
+    too_slow: bool,
 }
 
 impl LimitedBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
+            return Poll::Ready(Some(Err(if self.too_slow {
+                BodyError::TooSlow
+            } else {
+                BodyError::TooLarge { limit: self.limit }
+            })));
         };
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if let Some(paced) = &mut self.paced
+                    && paced.poll_expired(cx).is_ready()
+                {
+                    self.inner = None;
+                    self.too_slow = true;
+                    return Poll::Ready(Some(Err(BodyError::TooSlow)));
+                }
+                return Poll::Pending;
+            }
         };
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
+            if let Some(paced) = &mut self.paced
+                && !paced.received(len)
+            {
+                self.inner = None;
+                self.too_slow = true;
+                return Poll::Ready(Some(Err(BodyError::TooSlow)));
+            }
             if len > self.remaining {
                 self.remaining = 0;
                 if let Some(inner) = self.inner.take()

@@ -69,6 +69,9 @@ pub enum GatewayError {
         method: http::Method,
         allow: HeaderValue,
     },
+    /// A request body arrived too slowly (slow-POST).
+    #[error("the request body arrived too slowly")]
+    RequestTimeout,
     #[error("the upstream `{upstream}` could not be reached")]
     UpstreamUnreachable { upstream: String },
     #[error("the upstream `{upstream}` did not answer within {timeout_ms} ms")]
@@ -137,7 +140,7 @@ impl GatewayError {
     /// after a request whose framing cannot be trusted, where the next one
     /// starts is unknown.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, GatewayError::Malformed(_))
+        matches!(self, GatewayError::Malformed(_) | GatewayError::RequestTimeout)
     }
 
     pub fn status(&self) -> StatusCode {
@@ -151,6 +154,7 @@ impl GatewayError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
@@ -185,6 +189,7 @@ impl GatewayError {
             | GatewayError::RateLimited { .. }
             | GatewayError::AuthFailuresLimited { .. }
             | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::RequestTimeout
             | GatewayError::UriTooLong { .. }
             | GatewayError::HeadersTooLarge(_)
             | GatewayError::MisdirectedRequest

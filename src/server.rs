@@ -77,6 +77,66 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
 }
 
+/// What the startup line says is running, as text fields.
+struct Summary {
+    /// Route ids, the first 50.
+    routes: String,
+    /// `name(N targets)`.
+    upstreams: String,
+    /// The authentication kinds routes use.
+    auth: String,
+    /// Every stage in the pipeline, in order, and the listener's TLS.
+    protections: String,
+    store: &'static str,
+}
+
+impl Summary {
+    fn of(policy: &Policy, loaded: &LoadedConfig) -> Summary {
+        let mut routes: Vec<&str> = policy.routes.iter().map(|r| &*r.id).take(50).collect();
+        if policy.routes.len() > 50 {
+            routes.push("…");
+        }
+        let upstreams: Vec<String> = policy
+            .upstreams
+            .iter()
+            .map(|u| format!("{}({} targets)", u.name, u.target_count()))
+            .collect();
+        let mut auth: Vec<&str> = Vec::new();
+        for kind in loaded.config.routes.iter().flat_map(|r| r.auth.iter().flatten()) {
+            if !auth.contains(&kind.as_str()) {
+                auth.push(kind);
+            }
+        }
+        let mut protections: Vec<&str> = Vec::new();
+        for (_, stages) in policy.pipeline.describe() {
+            for stage in stages {
+                if !protections.contains(&stage) {
+                    protections.push(stage);
+                }
+            }
+        }
+        if let Some(tls) = &policy.server.tls {
+            protections.push(if tls.client_ca.is_some() {
+                "tls+client_certs"
+            } else {
+                "tls"
+            });
+        }
+        let store = if loaded.config.store.url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        Summary {
+            routes: routes.join(", "),
+            upstreams: upstreams.join(", "),
+            auth: auth.join(", "),
+            protections: protections.join(", "),
+            store,
+        }
+    }
+}
+
 /// Connects the store (migrating it if asked) and Redis, and starts the
 /// audit writer, the key cache and the limiter's background tasks.
 async fn start_services(
@@ -188,11 +248,18 @@ impl Gateway {
         let (shutdown, signal) = watch::channel(false);
         let public_task = tokio::spawn(serve_public(public, shared.clone(), signal.clone()));
         let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), signal));
+        let summary = Summary::of(&shared.policy.load(), &loaded);
         tracing::info!(
             public = %public_addr,
             admin = %admin_addr,
             tls = shared.tls.is_some(),
             environment = shared.policy.load().environment.as_str(),
+            routes = summary.routes,
+            upstreams = summary.upstreams,
+            auth = summary.auth,
+            protections = summary.protections,
+            store = summary.store,
+            redis = loaded.config.redis.is_some(),
             "portcullis is listening"
         );
         Ok(Gateway {

@@ -143,6 +143,14 @@ pub struct ServerConfig {
     /// `*.example.com`); empty serves any valid `Host`.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// A request body must arrive within this of its first read, plus a
+    /// second per `min_upload_rate` bytes received (slow-POST guard);
+    /// `0s` turns the pace off.
+    #[serde(default = "ServerConfig::default_body_read_timeout")]
+    pub body_read_timeout: ConfigDuration,
+    /// Bytes per second a body must keep up, past `body_read_timeout`.
+    #[serde(default = "ServerConfig::default_min_upload_rate")]
+    pub min_upload_rate: ByteSize,
     /// Largest request body of a route without `max_body`.
     #[serde(default = "ServerConfig::default_max_body")]
     pub max_body: ByteSize,
@@ -154,6 +162,12 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    fn default_body_read_timeout() -> ConfigDuration {
+        ConfigDuration(std::time::Duration::from_secs(20))
+    }
+    fn default_min_upload_rate() -> ByteSize {
+        ByteSize(500)
+    }
     fn default_listen() -> String {
         "0.0.0.0:8080".into()
     }
@@ -209,6 +223,8 @@ impl Default for ServerConfig {
             hosts: Vec::new(),
             max_body: Self::default_max_body(),
             drain_timeout: Self::default_drain_timeout(),
+            body_read_timeout: Self::default_body_read_timeout(),
+            min_upload_rate: Self::default_min_upload_rate(),
             tls: None,
         }
     }

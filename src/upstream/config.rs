@@ -267,6 +267,9 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub retries: RetryConfig,
+    /// For `https://` targets: the CA, SNI name, client certificate.
+    #[serde(default)]
+    pub tls: super::connect::UpstreamTlsConfig,
 }
 
 impl UpstreamConfig {
@@ -307,6 +310,7 @@ impl UpstreamConfig {
             passive_health: PassiveHealthConfig::default(),
             health_check: None,
             retries: RetryConfig::default(),
+            tls: Default::default(),
         }
     }
 

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::breaker::Breaker;
 use super::config::HealthCheckConfig;
-use super::connect::Address;
+use super::connect::Endpoint;
 use crate::metrics::Metrics;
 
 /// One target's health, shared by every policy that has the target.
@@ -107,13 +107,13 @@ impl TargetRegistry {
 /// One `GET` of the check path on a connection of its own; `Ok` with the
 /// status, or why there is none.
 pub async fn check_once(
-    address: &Address,
+    endpoint: &Endpoint,
     host: &HeaderValue,
     config: &HealthCheckConfig,
 ) -> Result<u16, String> {
     let exchange = async {
-        let stream = address
-            .connect()
+        let stream = endpoint
+            .open()
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

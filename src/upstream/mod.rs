@@ -45,7 +45,7 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use balance::{Balancer, Cursor};
 use breaker::{Admission, BreakerSettings};
 pub use config::{Balance, Readiness, TargetConfig, UpstreamConfig};
-use connect::Address;
+use connect::{Address, Endpoint, TlsTarget};
 use health::{TargetHealth, TargetRegistry};
 pub use hop_by_hop::strip_hop_by_hop;
 use pool::{Failed, Lease, Limits, SendError, TargetPool, UpstreamBody};
@@ -157,12 +157,8 @@ pub fn compile_all(cx: &mut CompileCx<'_>) -> Vec<Arc<Upstream>> {
         if !problems.is_empty() {
             continue;
         }
-        match Upstream::new(
-            u,
-            config.environment.is_production(),
-            metrics,
-            &cx.runtime.targets,
-        ) {
+        let production = config.environment.is_production();
+        match Upstream::new(u, production, metrics, &cx.runtime.targets, &cx.loaded.base_dir) {
             Ok(upstream) => out.push(Arc::new(upstream)),
             Err(why) => {
                 for w in why {
@@ -181,6 +177,7 @@ impl Upstream {
         mask_errors: bool,
         metrics: &Metrics,
         registry: &TargetRegistry,
+        base_dir: &std::path::Path,
     ) -> Result<Self, Vec<String>> {
         let mut targets = Vec::new();
         let mut problems = Vec::new();
@@ -193,16 +190,38 @@ impl Upstream {
             max_idle: config.max_idle_connections,
             max_connections: config.max_connections,
         };
+        let mut client_tls = None;
         for target in &config.targets {
-            match parse_target(target.url()) {
-                Ok((address, host)) => {
-                    let label = address.to_string();
+            let parsed = parse_target(target.url()).and_then(|parsed| {
+                let tls = match &parsed.tls_name {
+                    None => None,
+                    Some(name) => {
+                        let client = match &client_tls {
+                            Some(client) => Arc::clone(client),
+                            None => {
+                                let made = connect::client_config(&config.tls, base_dir)?;
+                                client_tls.insert(made).clone()
+                            }
+                        };
+                        let name = config.tls.server_name.as_deref().unwrap_or(name);
+                        Some(TlsTarget::new(client, name)?)
+                    }
+                };
+                Ok((parsed, tls))
+            });
+            match parsed {
+                Ok((parsed, tls)) => {
+                    let label = parsed.address.to_string();
                     let reachable = metrics.upstream_reachable(&config.name, &label);
+                    let endpoint = Endpoint {
+                        address: parsed.address,
+                        tls,
+                    };
                     targets.push(Target {
                         health: registry.get(metrics, &config.name, target.url(), &label),
                         label,
-                        host,
-                        pool: Arc::new(TargetPool::new(address, limits, reachable)),
+                        host: parsed.host,
+                        pool: Arc::new(TargetPool::new(endpoint, limits, reachable)),
                     })
                 }
                 Err(why) => problems.push(why),
@@ -241,7 +260,14 @@ impl Upstream {
     pub fn for_test(target: &str, metrics: &Metrics) -> Upstream {
         let mut config = UpstreamConfig::with_targets("app", &[target]);
         config.max_idle_connections = 8;
-        Upstream::new(&config, false, metrics, &TargetRegistry::default()).expect("a valid test target")
+        Upstream::new(
+            &config,
+            false,
+            metrics,
+            &TargetRegistry::default(),
+            std::path::Path::new("."),
+        )
+        .expect("a valid test target")
     }
 
     /// Starts this upstream's active health checks, if it has any; they
@@ -258,7 +284,7 @@ impl Upstream {
     async fn check_targets(&self) {
         let Some(check) = &self.health_check else { return };
         let checks = self.targets.iter().map(|target| async move {
-            let result = health::check_once(target.pool.address(), &target.host, check).await;
+            let result = health::check_once(target.pool.endpoint(), &target.host, check).await;
             let (passed, detail) = match &result {
                 Ok(status) => (check.passes(*status), format!("status {status}")),
                 Err(why) => (false, why.clone()),
@@ -267,6 +293,10 @@ impl Upstream {
             target.health.observe(passed, check, &detail);
         });
         futures_util::future::join_all(checks).await;
+    }
+
+    pub fn target_count(&self) -> usize {
+        self.targets.len()
     }
 
     /// Idle pooled connections over all targets (for tests and diagnostics).
@@ -399,14 +429,14 @@ impl Upstream {
         &self,
         req: &mut Request<GatewayBody>,
         path: Option<&str>,
-    ) -> Result<tokio::net::TcpStream, GatewayError> {
+    ) -> Result<connect::UpstreamStream, GatewayError> {
         // The lease only serves the choice; the connection is not counted.
         let choice = self.choice(0).await?;
         drop(choice.lease);
         let target = &self.targets[choice.index];
         http1::prepare(req, &target.host, self.preserve_host, path)?;
         let address = target.pool.address();
-        match tokio::time::timeout(self.connect_timeout, address.connect()).await {
+        match tokio::time::timeout(self.connect_timeout, target.pool.endpoint().open()).await {
             Ok(Ok(stream)) => {
                 target.pool.note_reachable(true);
                 target.health.breaker.succeeded(choice.admission);
@@ -579,6 +609,9 @@ impl Upstream {
             // upstream saw an aborted request.
             return Some(GatewayError::PayloadTooLarge { limit });
         }
+        if body_too_slow(error) {
+            return Some(GatewayError::RequestTimeout);
+        }
         if caused_by_client_body(error) {
             // The client's body broke off or was malformed mid-stream; the
             // upstream saw an aborted request, never a reframed one.
@@ -653,19 +686,24 @@ fn truncate_at_char(text: &mut String, max: usize) {
     }
 }
 
-fn parse_target(text: &str) -> Result<(Address, HeaderValue), String> {
+/// A target URL taken apart.
+struct ParsedTarget {
+    address: Address,
+    /// Its authority, the `Host` an upstream gets.
+    host: HeaderValue,
+    /// `https://`: the host name (or IP) TLS sends and verifies.
+    tls_name: Option<String>,
+}
+
+fn parse_target(text: &str) -> Result<ParsedTarget, String> {
     let uri: Uri = text
         .parse()
         .map_err(|_| format!("target `{text}` is not a URL such as http://127.0.0.1:8000"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "target `{text}`: https upstreams are not supported yet; use http on a private network"
-            ));
-        }
-        _ => return Err(format!("target `{text}` must start with http://")),
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("target `{text}` must start with http:// or https://")),
+    };
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
         return Err(format!(
             "target `{text}` must not have a path; routes keep the request's path"
@@ -679,7 +717,7 @@ fn parse_target(text: &str) -> Result<(Address, HeaderValue), String> {
     }
     let host = HeaderValue::try_from(authority.as_str())
         .map_err(|_| format!("target `{text}` has an invalid host"))?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let name = authority.host();
     // `[::1]` in a URL is the IP literal `::1`.
     let literal = name
@@ -690,7 +728,11 @@ fn parse_target(text: &str) -> Result<(Address, HeaderValue), String> {
         Ok(ip) => Address::Ip(SocketAddr::new(ip, port)),
         Err(_) => Address::Name(name.to_string(), port),
     };
-    Ok((address, host))
+    Ok(ParsedTarget {
+        address,
+        host,
+        tls_name: https.then(|| literal.to_string()),
+    })
 }
 
 /// The limit a client body went past, if that is why the exchange failed.
@@ -703,6 +745,18 @@ fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
         source = e.source();
     }
     None
+}
+
+/// Whether the client's body missed its pace.
+fn body_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if matches!(e.downcast_ref::<BodyError>(), Some(BodyError::TooSlow)) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether an upstream request failed because the client's own body did:
@@ -747,25 +801,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_must_be_plain_http_base_urls() {
-        assert!(matches!(
-            parse_target("http://127.0.0.1:8000"),
-            Ok((Address::Ip(a), _)) if a == "127.0.0.1:8000".parse().unwrap()
-        ));
-        assert!(matches!(
-            parse_target("http://[::1]:8000"),
-            Ok((Address::Ip(a), _)) if a == "[::1]:8000".parse().unwrap()
-        ));
-        assert!(matches!(
-            parse_target("http://app.internal"),
-            Ok((Address::Name(h, 80), _)) if h == "app.internal"
-        ));
+    fn targets_must_be_http_or_https_base_urls() {
+        let address = |t: &str| parse_target(t).map(|p| (p.address.to_string(), p.tls_name));
+        assert_eq!(
+            address("http://127.0.0.1:8000"),
+            Ok(("127.0.0.1:8000".into(), None))
+        );
+        assert_eq!(address("http://[::1]:8000"), Ok(("[::1]:8000".into(), None)));
+        assert_eq!(
+            address("http://app.internal"),
+            Ok(("app.internal:80".into(), None))
+        );
+        assert_eq!(
+            address("https://app.internal"),
+            Ok(("app.internal:443".into(), Some("app.internal".into())))
+        );
+        assert_eq!(
+            address("https://[::1]:8443"),
+            Ok(("[::1]:8443".into(), Some("::1".into())))
+        );
         for bad in [
             "127.0.0.1:8000",
             "ftp://x",
             "http://127.0.0.1:8000/api",
             "http://user:pw@host",
-            "https://secure",
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }

@@ -23,16 +23,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::connect::{Address, Endpoint, UpstreamStream};
+use crate::body::GatewayBody;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-use super::connect::Address;
-use crate::body::GatewayBody;
 
 /// Pool settings, from `[[upstreams]]`.
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +79,7 @@ impl std::error::Error for SendError {
     }
 }
 
-type Connection = http1::Connection<TokioIo<TcpStream>, GatewayBody>;
+type Connection = http1::Connection<TokioIo<UpstreamStream>, GatewayBody>;
 
 /// One upstream connection: hyper's request handle and the connection
 /// future that does its I/O. Boxed so that handing it between the pool, a
@@ -142,7 +140,7 @@ struct IdleList {
 
 /// The idle connections to one target.
 pub struct TargetPool {
-    address: Address,
+    endpoint: Endpoint,
     limits: Limits,
     builder: http1::Builder,
     idle: Mutex<IdleList>,
@@ -231,9 +229,9 @@ impl Drop for Lease {
 }
 
 impl TargetPool {
-    pub fn new(address: Address, limits: Limits, reachable: prometheus::IntGauge) -> Self {
+    pub fn new(endpoint: Endpoint, limits: Limits, reachable: prometheus::IntGauge) -> Self {
         TargetPool {
-            address,
+            endpoint,
             limits,
             builder: http1::Builder::new(),
             idle: Mutex::new(IdleList::default()),
@@ -279,7 +277,11 @@ impl TargetPool {
     }
 
     pub fn address(&self) -> &Address {
-        &self.address
+        &self.endpoint.address
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     fn idle_list(&self) -> std::sync::MutexGuard<'_, IdleList> {
@@ -306,7 +308,8 @@ impl TargetPool {
     }
 
     async fn connect(&self) -> Result<Box<Conn>, SendError> {
-        let connected = tokio::time::timeout(self.limits.connect_timeout, self.address.connect()).await;
+        // The connect timeout covers the TLS handshake too.
+        let connected = tokio::time::timeout(self.limits.connect_timeout, self.endpoint.open()).await;
         self.note_reachable(matches!(connected, Ok(Ok(_))));
         let stream = match connected {
             Ok(Ok(stream)) => stream,
@@ -528,7 +531,10 @@ mod tests {
 
     fn pool(addr: SocketAddr) -> Arc<TargetPool> {
         Arc::new(TargetPool::new(
-            Address::Ip(addr),
+            Endpoint {
+                address: Address::Ip(addr),
+                tls: None,
+            },
             Limits {
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(10),

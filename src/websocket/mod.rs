@@ -111,7 +111,7 @@ fn upstream_request(
 async fn upstream_handshake(
     route: &Route,
     request: Request<Empty<Bytes>>,
-    stream: tokio::net::TcpStream,
+    stream: crate::upstream::connect::UpstreamStream,
     key: &str,
     offered: &[String],
 ) -> Result<(Option<HeaderValue>, hyper::upgrade::Upgraded), GatewayError> {

@@ -9,6 +9,9 @@
 //!   the limit is never passed on, and the upstream request is aborted, so
 //!   the upstream never sees a complete request. The client gets 413 if no
 //!   response has started.
+//! - Every streamed body also keeps a pace (`[server] body_read_timeout`
+//!   and `min_upload_rate`, Apache's `mod_reqtimeout`): a slow-POST client
+//!   that misses it gets 408 and its connection closed.
 
 use std::sync::Arc;
 
@@ -16,7 +19,7 @@ use http::header::CONTENT_LENGTH;
 use http::{Request, Version};
 use http_body::Body;
 
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, Pace};
 use crate::compile::CompileCx;
 use crate::error::GatewayError;
 use crate::pipeline::{Phases, RequestCx, Route, Slot, Stage, Verdict};
@@ -31,6 +34,8 @@ pub struct MaxBody(u64);
 
 pub struct BodyLimitStage {
     default: u64,
+    /// `None`: `body_read_timeout = "0s"`, no pace.
+    pace: Option<Pace>,
     slot: Slot<MaxBody>,
 }
 
@@ -47,7 +52,12 @@ pub fn compile(cx: &mut CompileCx<'_>) -> Option<Arc<dyn Stage>> {
         }
         Some(MaxBody(limit))
     });
-    Some(Arc::new(BodyLimitStage { default, slot }))
+    let server = &cx.config.server;
+    let pace = (!server.body_read_timeout.0.is_zero()).then_some(Pace {
+        timeout: server.body_read_timeout.0,
+        min_rate: server.min_upload_rate.0,
+    });
+    Some(Arc::new(BodyLimitStage { default, pace, slot }))
 }
 
 impl BodyLimitStage {
@@ -89,11 +99,12 @@ impl Stage for BodyLimitStage {
             .and_then(|v| v.parse::<u64>().ok());
         match declared {
             Some(length) if length > limit => Verdict::Ready(Err(GatewayError::PayloadTooLarge { limit })),
-            // hyper holds the client to its declared length.
-            Some(_) => Verdict::CONTINUE,
-            None => {
+            // hyper holds the client to its declared length; only the pace
+            // is left to keep.
+            Some(_) if self.pace.is_none() => Verdict::CONTINUE,
+            _ => {
                 let body = std::mem::take(req.body_mut());
-                *req.body_mut() = body.limit(limit, cx.version < Version::HTTP_2);
+                *req.body_mut() = body.limit(limit, cx.version < Version::HTTP_2, self.pace);
                 Verdict::CONTINUE
             }
         }
