@@ -2,7 +2,8 @@
 # User-space instructions per request of one portcullis binary, counted by
 # callgrind (repeatable, unlike wall-clock numbers on a shared VM).
 #
-#   bench/callgrind.sh BIN public|key|jwt-rs256|jwt-es256|session|post|validated [SECONDS]
+#   bench/callgrind.sh BIN public|key|dead|jwt-rs256|jwt-es256|session|post|validated [SECONDS]
+#   (dead: the public route to an upstream whose second target is dead)
 #   (post, validated: the 2 KiB JSON body bench/body-2k.json POSTed to a
 #   route without and with validation against bench/body-2k.schema.json)
 #   KEEP=1 bench/callgrind.sh ...   # keep the callgrind.out for callgrind_annotate
@@ -47,6 +48,7 @@ case "$ROUTE" in
       "$here/body-2k.json" > "$D/post.lua"
     WRK=(-s "$D/post.lua") ;;
   key) URL=http://127.0.0.1:18182/key; HEADER=(-H "X-API-Key: $KEY") ;;
+  dead) URL=http://127.0.0.1:18182/dead/ ;;
   session)
     COOKIE=$(python3 - <<'PY'
 import http.client, re, urllib.parse

@@ -215,7 +215,29 @@ async fn sighup_reloads_the_binarys_certificates_under_load() {
     let path = dir.join("portcullis.toml");
     std::fs::write(&path, tls_config(&upstream.url(), &tls)).unwrap();
     let bin = Binary::serve(&path, &[]);
-    assert!(bin.output().contains("\"tls\":true"), "{}", bin.output());
+    // The startup line says what runs.
+    let started = bin.output();
+    let line = started
+        .lines()
+        .find(|l| l.contains("portcullis is listening"))
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(summary["tls"], true, "{line}");
+    assert_eq!(summary["upstreams"], "app(1 targets)", "{line}");
+    assert_eq!(summary["routes"], "/", "{line}");
+    assert_eq!(summary["auth"], "none", "{line}");
+    assert_eq!(summary["store"], "sqlite", "{line}");
+    let protections = summary["protections"].as_str().unwrap();
+    for stage in [
+        "request_id",
+        "framing",
+        "authn",
+        "security_headers",
+        "access_log",
+        "tls",
+    ] {
+        assert!(protections.split(", ").any(|p| p == stage), "{stage} in {line}");
+    }
     let addr = bin.public;
     let url = format!("https://api.test:{}/x", addr.port());
 
