@@ -10,34 +10,39 @@ use portcullis::store::backup::{self, Summary};
 
 use super::StoreSession;
 
-pub async fn backup(config: &Path, file: &Path) -> Result<ExitCode> {
-    let session = StoreSession::open(config).await?;
-    let result = backup::backup(&session.store, file)
-        .await
-        .with_context(|| format!("backing the store up to {}", file.display()));
-    if let Ok(summary) = &result {
-        print(&format!("backed up to {}", file.display()), summary);
-        session.audit.emit(
-            Event::new("store.backed_up", Severity::Notice)
-                .detail("file", file.display().to_string())
-                .detail("via", "cli"),
-        );
-    }
-    session.close().await;
-    result.map(|_| ExitCode::SUCCESS)
+/// Which way the store's contents go.
+#[derive(Clone, Copy)]
+pub enum Direction {
+    Backup,
+    Restore,
 }
 
-pub async fn restore(config: &Path, file: &Path) -> Result<ExitCode> {
+/// `backup FILE` or `restore FILE`: the copy, its summary, and an audit
+/// event (for a restore, appended to the restored chain, which verified).
+pub async fn run(config: &Path, file: &Path, direction: Direction) -> Result<ExitCode> {
     let session = StoreSession::open(config).await?;
-    let result = backup::restore(&session.store, file)
-        .await
-        .with_context(|| format!("restoring the store from {}", file.display()));
+    let (result, doing, done, kind) = match direction {
+        Direction::Backup => (
+            backup::backup(&session.store, file).await,
+            "backing the store up to",
+            "backed up to",
+            "store.backed_up",
+        ),
+        Direction::Restore => (
+            backup::restore(&session.store, file).await,
+            "restoring the store from",
+            "restored from",
+            "store.restored",
+        ),
+    };
+    let result = result.with_context(|| format!("{doing} {}", file.display()));
     if let Ok(summary) = &result {
-        print(&format!("restored from {}", file.display()), summary);
-        println!("restart running gateways: their caches still hold what the store held before");
-        // Appended to the restored chain, which verified.
+        print(&format!("{done} {}", file.display()), summary);
+        if matches!(direction, Direction::Restore) {
+            println!("restart running gateways: their caches still hold what the store held before");
+        }
         session.audit.emit(
-            Event::new("store.restored", Severity::Notice)
+            Event::new(kind, Severity::Notice)
                 .detail("file", file.display().to_string())
                 .detail("via", "cli"),
         );

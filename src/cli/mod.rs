@@ -114,8 +114,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys { command } => identity::keys(&config, command).await,
         Command::Users { command } => users::run(&config, command).await,
         Command::Audit { command } => audit::run(&config, command).await,
-        Command::Backup { file } => backup::backup(&config, &file).await,
-        Command::Restore { file } => backup::restore(&config, &file).await,
+        Command::Backup { file } => backup::run(&config, &file, backup::Direction::Backup).await,
+        Command::Restore { file } => backup::run(&config, &file, backup::Direction::Restore).await,
     }
 }
 
