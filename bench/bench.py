@@ -7,12 +7,16 @@ Python 3.11 standard library only.
 One run starts these servers in a private temp directory, all on loopback:
 
   upstream    nginx answering every request with a fixed 200 "ok\\n"
-  nginx       nginx as a reverse proxy to the upstream (the reference)
+  nginx       nginx as a reverse proxy to the upstream (the reference), with
+              a second server terminating TLS 1.3 (target nginx_tls)
   portcullis  the gateway: public, API-key and rate-limited routes to the
               upstream (bench/portcullis.toml, SQLite store in the temp dir)
   portcullis_redis
               a second gateway whose rate limit lives in Redis
               (bench/portcullis-redis.toml; skipped if Redis is unreachable)
+  portcullis_tls
+              the public route behind [server.tls], with the same certificate
+              as nginx_tls (an ECDSA P-256 one made with openssl per run)
 
 (the portcullis instances are the [instance.*] tables of the scenario file),
 then, for each round, runs wrk once per scenario in bench/scenarios.toml
@@ -38,6 +42,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -54,7 +59,10 @@ BENCH_PASSWORD = "bench-password-not-secret"
 sys.path.insert(0, str(BENCH_DIR))
 import tokens  # noqa: E402  (bench/tokens.py: the JWT scenarios' tokens)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-NGINX_TARGETS = ("upstream", "nginx")
+NGINX_TARGETS = ("upstream", "nginx", "nginx_tls")
+# Which server process answers on a target's port (nginx_tls is the nginx
+# proxy's second, TLS, server).
+SERVER_OF_TARGET = {"nginx_tls": "nginx"}
 SERVICES = ("redis",)
 
 
@@ -99,6 +107,8 @@ class Instance:
     api_key: dict[str, str] | None = None
     session: dict[str, str] | None = None
     needs: list[str] = field(default_factory=list)
+    # The public listener speaks TLS (the template sets [server.tls]).
+    tls: bool = False
 
 
 def load_instances(path: Path, data: dict) -> dict[str, Instance]:
@@ -106,7 +116,7 @@ def load_instances(path: Path, data: dict) -> dict[str, Instance]:
     instances = {}
     for name, raw in raw_all.items():
         where = f"{path}: instance {name!r}"
-        unknown = set(raw) - {"config", "api_key", "session", "needs"}
+        unknown = set(raw) - {"config", "api_key", "session", "needs", "tls"}
         if unknown:
             sys.exit(f"{where}: unknown keys {sorted(unknown)}")
         if name in NGINX_TARGETS or name == "none" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -227,16 +237,22 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0, body=None) -> int:
+def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0, body=None,
+              tls=False) -> int:
     """Waits until the listener answers; returns the status of a GET (a
-    POST of `body`, if given)."""
+    POST of `body`, if given). With `tls`, over HTTPS (the run's own
+    certificate is not verified)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         if not server.alive():
             raise RuntimeError(f"{server.name} exited early:\n{server.tail()}")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            if tls:
+                conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2,
+                                                   context=ssl._create_unverified_context())
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             if body is None:
                 conn.request("GET", path, headers=headers or {})
             else:
@@ -246,7 +262,7 @@ def wait_http(port: int, server: Server, path="/", headers=None, timeout=20.0, b
             resp.read()
             conn.close()
             return resp.status
-        except OSError as e:
+        except (OSError, ssl.SSLError) as e:
             last = e
             time.sleep(0.1)
     raise RuntimeError(f"{server.name} did not answer on port {port} within {timeout}s: {last}")
@@ -461,6 +477,9 @@ class Bench:
             "jwt_keys": str(tokens.FIXTURES),
             # This folder, for files a config names (JSON Schemas).
             "bench_dir": str(BENCH_DIR),
+            # The TLS scenarios' certificate and key (make_certificate).
+            "tls_cert": str(self.tmp / "tls" / "cert.pem"),
+            "tls_key": str(self.tmp / "tls" / "key.pem"),
             **{f"{k}_port": v for k, v in self.ports.items()},
         }
         try:
@@ -573,9 +592,32 @@ class Bench:
                 self.skipped[s.name] = why
         self.scenarios = [s for s in self.scenarios if s.name not in self.skipped]
 
+    def make_certificate(self) -> None:
+        """One self-signed ECDSA P-256 certificate for 127.0.0.1 and
+        localhost, shared by nginx's TLS server and the TLS portcullis, so
+        both do the same handshake work."""
+        folder = self.tmp / "tls"
+        folder.mkdir(exist_ok=True)
+        argv = [self.args.openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(f"openssl could not make the bench certificate:\n{p.stderr}")
+        # nginx's workers run as nobody when we are root.
+        os.chmod(folder / "key.pem", 0o644)
+
+    def is_tls(self, target: str) -> bool:
+        inst = self.instances.get(target)
+        return target == "nginx_tls" or (inst is not None and inst.tls)
+
+    def server_for(self, target: str) -> Server:
+        return self.servers[SERVER_OF_TARGET.get(target, target)]
+
     def start(self) -> None:
         a = self.args
-        names = ["upstream", "nginx"] + [x for n in self.instances for x in (n, f"{n}_admin")]
+        names = list(NGINX_TARGETS) + [x for n in self.instances for x in (n, f"{n}_admin")]
         self.ports = dict(zip(names, free_ports(len(names))))
         self.probe_services()
         for name, inst in self.instances.items():
@@ -584,26 +626,28 @@ class Bench:
                 if problem:
                     self.skip_instance(name, problem)
         needed = {s.target for s in self.scenarios} | {s.cpu for s in self.scenarios} | {"upstream"}
+        # Always: the nginx proxy's config names it even when only its plain server is loaded.
+        self.make_certificate()
 
         self.servers["upstream"] = self.start_nginx("upstream", "nginx-upstream.conf", a.load_cpu)
         status = wait_http(self.ports["upstream"], self.servers["upstream"])
         if status != 200:
             raise RuntimeError(f"the upstream answered {status}")
-        if "nginx" in needed:
+        if needed & {"nginx", "nginx_tls"}:
             self.servers["nginx"] = self.start_nginx("nginx", "nginx-proxy.conf", a.proxy_cpu)
             wait_http(self.ports["nginx"], self.servers["nginx"])
         for name, inst in self.instances.items():
             if name in needed:
                 self.servers[name] = self.start_portcullis(inst)
-                wait_http(self.ports[name], self.servers[name])
+                wait_http(self.ports[name], self.servers[name], tls=inst.tls)
                 if inst.session:
                     self.log_in(inst)
 
         # Every scenario must get the status it expects before anything is measured.
         for s in list(self.scenarios):
             headers = dict(parse_header(expand(h, self.header_env())) for h in s.headers)
-            status = wait_http(self.ports[s.target], self.servers[s.target], s.path, headers,
-                               body=self.body(s))
+            status = wait_http(self.ports[s.target], self.server_for(s.target), s.path, headers,
+                               body=self.body(s), tls=self.is_tls(s.target))
             if status == s.expect_status:
                 continue
             inst = self.instances.get(s.target)
@@ -611,12 +655,12 @@ class Bench:
                 # Started, but its outside service failed (on_outage = "closed").
                 why = (f"{s.target} answered 503 on {s.path} ({'/'.join(inst.needs)} "
                        f"backend unavailable?)")
-                log(f"scenario {s.name}: {why}\n{self.servers[s.target].tail()}")
+                log(f"scenario {s.name}: {why}\n{self.server_for(s.target).tail()}")
                 self.skip_instance(s.target, why)
                 continue
             raise RuntimeError(
                 f"scenario {s.name}: GET {s.path} answered {status}, expected {s.expect_status}\n"
-                f"{self.servers[s.target].tail()}"
+                f"{self.server_for(s.target).tail()}"
             )
         if not self.scenarios:
             raise RuntimeError("every selected scenario was skipped: " + "; ".join(self.skipped.values()))
@@ -644,7 +688,8 @@ class Bench:
     # -- one wrk run ------------------------------------------------------
 
     def url(self, s: Scenario) -> str:
-        return f"http://127.0.0.1:{self.ports[s.target]}{s.path}"
+        scheme = "https" if self.is_tls(s.target) else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[s.target]}{s.path}"
 
     def body(self, s: Scenario) -> bytes | None:
         return (BENCH_DIR / s.body_file).read_bytes() if s.body_file else None
@@ -1044,6 +1089,8 @@ def main() -> int:
                         "not answer PING (env BENCH_REDIS_URL, default redis://127.0.0.1:6379)")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx binary")
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk binary")
+    p.add_argument("--openssl", default=shutil.which("openssl") or "/usr/bin/openssl",
+                   help="openssl binary (makes the TLS scenarios' certificate)")
     a = p.parse_args()
 
     only = [x.strip() for x in a.only.split(",")] if a.only else None

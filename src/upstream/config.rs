@@ -42,6 +42,21 @@ pub enum Balance {
     LeastOutstanding,
 }
 
+/// Which HTTP version requests to the targets use.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// `https://` targets offer `h2` and `http/1.1` by ALPN and speak what
+    /// the target picks; `http://` targets speak HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only (ALPN offers only `http/1.1`).
+    Http1,
+    /// HTTP/2 only: `h2` by ALPN over TLS (a target that does not pick it
+    /// is a connect failure), prior-knowledge h2c over plain TCP.
+    H2,
+}
+
 /// One target: a base URL, or a table with its weight.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
@@ -237,6 +252,9 @@ pub struct UpstreamConfig {
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub balance: Balance,
+    /// HTTP/1.1, HTTP/2, or what ALPN says (`https://` targets).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Time to establish a TCP connection to a target.
     #[serde(default = "UpstreamConfig::default_connect_timeout")]
     pub connect_timeout: ConfigDuration,
@@ -299,6 +317,7 @@ impl UpstreamConfig {
             openapi: None,
             targets: targets.iter().map(|t| TargetConfig::from(*t)).collect(),
             balance: Balance::default(),
+            protocol: Protocol::default(),
             connect_timeout: Self::default_connect_timeout(),
             timeout: Self::default_timeout(),
             idle_timeout: Self::default_idle_timeout(),

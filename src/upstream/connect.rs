@@ -1,7 +1,8 @@
 //! Opening a connection to one upstream target: TCP, and for an
 //! `https://` target a TLS handshake (rustls: the system's roots or the
-//! upstream's `tls.ca`, SNI, an optional client certificate, ALPN
-//! `http/1.1`) before the HTTP layer ([`super::pool`]) sees it.
+//! upstream's `tls.ca`, SNI, an optional client certificate, ALPN `h2`
+//! and/or `http/1.1` as `protocol` says) before the HTTP layer
+//! ([`super::pool`]) sees it; and which HTTP version the connection speaks.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +16,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::config::Protocol;
 
 /// Where a target's connections go.
 #[derive(Clone, Debug)]
@@ -64,7 +67,10 @@ pub struct UpstreamTlsConfig {
 /// An `https://` target's TLS settings, built once per compiled upstream.
 #[derive(Clone)]
 pub struct TlsTarget {
+    /// ALPN as the upstream's `protocol` says.
     connector: tokio_rustls::TlsConnector,
+    /// ALPN `http/1.1` only, for WebSocket upgrades.
+    http1: tokio_rustls::TlsConnector,
     server_name: ServerName<'static>,
 }
 
@@ -81,8 +87,26 @@ fn read_pem(base: &Path, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))
 }
 
-/// The client configuration for an upstream's `https://` targets.
-pub fn client_config(config: &UpstreamTlsConfig, base: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The client configurations for an upstream's `https://` targets: one
+/// with ALPN as `protocol` says, one offering only `http/1.1` (for
+/// WebSocket upgrades, which are HTTP/1.1).
+pub fn client_configs(
+    config: &UpstreamTlsConfig,
+    protocol: Protocol,
+    base: &Path,
+) -> Result<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>), String> {
+    let mut client = client_config(config, base)?;
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let http1 = Arc::new(client.clone());
+    client.alpn_protocols = match protocol {
+        Protocol::Http1 => return Ok((http1.clone(), http1)),
+        Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocol::H2 => vec![b"h2".to_vec()],
+    };
+    Ok((Arc::new(client), http1))
+}
+
+fn client_config(config: &UpstreamTlsConfig, base: &Path) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca {
         Some(ca) => {
@@ -110,7 +134,7 @@ pub fn client_config(config: &UpstreamTlsConfig, base: &Path) -> Result<Arc<rust
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let mut client = match (&config.client_cert, &config.client_key) {
+    let client = match (&config.client_cert, &config.client_key) {
         (Some(cert), Some(key)) => {
             let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&read_pem(base, cert)?).collect();
             let chain = chain.map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
@@ -123,38 +147,87 @@ pub fn client_config(config: &UpstreamTlsConfig, base: &Path) -> Result<Arc<rust
         (None, None) => builder.with_no_client_auth(),
         _ => return Err("client_cert and client_key go together".into()),
     };
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(client))
+    Ok(client)
 }
 
 impl TlsTarget {
-    pub fn new(client: Arc<rustls::ClientConfig>, name: &str) -> Result<TlsTarget, String> {
+    /// `clients` as [`client_configs`] returns them.
+    pub fn new(
+        clients: &(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>),
+        name: &str,
+    ) -> Result<TlsTarget, String> {
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|_| format!("`{name}` is not a name TLS can verify"))?;
         Ok(TlsTarget {
-            connector: tokio_rustls::TlsConnector::from(client),
+            connector: tokio_rustls::TlsConnector::from(clients.0.clone()),
+            http1: tokio_rustls::TlsConnector::from(clients.1.clone()),
             server_name,
         })
     }
 }
 
-/// Where one target's connections go, and how they are secured.
+/// Where one target's connections go, how they are secured, and which
+/// HTTP version they may speak.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub address: Address,
     pub tls: Option<TlsTarget>,
+    pub protocol: Protocol,
 }
 
 impl Endpoint {
     /// A connection ready for HTTP: TCP, then TLS for an `https://` target.
     pub async fn open(&self) -> io::Result<UpstreamStream> {
+        self.open_with(|tls| &tls.connector).await
+    }
+
+    /// A connection for HTTP/1.1 whatever `protocol` says (ALPN offers only
+    /// `http/1.1`), for a WebSocket upgrade.
+    pub async fn open_http1(&self) -> io::Result<UpstreamStream> {
+        self.open_with(|tls| &tls.http1).await
+    }
+
+    async fn open_with(
+        &self,
+        connector: impl Fn(&TlsTarget) -> &tokio_rustls::TlsConnector,
+    ) -> io::Result<UpstreamStream> {
         let tcp = self.address.connect().await?;
         match &self.tls {
             None => Ok(UpstreamStream::Plain(tcp)),
             Some(tls) => {
-                let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+                let stream = connector(tls).connect(tls.server_name.clone(), tcp).await?;
                 Ok(UpstreamStream::Tls(Box::new(stream)))
             }
+        }
+    }
+
+    /// Whether a connection opened by [`Endpoint::open`] speaks HTTP/2:
+    /// prior knowledge (`protocol = "h2"`), or `h2` picked by ALPN. A TLS
+    /// target that `protocol = "h2"` requires to pick `h2` and did not is
+    /// an error, as a failed handshake would be.
+    pub fn speaks_h2(&self, stream: &UpstreamStream) -> io::Result<bool> {
+        let alpn_h2 = match stream {
+            UpstreamStream::Plain(_) => None,
+            UpstreamStream::Tls(tls) => Some(tls.get_ref().1.alpn_protocol() == Some(b"h2")),
+        };
+        match (self.protocol, alpn_h2) {
+            (Protocol::Http1, _) | (Protocol::Auto, None) => Ok(false),
+            (Protocol::Auto, Some(h2)) => Ok(h2),
+            (Protocol::H2, None | Some(true)) => Ok(true),
+            (Protocol::H2, Some(false)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the target did not pick h2 by ALPN (protocol = \"h2\")",
+            )),
+        }
+    }
+
+    /// Whether this target may speak HTTP/2 at all (so a shared HTTP/2
+    /// connection is worth looking for before the HTTP/1.1 pool).
+    pub fn may_speak_h2(&self) -> bool {
+        match self.protocol {
+            Protocol::Http1 => false,
+            Protocol::Auto => self.tls.is_some(),
+            Protocol::H2 => true,
         }
     }
 }

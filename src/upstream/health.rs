@@ -116,25 +116,38 @@ pub async fn check_once(
             .open()
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+        let h2 = endpoint
+            .speaks_h2(&stream)
+            .map_err(|e| format!("cannot connect: {e}"))?;
         let host = match &config.host {
             Some(h) => HeaderValue::try_from(h.as_str()).unwrap_or_else(|_| host.clone()),
             None => host.clone(),
         };
-        let request = Request::get(config.path.as_str())
+        let mut request = Request::get(config.path.as_str())
             .header(http::header::HOST, host)
-            .header(http::header::CONNECTION, "close")
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
-        // The connection is driven by a task of its own, which ends when
-        // the target closes it or `sender` is dropped.
-        tokio::spawn(tokio::time::timeout(config.timeout.0, connection));
-        sender
-            .send_request(request)
-            .await
+        let response = if h2 {
+            // The connection task ends when `sender` is dropped.
+            let mut sender = super::h2::handshake(stream)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            super::h2::prepare(&mut request, endpoint.tls.is_some());
+            sender.send_request(request).await
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            request
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            // The connection is driven by a task of its own, which ends when
+            // the target closes it or `sender` is dropped.
+            tokio::spawn(tokio::time::timeout(config.timeout.0, connection));
+            sender.send_request(request).await
+        };
+        response
             .map(|r| r.status().as_u16())
             .map_err(|e| format!("request: {e}"))
     };

@@ -9,9 +9,10 @@
 //! | [`breaker`] | a target's circuit breaker: consecutive failures eject it for a growing cool-down, then one trial |
 //! | [`health`] | each target's breaker and active-check state, kept across reloads; the active check itself |
 //! | [`retry`] | which failures are tried again, and the retry budget |
-//! | [`connect`] | opens a TCP connection to a target |
-//! | [`pool`] | keep-alive HTTP/1.1 connections driven by the request's own task, and the per-target cap (leases) |
+//! | [`connect`] | opens a TCP (and for `https://`, TLS) connection to a target; which HTTP version it speaks |
+//! | [`pool`] | keep-alive HTTP/1.1 connections driven by the request's own task, one shared HTTP/2 connection, and the per-target cap (leases) |
 //! | [`http1`] | what an HTTP/1.1 upstream receives (origin form, `Host`, one `Cookie`) |
+//! | [`h2`] | what an HTTP/2 upstream receives (`:scheme`, `:authority`), and its connection |
 //! | [`hop_by_hop`] | hop-by-hop headers, both directions |
 //! | [`redact`] | credentials never logged from an upstream's answer |
 //! | this file | [`Upstream::forward`]: choose, send, judge the outcome, retry or pass on; masking; readiness |
@@ -23,6 +24,7 @@ pub mod balance;
 pub mod breaker;
 pub mod config;
 pub mod connect;
+pub mod h2;
 pub mod health;
 pub mod hop_by_hop;
 pub mod http1;
@@ -44,7 +46,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use balance::{Balancer, Cursor};
 use breaker::{Admission, BreakerSettings};
-pub use config::{Balance, Readiness, TargetConfig, UpstreamConfig};
+pub use config::{Balance, Protocol, Readiness, TargetConfig, UpstreamConfig};
 use connect::{Address, Endpoint, TlsTarget};
 use health::{TargetHealth, TargetRegistry};
 pub use hop_by_hop::strip_hop_by_hop;
@@ -196,15 +198,15 @@ impl Upstream {
                 let tls = match &parsed.tls_name {
                     None => None,
                     Some(name) => {
-                        let client = match &client_tls {
-                            Some(client) => Arc::clone(client),
+                        let clients = match &client_tls {
+                            Some(clients) => clients,
                             None => {
-                                let made = connect::client_config(&config.tls, base_dir)?;
-                                client_tls.insert(made).clone()
+                                let made = connect::client_configs(&config.tls, config.protocol, base_dir)?;
+                                &*client_tls.insert(made)
                             }
                         };
                         let name = config.tls.server_name.as_deref().unwrap_or(name);
-                        Some(TlsTarget::new(client, name)?)
+                        Some(TlsTarget::new(clients, name)?)
                     }
                 };
                 Ok((parsed, tls))
@@ -216,6 +218,7 @@ impl Upstream {
                     let endpoint = Endpoint {
                         address: parsed.address,
                         tls,
+                        protocol: config.protocol,
                     };
                     targets.push(Target {
                         health: registry.get(metrics, &config.name, target.url(), &label),
@@ -436,7 +439,8 @@ impl Upstream {
         let target = &self.targets[choice.index];
         http1::prepare(req, &target.host, self.preserve_host, path)?;
         let address = target.pool.address();
-        match tokio::time::timeout(self.connect_timeout, target.pool.endpoint().open()).await {
+        let open = target.pool.endpoint().open_http1();
+        match tokio::time::timeout(self.connect_timeout, open).await {
             Ok(Ok(stream)) => {
                 target.pool.note_reachable(true);
                 target.health.breaker.succeeded(choice.admission);

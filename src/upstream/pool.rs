@@ -15,6 +15,10 @@
 //! Nobody polls an idle connection, so an upstream closing one is noticed
 //! when it is next checked out (its EOF is already waiting) or by the reaper
 //! task, which also enforces the idle timeout.
+//!
+//! A target that speaks HTTP/2 (see [`Endpoint::speaks_h2`]) gets one
+//! shared connection instead ([`super::h2`]), kept here until the target
+//! closes it; the leases cap requests in flight just the same.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -29,7 +33,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1};
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::TokioIo;
 
 /// Pool settings, from `[[upstreams]]`.
@@ -64,7 +68,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(_) => f.write_str("cannot connect"),
             SendError::ConnectTimeout => f.write_str("connect timed out"),
-            SendError::Http(_) => f.write_str("HTTP/1.1 exchange failed"),
+            SendError::Http(_) => f.write_str("HTTP exchange failed"),
         }
     }
 }
@@ -126,6 +130,12 @@ impl Conn {
     }
 }
 
+/// A new connection to a target, in the version it speaks.
+enum Connected {
+    Http1(Box<Conn>),
+    H2(http2::SendRequest<GatewayBody>),
+}
+
 struct Idle {
     conn: Box<Conn>,
     since: Instant,
@@ -144,6 +154,8 @@ pub struct TargetPool {
     limits: Limits,
     builder: http1::Builder,
     idle: Mutex<IdleList>,
+    /// The shared HTTP/2 connection, once the target was found to speak it.
+    h2: Mutex<Option<http2::SendRequest<GatewayBody>>>,
     /// One permit per request that may be in flight.
     permits: tokio::sync::Semaphore,
     /// 1 when the last connection attempt succeeded, 0 when it failed.
@@ -168,12 +180,18 @@ impl Lease {
     /// head; the body streams from the connection as it is polled, and
     /// keeps the lease until it ends.
     pub async fn send(self, req: Request<GatewayBody>) -> Result<Response<UpstreamBody>, Failed> {
+        if self.pool.endpoint.may_speak_h2()
+            && let Some(sender) = self.pool.shared_h2()
+        {
+            return Box::pin(self.send_h2(sender, req, true)).await;
+        }
         let (conn, reused) = match self.pool.checkout() {
             Some(conn) => (conn, true),
             // Boxed, as is the retry below: both are rare, and inline they
             // would make every request's future larger and costlier to move.
             None => match Box::pin(self.pool.connect()).await {
-                Ok(conn) => (conn, false),
+                Ok(Connected::Http1(conn)) => (conn, false),
+                Ok(Connected::H2(sender)) => return Box::pin(self.send_h2(sender, req, false)).await,
                 Err(error) => {
                     return Err(Failed {
                         error,
@@ -204,7 +222,8 @@ impl Lease {
     ) -> Result<Response<UpstreamBody>, Failed> {
         tracing::debug!("pooled upstream connection was closed; retrying on a new one");
         let mut slot = match self.pool.connect().await {
-            Ok(conn) => Some(conn),
+            Ok(Connected::Http1(conn)) => Some(conn),
+            Ok(Connected::H2(sender)) => return self.send_h2(sender, req, false).await,
             Err(error) => {
                 return Err(Failed {
                     error,
@@ -222,6 +241,33 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Sends `req` as a new stream on an HTTP/2 connection; one that closed
+    /// before taking it (`shared`: found in the pool) is replaced by a new
+    /// connection once.
+    async fn send_h2(
+        self,
+        mut sender: http2::SendRequest<GatewayBody>,
+        mut req: Request<GatewayBody>,
+        shared: bool,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        super::h2::prepare(&mut req, self.pool.endpoint.tls.is_some());
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(stream(response, None, self)),
+            Err(mut error) => match error.take_message() {
+                Some(req) if shared => {
+                    self.pool.forget_closed_h2();
+                    Box::pin(self.send_on_new_connection(req)).await
+                }
+                unsent => Err(Failed {
+                    error: SendError::Http(error.into_error()),
+                    unsent,
+                }),
+            },
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.release();
@@ -235,6 +281,7 @@ impl TargetPool {
             limits,
             builder: http1::Builder::new(),
             idle: Mutex::new(IdleList::default()),
+            h2: Mutex::new(None),
             permits: tokio::sync::Semaphore::new(limits.max_connections),
             reachable,
         }
@@ -307,21 +354,66 @@ impl TargetPool {
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, SendError> {
+    async fn connect(&self) -> Result<Connected, SendError> {
         // The connect timeout covers the TLS handshake too.
         let connected = tokio::time::timeout(self.limits.connect_timeout, self.endpoint.open()).await;
+        let connected = connected.map(|opened| {
+            let stream = opened?;
+            let h2 = self.endpoint.speaks_h2(&stream)?;
+            Ok((stream, h2))
+        });
         self.note_reachable(matches!(connected, Ok(Ok(_))));
-        let stream = match connected {
-            Ok(Ok(stream)) => stream,
+        let (stream, h2) = match connected {
+            Ok(Ok(opened)) => opened,
             Ok(Err(error)) => return Err(SendError::Connect(error)),
             Err(_) => return Err(SendError::ConnectTimeout),
         };
+        if h2 {
+            let sender = super::h2::handshake(stream).await.map_err(SendError::Http)?;
+            self.share_h2(&sender);
+            return Ok(Connected::H2(sender));
+        }
         let (sender, conn) = self
             .builder
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Http)?;
-        Ok(Box::new(Conn { sender, conn }))
+        Ok(Connected::Http1(Box::new(Conn { sender, conn })))
+    }
+
+    fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<GatewayBody>>> {
+        self.h2.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared HTTP/2 connection, if there is one still open.
+    fn shared_h2(&self) -> Option<http2::SendRequest<GatewayBody>> {
+        let mut slot = self.h2_slot();
+        match &*slot {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps a new HTTP/2 connection for every request after this one,
+    /// unless another request's is kept already (requests that found none
+    /// at the same moment each opened one; the others close when done).
+    fn share_h2(&self, sender: &http2::SendRequest<GatewayBody>) {
+        let mut slot = self.h2_slot();
+        if slot.as_ref().is_none_or(http2::SendRequest::is_closed) {
+            *slot = Some(sender.clone());
+        }
+    }
+
+    /// Drops the shared HTTP/2 connection if it has closed.
+    fn forget_closed_h2(&self) {
+        let mut slot = self.h2_slot();
+        if slot.as_ref().is_some_and(http2::SendRequest::is_closed) {
+            *slot = None;
+        }
     }
 
     /// Takes back a connection whose exchange is complete, if it can serve
@@ -455,6 +547,16 @@ impl UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    fn finish_at_end(&mut self, frame: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) {
+        match frame {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.finish(),
+            _ => {}
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -464,30 +566,25 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        let Some(conn) = &mut this.conn else {
+            // HTTP/2, or the connection finished: `body` has its own waker.
+            let frame = Pin::new(&mut this.body).poll_frame(cx);
+            this.finish_at_end(&frame);
+            return frame;
+        };
         // Only the connection polled here feeds `body`, so `body` is polled
         // without a waker while the connection is present, and first, since
         // the connection often delivered the whole body with the head.
         let mut frame = Pin::new(&mut this.body).poll_frame(&mut quiet());
         if frame.is_pending() {
-            match &mut this.conn {
-                Some(conn) => {
-                    if conn.poll_io(cx).is_ready() {
-                        this.conn = None;
-                    }
-                }
-                None => return Pin::new(&mut this.body).poll_frame(cx),
-            }
-            frame = if this.conn.is_some() {
-                Pin::new(&mut this.body).poll_frame(&mut quiet())
-            } else {
+            frame = if conn.poll_io(cx).is_ready() {
+                this.conn = None;
                 Pin::new(&mut this.body).poll_frame(cx)
+            } else {
+                Pin::new(&mut this.body).poll_frame(&mut quiet())
             };
         }
-        match &frame {
-            Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.finish(),
-            _ => {}
-        }
+        this.finish_at_end(&frame);
         frame
     }
 
@@ -534,6 +631,7 @@ mod tests {
             Endpoint {
                 address: Address::Ip(addr),
                 tls: None,
+                protocol: super::super::Protocol::Http1,
             },
             Limits {
                 connect_timeout: Duration::from_secs(1),
@@ -543,6 +641,13 @@ mod tests {
             },
             prometheus::IntGauge::new("reachable", "test").unwrap(),
         ))
+    }
+
+    async fn http1_connection(pool: &TargetPool) -> Box<Conn> {
+        match pool.connect().await.unwrap() {
+            Connected::Http1(conn) => conn,
+            Connected::H2(_) => panic!("an HTTP/1.1 endpoint"),
+        }
     }
 
     fn get() -> Request<GatewayBody> {
@@ -578,7 +683,7 @@ mod tests {
     async fn a_closed_connection_gives_back_the_request_it_never_wrote() {
         let addr = closes_the_first_connection().await;
         let pool = pool(addr);
-        let mut slot = Some(pool.connect().await.unwrap());
+        let mut slot = Some(http1_connection(&pool).await);
         tokio::time::sleep(Duration::from_millis(50)).await; // the FIN arrives
         let mut error = round_trip(&mut slot, get()).await.unwrap_err();
         assert!(slot.is_none(), "the finished connection was dropped");
@@ -589,7 +694,7 @@ mod tests {
     async fn a_pooled_connection_closed_by_the_upstream_is_skipped() {
         let addr = closes_the_first_connection().await;
         let pool = pool(addr);
-        let stale = pool.connect().await.unwrap();
+        let stale = http1_connection(&pool).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         pool.idle_list().conns.push_back(Idle {
             conn: stale,
