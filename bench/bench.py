@@ -150,8 +150,9 @@ def load_scenarios(path: Path, only: list[str] | None):
             sys.exit(f"{path}: scenario {s.name!r}: target must be one of {targets}")
         if s.cpu not in cpu_owners:
             sys.exit(f"{path}: scenario {s.name!r}: cpu must be one of {cpu_owners}")
-        if s.target != "upstream" and s.cpu not in ("none", s.target):
-            sys.exit(f"{path}: scenario {s.name!r}: cpu must be the loaded proxy, {s.target!r} (or none)")
+        owner = SERVER_OF_TARGET.get(s.target, s.target)
+        if s.target != "upstream" and s.cpu not in ("none", owner):
+            sys.exit(f"{path}: scenario {s.name!r}: cpu must be the loaded proxy, {owner!r} (or none)")
         if not s.path.startswith("/"):
             sys.exit(f"{path}: scenario {s.name!r}: path must start with /")
         scenarios.append(s)

@@ -329,3 +329,25 @@ async fn an_http2_connection_the_target_closes_is_replaced() {
     assert_eq!(count("retries_total{outcome=\"sent\""), 0.0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_speaks_h2c_to_a_target_configured_for_it() {
+    let upstream = h2c_upstream().await;
+    let toml = edit(
+        &config("development", &format!("http://{}", upstream.addr), PUBLIC_ROOT),
+        |doc| set(doc, "upstreams.0", "protocol", "h2"),
+    );
+    let path = scratch_dir().join("portcullis.toml");
+    std::fs::write(&path, toml).unwrap();
+    let bin = Binary::serve(&path, &[]);
+    let resp = client()
+        .post(format!("http://{}/x", bin.public))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        text(resp).await,
+        (200, format!("HTTP/2.0 {} POST 5", upstream.addr))
+    );
+}
