@@ -31,6 +31,8 @@ pub struct Metrics {
     known_targets: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub connections_open: IntGauge,
     pub admin_connections_open: IntGauge,
+    /// 1 while the store answers (its last ping or audit write worked).
+    store_available: IntGauge,
     pub config_reloads: IntCounterVec,
     rate_limited: IntCounterVec,
     /// Refusals a protection in report mode let through.
@@ -297,6 +299,11 @@ impl Metrics {
             "Open connections on the admin listener.",
         )
         .expect("metric definitions are valid");
+        let store_available = IntGauge::new(
+            "portcullis_store_available",
+            "1 while the store answers, 0 while it is down and audit events go to the spill file (set by /readyz and by audit writes).",
+        )
+        .expect("metric definitions are valid");
         let config_reloads = counter(
             "portcullis_config_reloads_total",
             "Config reloads, by result (applied, rejected).",
@@ -323,8 +330,10 @@ impl Metrics {
             &["result"],
         );
         let websocket = WebSocketVecs::new();
+        store_available.set(1);
         for collector in [
-            Box::new(websocket.active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_available.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(websocket.active.clone()),
             Box::new(websocket.messages.clone()),
             Box::new(websocket.bytes.clone()),
             Box::new(websocket.closes.clone()),
@@ -362,6 +371,7 @@ impl Metrics {
             known_targets: Default::default(),
             connections_open,
             admin_connections_open,
+            store_available,
             config_reloads,
             rate_limited,
             would_refuse,
@@ -463,6 +473,16 @@ impl Metrics {
     }
 
     /// Registers another collector (used by later subsystems: audit, limits).
+    /// Records whether the store answered just now.
+    pub fn set_store_available(&self, available: bool) {
+        self.store_available.set(i64::from(available));
+    }
+
+    /// The store-availability gauge, for the audit writer.
+    pub fn store_available_gauge(&self) -> IntGauge {
+        self.store_available.clone()
+    }
+
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
         self.registry
             .register(collector)

@@ -147,12 +147,16 @@ pub async fn require_admin_token(
         Some(p) if token.matches(p.as_bytes()) => return next.run(request).await,
         Some(_) => "invalid",
     };
-    shared.runtime.audit.emit(
-        Event::new("admin.auth_failure", Severity::Warning)
-            .client_ip(peer.ip())
-            .detail("reason", reason)
-            .detail("path", request.uri().path()),
-    );
+    shared
+        .runtime
+        .audit
+        .record(
+            Event::new("admin.auth_failure", Severity::Warning)
+                .client_ip(peer.ip())
+                .detail("reason", reason)
+                .detail("path", request.uri().path()),
+        )
+        .await;
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, "A valid admin token is required.").into_response();
     response.headers_mut().insert(
@@ -325,13 +329,17 @@ async fn revoke_sessions(
             redis.publish_session_revoked(hash).await;
         }
     }
-    shared.runtime.audit.emit(
-        crate::audit::Event::new("session.revoked", crate::audit::Severity::Notice)
-            .consumer(username.as_str())
-            .detail("via", "admin_api")
-            .detail("client_ip", peer.ip().to_string())
-            .detail("sessions", hashes.len()),
-    );
+    shared
+        .runtime
+        .audit
+        .record(
+            crate::audit::Event::new("session.revoked", crate::audit::Severity::Notice)
+                .consumer(username.as_str())
+                .detail("via", "admin_api")
+                .detail("client_ip", peer.ip().to_string())
+                .detail("sessions", hashes.len()),
+        )
+        .await;
     Ok(Json(RevokedSessions {
         user: username,
         sessions: hashes.len(),

@@ -154,13 +154,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
     if let Some(store) = &shared.runtime.store {
-        let value = match store.ping(std::time::Duration::from_secs(2)).await {
-            Ok(()) => json!({ "status": "ok" }),
-            Err(why) => {
-                ready = false;
-                json!({ "status": "unavailable", "detail": why })
-            }
-        };
+        let audit = shared.runtime.audit.health();
+        let (value, store_ready) = store_check(store.ping(std::time::Duration::from_secs(2)).await, audit);
+        ready &= store_ready;
+        shared.metrics.set_store_available(value["status"] == "ok");
         checks.insert("store".into(), value);
     }
     if let Some(redis) = &shared.runtime.redis {
@@ -216,6 +213,43 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     };
     let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
     (status, axum::Json(body)).into_response()
+}
+
+/// The store's `/readyz` entry, and whether it leaves the gateway ready. A
+/// store that is down while the audit spill file takes the events is
+/// `degraded`, not unready: cached keys and sessions still serve, and
+/// every instance shares the store, so leaving the load balancer would
+/// not help. Only a spill file that cannot be written (events would be
+/// lost) makes the gateway unready.
+fn store_check(
+    ping: Result<(), String>,
+    audit: Option<crate::audit::AuditHealth>,
+) -> (serde_json::Value, bool) {
+    let spill_pending = audit.map_or(0, |a| a.spill_pending);
+    let spill_writable = audit.is_none_or(|a| a.spill_writable);
+    match ping {
+        Ok(()) if spill_writable => (
+            json!({ "status": "ok", "audit_spill_pending": spill_pending }),
+            true,
+        ),
+        Ok(()) => (
+            json!({ "status": "unavailable", "detail": "the audit spill file cannot be written", "audit_spill_pending": spill_pending }),
+            false,
+        ),
+        Err(why) if spill_writable => (
+            json!({
+                "status": "degraded",
+                "detail": why,
+                "warning": "audit events go to the spill file; cached keys and sessions still serve",
+                "audit_spill_pending": spill_pending,
+            }),
+            true,
+        ),
+        Err(why) => (
+            json!({ "status": "unavailable", "detail": why, "warning": "the audit spill file cannot be written either", "audit_spill_pending": spill_pending }),
+            false,
+        ),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

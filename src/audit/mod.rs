@@ -6,9 +6,12 @@
 //! Stages call [`Audit::emit`], which never blocks: the event goes into a
 //! bounded queue drained by one writer task ([`writer`]). When the store is
 //! unavailable events are appended to a local spill file and replayed, in
-//! order, when it returns. An event that cannot even be queued is counted
-//! (`portcullis_audit_dropped_total`) and reported by an `audit.dropped`
-//! event once the writer catches up.
+//! order, when it returns; a store that does not commit within a deadline
+//! counts as unavailable, so events reach the store or the fsynced spill
+//! within a bounded time whatever the store does. An event that finds the
+//! queue full goes to the spill file through a bounded overflow; one that
+//! cannot even be held there is counted (`portcullis_audit_dropped_total`)
+//! and reported by an `audit.dropped` event once the writer catches up.
 //!
 //! Events never carry secrets: no key, token, cookie or `Authorization`
 //! value, only IDs the gateway assigned (a key's public ID, a consumer's name).
@@ -147,6 +150,19 @@ pub fn config_problems(config: &crate::config::AuditConfig) -> Vec<(&'static str
             "must be more than zero, or left out to keep events".to_string(),
         ));
     }
+    for kind in &config.sync {
+        let name = kind.strip_suffix('*').unwrap_or(kind);
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+            || kind.contains("**")
+        {
+            problems.push((
+                "audit.sync",
+                format!("`{kind}` is not an event kind such as `auth.failure`, or a prefix such as `key.*`"),
+            ));
+        }
+    }
     if config.spill_file.as_os_str().is_empty() {
         problems.push(("audit.spill_file", "needs a file name".to_string()));
     }
@@ -158,14 +174,122 @@ pub fn config_problems(config: &crate::config::AuditConfig) -> Vec<(&'static str
 
 pub(crate) enum Command {
     Event(Box<Event>),
+    /// An event of a `sync` kind: answer once it is in the store or the
+    /// spill file (or counted as lost when neither takes it).
+    Durable(Box<Event>, oneshot::Sender<()>),
     /// Answer once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
 
-/// Counters shared by every handle and the writer.
-#[derive(Default)]
+/// The most a request or command waits for a `sync` event: far beyond the
+/// writer's bound (a batch window, the store deadline, one fsync), so it
+/// only ends a wait on a writer that is not running.
+pub const SYNC_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `[audit] sync`: exact kinds and `prefix.*` patterns.
+#[derive(Debug, Default)]
+struct SyncKinds {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl SyncKinds {
+    fn new(patterns: &[String]) -> SyncKinds {
+        let mut kinds = SyncKinds::default();
+        for pattern in patterns {
+            match pattern.strip_suffix('*') {
+                Some(prefix) => kinds.prefixes.push(prefix.to_string()),
+                None => kinds.exact.push(pattern.clone()),
+            }
+        }
+        kinds
+    }
+
+    fn contains(&self, kind: &str) -> bool {
+        self.exact.iter().any(|k| k == kind) || self.prefixes.iter().any(|p| kind.starts_with(p.as_str()))
+    }
+}
+
+/// Waits (at most [`SYNC_WAIT_LIMIT`] in all) until the `sync` events
+/// behind `waits` are written.
+pub async fn wait_durable(waits: Vec<oneshot::Receiver<()>>) {
+    let all = futures_util::future::join_all(waits);
+    let _ = tokio::time::timeout(SYNC_WAIT_LIMIT, all).await;
+}
+
+/// State shared by every handle and the writer.
 pub struct AuditCounters {
+    /// Events lost: neither queued nor held in the overflow, or neither
+    /// stored nor spilled.
     pub dropped: AtomicU64,
+    /// Events that found the queue full, for the writer to put in the
+    /// spill file; at most `overflow_cap`.
+    overflow: std::sync::Mutex<Vec<Event>>,
+    overflow_cap: usize,
+    /// Events in the spill file now.
+    spill_pending: AtomicU64,
+    /// Whether the last write to the spill file worked (`/readyz` goes
+    /// unready when it did not: an event could then be lost).
+    spill_writable: std::sync::atomic::AtomicBool,
+}
+
+impl AuditCounters {
+    pub(crate) fn new(overflow_cap: usize) -> AuditCounters {
+        AuditCounters {
+            dropped: AtomicU64::new(0),
+            overflow: std::sync::Mutex::new(Vec::new()),
+            overflow_cap,
+            spill_pending: AtomicU64::new(0),
+            spill_writable: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn overflow(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.overflow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds an event that found the queue full; `false` when the overflow
+    /// is full too.
+    fn hold(&self, event: Event) -> bool {
+        let mut overflow = self.overflow();
+        if overflow.len() >= self.overflow_cap {
+            return false;
+        }
+        overflow.push(event);
+        true
+    }
+
+    pub(crate) fn take_overflow(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.overflow())
+    }
+
+    pub(crate) fn set_spill_state(&self, pending: u64, writable: bool) {
+        self.spill_pending.store(pending, Ordering::Relaxed);
+        self.spill_writable.store(writable, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    /// An event that found the queue full: held for the spill file, or lost.
+    fn overflowed(&self, command: Command) {
+        let held = match command {
+            Command::Event(event) | Command::Durable(event, _) => self.counters.hold(*event),
+            Command::Flush(_) => true,
+        };
+        if !held {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_metric.inc();
+        }
+    }
+}
+
+/// The audit writer's state, for `/readyz` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHealth {
+    /// Events waiting in the spill file for the store.
+    pub spill_pending: u64,
+    /// Whether the spill file could be written the last time it was tried.
+    pub spill_writable: bool,
 }
 
 /// A cheap, cloneable handle for emitting events.
@@ -178,6 +302,7 @@ struct Inner {
     queue: mpsc::Sender<Command>,
     counters: Arc<AuditCounters>,
     success_sample: f64,
+    sync: SyncKinds,
     dropped_metric: prometheus::IntCounter,
 }
 
@@ -188,13 +313,52 @@ impl Audit {
     }
 
     /// Queues an event without waiting. If the queue is full the event is
-    /// counted as dropped and reported later.
+    /// held for the writer to put in the spill file; if that overflow (as
+    /// large as the queue) is full too, it is counted as dropped and
+    /// reported later by an `audit.dropped` event.
     pub fn emit(&self, event: Event) {
         let Some(inner) = &self.inner else { return };
-        if inner.queue.try_send(Command::Event(Box::new(event))).is_err() {
-            inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            inner.dropped_metric.inc();
+        let Err(failed) = inner.queue.try_send(Command::Event(Box::new(event))) else {
+            return;
+        };
+        inner.overflowed(failed.into_inner());
+    }
+
+    /// Queues an event like [`Audit::emit`]; for a kind `[audit] sync`
+    /// names, also returns what to wait on (see [`wait_durable`]) before
+    /// answering the request or command it records.
+    #[must_use = "a sync event's request waits for it"]
+    pub fn emit_waitable(&self, event: Event) -> Option<oneshot::Receiver<()>> {
+        let inner = self.inner.as_ref()?;
+        if !inner.sync.contains(&event.kind) {
+            self.emit(event);
+            return None;
         }
+        let (done, wait) = oneshot::channel();
+        match inner.queue.try_send(Command::Durable(Box::new(event), done)) {
+            Ok(()) => Some(wait),
+            // The overflow goes to the spill file with nobody to tell.
+            Err(failed) => {
+                inner.overflowed(failed.into_inner());
+                None
+            }
+        }
+    }
+
+    /// Emits an event and, for a `sync` kind, waits until it is written.
+    pub async fn record(&self, event: Event) {
+        if let Some(wait) = self.emit_waitable(event) {
+            wait_durable(vec![wait]).await;
+        }
+    }
+
+    /// The writer's state (`None` for a handle that records nothing).
+    pub fn health(&self) -> Option<AuditHealth> {
+        let counters = &self.inner.as_ref()?.counters;
+        Some(AuditHealth {
+            spill_pending: counters.spill_pending.load(Ordering::Relaxed),
+            spill_writable: counters.spill_writable.load(Ordering::Relaxed),
+        })
     }
 
     /// Whether this successful authentication should be recorded.

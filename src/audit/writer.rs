@@ -1,12 +1,25 @@
-//! The audit writer: one task that drains the queue in batches and writes
-//! each batch to the JSON-lines file (its own chain) and the store (the
-//! shared chain), spilling to a local file while the store is unavailable.
+//! The audit writer, in two tasks, so that an unavailable store never
+//! keeps events in memory:
+//!
+//! - the **intake** drains the queue in batches (one per [`BATCH_WINDOW`]),
+//!   appends each to the JSON-lines file, and hands it to the store task.
+//!   A batch the store has not taken within [`STORE_DEADLINE`] goes to the
+//!   spill file (fsynced) instead, and so does every batch after it until
+//!   the spill is empty again, which keeps the order;
+//! - the **store task** writes what it is handed, and while anything is
+//!   spilled replays the spill once a [`TICK`], oldest first. A replay that
+//!   cannot reach the store is how it waits for the store to come back: it
+//!   may block for the store's `connect_timeout`, but only this task.
+//!
+//! So whatever the store does, an event is in the store or in the fsynced
+//! spill within [`BATCH_WINDOW`] + [`STORE_DEADLINE`] of being emitted (plus
+//! the time of one fsync): that is all a SIGKILL or a power loss can take.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
@@ -17,34 +30,62 @@ use super::chain::{ChainedEvent, RETENTION_EVENT, chain};
 use super::{Audit, AuditCounters, Command, Event, Inner, Severity};
 use crate::config::AuditConfig;
 use crate::metrics::Metrics;
-use crate::store::{Store, now_ms};
+use crate::store::{Store, StoreError, now_ms};
 
 const BATCH: usize = 256;
 /// How long the writer gathers events before writing them (the most an
 /// event waits for its batch).
-const BATCH_WINDOW: Duration = Duration::from_millis(20);
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// How long the intake waits for the store to take a batch before it
+/// spills it. A healthy store commits a batch in milliseconds; one that
+/// takes longer is treated as unavailable until a replay gets through.
+pub const STORE_DEADLINE: Duration = Duration::from_millis(200);
 /// How often a spilled backlog is retried and drops are reported.
 const TICK: Duration = Duration::from_secs(1);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// How long shutdown waits for a store write or replay in progress (every
+/// event it holds is in the spill file already).
+const STORE_TASK_GRACE: Duration = Duration::from_secs(2);
 
 /// The running writer; stop it with [`AuditTask::shutdown`] so nothing
 /// queued is lost.
 pub struct AuditTask {
     stop: oneshot::Sender<()>,
-    handle: JoinHandle<()>,
+    intake: JoinHandle<()>,
+    store_task: Option<JoinHandle<()>>,
 }
 
 impl AuditTask {
-    /// Writes everything still queued, then stops.
+    /// Writes everything still queued (to the store or the spill), then
+    /// stops.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
-        let _ = self.handle.await;
+        let _ = self.intake.await;
+        if let Some(mut store_task) = self.store_task {
+            // The intake is gone, so the store task's channel is closed and
+            // it ends after what it is doing, unless that is a connection
+            // attempt to a store that is down.
+            if tokio::time::timeout(STORE_TASK_GRACE, &mut store_task)
+                .await
+                .is_err()
+            {
+                store_task.abort();
+            }
+        }
     }
 }
 
+#[derive(Clone)]
 struct WriterMetrics {
     written: IntCounterVec,
     spill_pending: IntGauge,
+    store_available: IntGauge,
+}
+
+impl WriterMetrics {
+    fn wrote(&self, sink: &str, n: usize) {
+        self.written.with_label_values(&[sink]).inc_by(n as u64);
+    }
 }
 
 /// Starts the writer. `store` is `None` when only the file is wanted.
@@ -55,10 +96,10 @@ pub fn start(
     metrics: &Metrics,
 ) -> (Audit, AuditTask) {
     let (queue, receiver) = mpsc::channel(config.queue.max(1));
-    let counters = Arc::new(AuditCounters::default());
+    let counters = Arc::new(AuditCounters::new(config.queue.max(1)));
     let dropped_metric = IntCounter::new(
         "portcullis_audit_dropped_total",
-        "Audit events that could not be queued (queue full) and were lost.",
+        "Audit events that could be neither queued nor held in the overflow for the spill file, and were lost.",
     )
     .expect("metric definitions are valid");
     let written = IntCounterVec::new(
@@ -77,6 +118,11 @@ pub fn start(
     metrics.register(Box::new(dropped_metric.clone()));
     metrics.register(Box::new(written.clone()));
     metrics.register(Box::new(spill_pending.clone()));
+    let metrics = WriterMetrics {
+        written,
+        spill_pending,
+        store_available: metrics.store_available_gauge(),
+    };
 
     let resolve = |p: &Path| {
         if p.is_absolute() {
@@ -85,48 +131,72 @@ pub fn start(
             base_dir.join(p)
         }
     };
-    let spill = Spill::open(resolve(&config.spill_file));
-    spill_pending.set(spill.pending as i64);
-    let writer = Writer {
-        store,
+    let spill = Arc::new(Spill::open(resolve(&config.spill_file)));
+    metrics.spill_pending.set(spill.pending() as i64);
+    counters.set_spill_state(spill.pending(), true);
+    let (to_store, store_task) = match store {
+        Some(store) => {
+            let (to_store, writes) = mpsc::channel(1);
+            let task = StoreTask {
+                store,
+                spill: spill.clone(),
+                counters: counters.clone(),
+                retention: config.retention.map(|d| d.0),
+                last_retention: None,
+                metrics: metrics.clone(),
+            };
+            (Some(to_store), Some(tokio::spawn(task.run(writes))))
+        }
+        None => (None, None),
+    };
+    let intake = Intake {
         file: config.file.as_deref().map(resolve),
         spill,
-        retention: config.retention.map(|d| d.0),
-        last_retention: None,
+        to_store,
         counters: counters.clone(),
         reported_drops: 0,
-        metrics: WriterMetrics {
-            written,
-            spill_pending,
-        },
+        metrics,
         warned_at: None,
     };
     let (stop, stopped) = oneshot::channel();
-    let handle = tokio::spawn(writer.run(receiver, stopped));
+    let intake = tokio::spawn(intake.run(receiver, stopped));
     let audit = Audit {
         inner: Some(Arc::new(Inner {
             queue,
             counters,
             success_sample: config.auth_success_sample,
+            sync: super::SyncKinds::new(&config.sync),
             dropped_metric,
         })),
     };
-    (audit, AuditTask { stop, handle })
+    (
+        audit,
+        AuditTask {
+            stop,
+            intake,
+            store_task,
+        },
+    )
 }
 
-struct Writer {
-    store: Option<Store>,
+/// A batch handed to the store task, and where to say how it went.
+struct StoreWrite {
+    batch: Vec<Event>,
+    done: oneshot::Sender<Result<usize, StoreError>>,
+}
+
+struct Intake {
     file: Option<PathBuf>,
-    spill: Spill,
-    retention: Option<Duration>,
-    last_retention: Option<Instant>,
+    spill: Arc<Spill>,
+    /// `None` when there is no store (only the file).
+    to_store: Option<mpsc::Sender<StoreWrite>>,
     counters: Arc<AuditCounters>,
     reported_drops: u64,
     metrics: WriterMetrics,
     warned_at: Option<Instant>,
 }
 
-impl Writer {
+impl Intake {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>, mut stopped: oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,12 +206,16 @@ impl Writer {
                     Some(command) => self.take(command, &mut queue).await,
                     None => break,
                 },
-                _ = tick.tick() => self.housekeeping().await,
+                _ = tick.tick() => {
+                    self.spill_overflow().await;
+                    self.report_drops().await;
+                }
                 _ = &mut stopped => {
                     // Write what is already queued, then stop.
                     while let Ok(command) = queue.try_recv() {
                         self.take(command, &mut queue).await;
                     }
+                    self.spill_overflow().await;
                     self.report_drops().await;
                     break;
                 }
@@ -151,8 +225,8 @@ impl Writer {
 
     /// Handles one command plus what arrives within [`BATCH_WINDOW`] (up
     /// to [`BATCH`] events): a steady trickle of events then costs one
-    /// transaction per window instead of one per event. A flush ends the
-    /// wait at once.
+    /// transaction per window instead of one per event. A flush or a `sync`
+    /// event ends the wait at once.
     async fn take(&mut self, first: Command, queue: &mut mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
@@ -161,6 +235,12 @@ impl Writer {
         while let Some(command) = next.take() {
             match command {
                 Command::Event(event) => batch.push(*event),
+                // A request waits for it: write as soon as the queue is
+                // empty rather than at the end of the window.
+                Command::Durable(event, done) => {
+                    batch.push(*event);
+                    waiting.push(done);
+                }
                 Command::Flush(done) => waiting.push(done),
             }
             if batch.len() >= BATCH {
@@ -178,73 +258,84 @@ impl Writer {
         if !batch.is_empty() {
             self.write(batch).await;
         }
+        // Events that found the queue full were emitted after those above.
+        self.spill_overflow().await;
         for done in waiting {
             let _ = done.send(());
         }
     }
 
     async fn write(&mut self, batch: Vec<Event>) {
-        if let Some(path) = &self.file {
-            match append_file(path, batch.clone()) {
-                Ok(n) => self.metrics.written.with_label_values(&["file"]).inc_by(n as u64),
-                Err(error) => self.warn(&format!(
-                    "audit file {} cannot be written: {error}",
-                    path.display()
-                )),
+        if let Some(path) = self.file.clone() {
+            let events = batch.clone();
+            match blocking(move || append_file(&path, events)).await {
+                Ok(n) => self.metrics.wrote("file", n),
+                Err(error) => {
+                    let path = self
+                        .file
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                        .to_string();
+                    self.warn(&format!("audit file {path} cannot be written: {error}"));
+                }
             }
         }
-        let Some(store) = self.store.clone() else { return };
-        if self.spill.pending == 0 {
-            match store.append_audit(batch.clone()).await {
-                Ok(chained) => {
-                    self.metrics
-                        .written
-                        .with_label_values(&["store"])
-                        .inc_by(chained.len() as u64);
+        let Some(to_store) = &self.to_store else { return };
+        if !self.spill.is_spilling() {
+            match hand_to_store(to_store, batch.clone()).await {
+                Ok(n) => {
+                    self.metrics.wrote("store", n);
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "audit store unavailable; spilling events to {}", self.spill.path.display());
+                Err(why) => {
+                    tracing::warn!(error = %why, "audit store unavailable; spilling events to {}", self.spill.path.display());
                 }
             }
         }
-        // Keep order: once anything is spilled, everything after follows it.
-        match self.spill.append(&batch) {
+        self.spill_batch(batch).await;
+    }
+
+    /// Appends to the spill file (fsynced); from now on every batch goes
+    /// there until a replay empties it.
+    async fn spill_batch(&mut self, batch: Vec<Event>) {
+        let n = batch.len();
+        let spill = self.spill.clone();
+        match blocking(move || spill.append(&batch)).await {
             Ok(()) => {
-                self.metrics
-                    .written
-                    .with_label_values(&["spill"])
-                    .inc_by(batch.len() as u64);
-                self.metrics.spill_pending.set(self.spill.pending as i64);
+                self.metrics.wrote("spill", n);
+                self.metrics.spill_pending.set(self.spill.pending() as i64);
+                self.counters.set_spill_state(self.spill.pending(), true);
             }
             Err(error) => {
-                self.counters
-                    .dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                self.counters.set_spill_state(self.spill.pending(), false);
                 self.warn(&format!(
-                    "audit spill file cannot be written either; {} events lost: {error}",
-                    batch.len()
+                    "audit spill file cannot be written either; {n} events lost: {error}"
                 ));
             }
         }
     }
 
-    async fn housekeeping(&mut self) {
-        if self.spill.pending > 0
-            && let Some(store) = self.store.clone()
-        {
-            match self.spill.replay(&store).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    events = n,
-                    "audit store is back; replayed spilled events in order"
-                ),
-                Err(_) => {}
-            }
-            self.metrics.spill_pending.set(self.spill.pending as i64);
+    /// Writes the events that found the queue full to the spill file.
+    async fn spill_overflow(&mut self) {
+        let overflow = self.counters.take_overflow();
+        if overflow.is_empty() {
+            return;
         }
-        self.report_drops().await;
-        self.apply_retention().await;
+        tracing::warn!(
+            events = overflow.len(),
+            "the audit queue was full; events went to the spill file"
+        );
+        if let Some(path) = self.file.clone() {
+            let events = overflow.clone();
+            if let Ok(n) = blocking(move || append_file(&path, events)).await {
+                self.metrics.wrote("file", n);
+            }
+        }
+        if self.to_store.is_some() {
+            self.spill_batch(overflow).await;
+        }
     }
 
     /// Turns a rise in the drop counter into an `audit.dropped` event.
@@ -253,25 +344,14 @@ impl Writer {
         if dropped > self.reported_drops {
             let lost = dropped - self.reported_drops;
             self.reported_drops = dropped;
-            tracing::warn!(lost, "audit events were dropped because the queue was full");
+            tracing::warn!(
+                lost,
+                "audit events were lost: the queue, its overflow or the spill file was full or failing"
+            );
             let event = Event::new("audit.dropped", Severity::Warning)
                 .detail("lost", lost)
                 .detail("total_lost", dropped);
             self.write(vec![event]).await;
-        }
-    }
-
-    async fn apply_retention(&mut self) {
-        let (Some(keep), Some(store)) = (self.retention, self.store.clone()) else {
-            return;
-        };
-        if self.spill.pending > 0 || self.last_retention.is_some_and(|t| t.elapsed() < RETENTION_EVERY) {
-            return;
-        }
-        self.last_retention = Some(Instant::now());
-        if let Err(error) = apply_retention(&store, keep).await {
-            tracing::warn!(%error, "audit retention failed; will retry");
-            self.last_retention = None;
         }
     }
 
@@ -283,6 +363,105 @@ impl Writer {
         {
             self.warned_at = Some(Instant::now());
             tracing::error!("{message}");
+        }
+    }
+}
+
+/// Hands a batch to the store task and waits up to [`STORE_DEADLINE`] for
+/// its commit. On a timeout the store task may still commit it later; the
+/// batch is spilled too, and the replay skips what is stored already.
+async fn hand_to_store(to_store: &mpsc::Sender<StoreWrite>, batch: Vec<Event>) -> Result<usize, String> {
+    let (done, answer) = oneshot::channel();
+    to_store
+        .try_send(StoreWrite { batch, done })
+        .map_err(|_| "the store is still busy with an earlier batch".to_string())?;
+    match tokio::time::timeout(STORE_DEADLINE, answer).await {
+        Ok(Ok(Ok(n))) => Ok(n),
+        Ok(Ok(Err(error))) => Err(error.to_string()),
+        Ok(Err(_)) => Err("the store task stopped".to_string()),
+        Err(_) => Err(format!("no commit within {} ms", STORE_DEADLINE.as_millis())),
+    }
+}
+
+/// Runs blocking file work (writes and fsyncs) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+struct StoreTask {
+    store: Store,
+    spill: Arc<Spill>,
+    counters: Arc<AuditCounters>,
+    retention: Option<Duration>,
+    last_retention: Option<Instant>,
+    metrics: WriterMetrics,
+}
+
+impl StoreTask {
+    async fn run(mut self, mut writes: mpsc::Receiver<StoreWrite>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                write = writes.recv() => match write {
+                    Some(StoreWrite { batch, done }) => {
+                        let written = self.store.append_audit(batch).await.map(|c| c.len());
+                        self.metrics.store_available.set(i64::from(written.is_ok()));
+                        let _ = done.send(written);
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if self.spill.is_spilling() {
+                        self.replay().await;
+                    }
+                    self.apply_retention().await;
+                }
+            }
+        }
+    }
+
+    /// Replays the spill until it is empty or the store fails.
+    async fn replay(&mut self) {
+        let mut total = 0;
+        loop {
+            let step = self.spill.replay_some(&self.store).await;
+            if !matches!(step, Err(ReplayError::File(_))) {
+                self.metrics.store_available.set(i64::from(step.is_ok()));
+            }
+            match step {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(error) => {
+                    tracing::debug!(%error, "audit store still unavailable");
+                    break;
+                }
+            }
+        }
+        self.metrics.spill_pending.set(self.spill.pending() as i64);
+        self.counters.set_spill_state(self.spill.pending(), true);
+        if total > 0 {
+            tracing::info!(
+                events = total,
+                pending = self.spill.pending(),
+                "audit store is back; replayed spilled events in order"
+            );
+        }
+    }
+
+    async fn apply_retention(&mut self) {
+        let Some(keep) = self.retention else { return };
+        if self.spill.is_spilling() || self.last_retention.is_some_and(|t| t.elapsed() < RETENTION_EVERY) {
+            return;
+        }
+        self.last_retention = Some(Instant::now());
+        if let Err(error) = apply_retention(&self.store, keep).await {
+            tracing::warn!(%error, "audit retention failed; will retry");
+            self.last_retention = None;
         }
     }
 }
@@ -360,11 +539,25 @@ pub fn append_file(path: &Path, events: Vec<Event>) -> std::io::Result<usize> {
     Ok(chained.len())
 }
 
-/// Events waiting for the store, one JSON object per line, oldest first.
+/// Events waiting for the store, one JSON object per line, oldest first,
+/// shared by the intake (which appends) and the store task (which replays
+/// and removes from the front). The lock is held for each file operation,
+/// never across a store round trip.
 struct Spill {
     path: PathBuf,
-    pending: u64,
+    state: Mutex<SpillState>,
 }
+
+struct SpillState {
+    /// Lines in the file.
+    pending: u64,
+    /// Batches go here rather than to the store, until a replay empties
+    /// the file (which keeps the order).
+    spilling: bool,
+}
+
+/// How many spilled events one replay step reads and writes.
+const REPLAY_CHUNK: usize = 1024;
 
 impl Spill {
     fn open(path: PathBuf) -> Spill {
@@ -380,68 +573,145 @@ impl Spill {
         if pending > 0 {
             tracing::warn!(pending, path = %path.display(), "audit events from an earlier outage wait to be replayed");
         }
-        Spill { path, pending }
+        Spill {
+            path,
+            state: Mutex::new(SpillState {
+                pending,
+                spilling: pending > 0,
+            }),
+        }
     }
 
-    fn append(&mut self, events: &[Event]) -> std::io::Result<()> {
-        let mut file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+    fn state(&self) -> std::sync::MutexGuard<'_, SpillState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending(&self) -> u64 {
+        self.state().pending
+    }
+
+    fn is_spilling(&self) -> bool {
+        self.state().spilling
+    }
+
+    fn append(&self, events: &[Event]) -> std::io::Result<()> {
         let mut text = String::new();
         for e in events {
             text.push_str(&serde_json::to_string(e).expect("events serialise"));
             text.push('\n');
         }
+        let mut state = self.state();
+        let mut file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
-        self.pending += events.len() as u64;
+        if state.pending == 0 {
+            // A new file: its directory entry must survive a crash too.
+            sync_dir(&self.path)?;
+        }
+        state.pending += events.len() as u64;
+        state.spilling = true;
         Ok(())
     }
 
-    /// Writes spilled events to the store in order; what could not be
-    /// written stays in the file. Returns how many were written.
-    async fn replay(&mut self, store: &Store) -> Result<u64, crate::store::StoreError> {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let events: Vec<Event> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let mut done = 0usize;
-        let mut outcome = Ok(());
-        for batch in events.chunks(BATCH) {
-            // A crash between a commit and rewriting the file would replay a
-            // batch twice; skip what is already stored.
-            let mut fresh = Vec::with_capacity(batch.len());
-            for e in batch {
-                match store.audit_event_exists(&e.id).await {
-                    Ok(true) => {}
-                    Ok(false) => fresh.push(e.clone()),
-                    Err(err) => {
-                        outcome = Err(err);
-                        break;
-                    }
-                }
+    /// The first `limit` lines, parsed (`None` for a line that is not an
+    /// event, which is dropped with a warning). When there are none, the
+    /// spill is over: batches go to the store again.
+    fn read_front(&self, limit: usize) -> std::io::Result<Vec<Option<Event>>> {
+        let mut state = self.state();
+        let file = match File::open(&self.path) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let Some(file) = file else {
+            state.pending = 0;
+            state.spilling = false;
+            return Ok(out);
+        };
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
             }
-            if outcome.is_err() {
+            let event = serde_json::from_str(&line).ok();
+            if event.is_none() {
+                tracing::warn!(path = %self.path.display(), "a spilled audit line is not an event; dropped");
+            }
+            out.push(event);
+            if out.len() >= limit {
                 break;
             }
-            if let Err(err) = store.append_audit(fresh).await {
-                outcome = Err(err);
-                break;
-            }
-            done += batch.len();
         }
-        let rest: String = events[done..]
-            .iter()
-            .map(|e| serde_json::to_string(e).expect("events serialise") + "\n")
-            .collect();
-        let tmp = self.path.with_extension("replay.tmp");
-        if std::fs::write(&tmp, rest)
-            .and_then(|_| std::fs::rename(&tmp, &self.path))
-            .is_err()
-        {
-            tracing::error!(path = %self.path.display(), "cannot rewrite the audit spill file");
+        if out.is_empty() {
+            state.pending = 0;
+            state.spilling = false;
         }
-        self.pending = (events.len() - done) as u64;
-        outcome.map(|_| done as u64)
+        Ok(out)
     }
+
+    /// Removes the first `n` lines: the rest is written to a new file,
+    /// fsynced, renamed over the old one, and the directory fsynced, so a
+    /// crash leaves either file whole. Returns how many lines remain; with
+    /// none left, batches go to the store again.
+    fn remove_front(&self, n: usize) -> std::io::Result<u64> {
+        let mut state = self.state();
+        let text = std::fs::read_to_string(&self.path)?;
+        let rest: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).skip(n).collect();
+        let tmp = self.path.with_extension("replay.tmp");
+        {
+            let mut file = File::create(&tmp)?;
+            for line in &rest {
+                file.write_all(line.as_bytes())?;
+                file.write_all(b"\n")?;
+            }
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        sync_dir(&self.path)?;
+        state.pending = rest.len() as u64;
+        state.spilling = !rest.is_empty();
+        Ok(state.pending)
+    }
+
+    /// Writes up to [`REPLAY_CHUNK`] spilled events to the store in order,
+    /// skipping those stored already (a crash between a commit and the
+    /// file's rewrite, or a batch the store committed after its deadline),
+    /// then removes them from the file. Returns how many were done.
+    async fn replay_some(self: &Arc<Self>, store: &Store) -> Result<usize, ReplayError> {
+        let spill = self.clone();
+        let front = blocking(move || spill.read_front(REPLAY_CHUNK)).await?;
+        if front.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<Event> = front.iter().flatten().cloned().collect();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let stored = store.audit_existing_ids(&ids).await?;
+        let fresh: Vec<Event> = events.into_iter().filter(|e| !stored.contains(&e.id)).collect();
+        for batch in fresh.chunks(BATCH) {
+            store.append_audit(batch.to_vec()).await?;
+        }
+        let done = front.len();
+        let spill = self.clone();
+        blocking(move || spill.remove_front(done)).await?;
+        Ok(done)
+    }
+}
+
+/// Why a replay step stopped.
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error("the spill file: {0}")]
+    File(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Makes a rename or a new file in `path`'s directory durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }

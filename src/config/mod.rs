@@ -412,6 +412,10 @@ pub struct AuditConfig {
     /// Fraction of successful authentications recorded (0.0 to 1.0).
     #[serde(default = "AuditConfig::default_sample")]
     pub auth_success_sample: f64,
+    /// Event kinds (`auth.failure`, or `key.*` for a prefix) whose request
+    /// or command waits until the event is in the store or the spill file.
+    #[serde(default = "AuditConfig::default_sync")]
+    pub sync: Vec<String>,
 }
 
 impl AuditConfig {
@@ -424,6 +428,18 @@ impl AuditConfig {
     fn default_sample() -> f64 {
         0.01
     }
+    fn default_sync() -> Vec<String> {
+        [
+            "auth.failure",
+            "login.failure",
+            "admin.auth_failure",
+            "key.*",
+            "consumer.*",
+            "session.revoked",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
 }
 
 impl Default for AuditConfig {
@@ -434,6 +450,7 @@ impl Default for AuditConfig {
             spill_file: Self::default_spill_file(),
             queue: Self::default_queue(),
             auth_success_sample: Self::default_sample(),
+            sync: Self::default_sync(),
         }
     }
 }

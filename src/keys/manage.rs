@@ -138,25 +138,29 @@ pub async fn create_key(
         validate_key_rate_limit(limit)?;
     }
     let (created, expires_at) = insert_new_key(store, &consumer.id, consumer.name, req).await?;
-    audit.emit(
-        actor
-            .event("key.created")
-            .consumer(created.consumer.as_str())
-            .detail("key_id", created.id.as_str())
-            .detail("scopes", req.scopes.clone())
-            .detail("expires_at", expires_at),
-    );
+    audit
+        .record(
+            actor
+                .event("key.created")
+                .consumer(created.consumer.as_str())
+                .detail("key_id", created.id.as_str())
+                .detail("scopes", req.scopes.clone())
+                .detail("expires_at", expires_at),
+        )
+        .await;
     Ok(created)
 }
 
 pub async fn revoke_key(store: &Store, audit: &Audit, id: &str, actor: Actor) -> Result<KeyInfo, StoreError> {
     let record = store.revoke_key(id).await?;
-    audit.emit(
-        actor
-            .event("key.revoked")
-            .consumer(&record.consumer)
-            .detail("key_id", id),
-    );
+    audit
+        .record(
+            actor
+                .event("key.revoked")
+                .consumer(&record.consumer)
+                .detail("key_id", id),
+        )
+        .await;
     Ok(record.info(now_ms()))
 }
 
@@ -195,14 +199,16 @@ pub async fn rotate_key(
     let (created, _) = insert_new_key(store, &old.consumer_id, old.consumer.clone(), &request).await?;
     let grace_ends = now + grace.as_millis() as i64;
     store.retire_key(id, &created.id, grace_ends).await?;
-    audit.emit(
-        actor
-            .event("key.rotated")
-            .consumer(&old.consumer)
-            .detail("key_id", id)
-            .detail("new_key_id", created.id.as_str())
-            .detail("old_key_valid_until", grace_ends),
-    );
+    audit
+        .record(
+            actor
+                .event("key.rotated")
+                .consumer(&old.consumer)
+                .detail("key_id", id)
+                .detail("new_key_id", created.id.as_str())
+                .detail("old_key_valid_until", grace_ends),
+        )
+        .await;
     Ok(created)
 }
 
@@ -214,7 +220,7 @@ pub async fn create_consumer(
     actor: Actor,
 ) -> Result<Consumer, StoreError> {
     let consumer = store.create_consumer(name, metadata).await?;
-    audit.emit(actor.event("consumer.created").consumer(name));
+    audit.record(actor.event("consumer.created").consumer(name)).await;
     Ok(consumer)
 }
 
@@ -225,11 +231,13 @@ pub async fn delete_consumer(
     actor: Actor,
 ) -> Result<Vec<String>, StoreError> {
     let keys = store.delete_consumer(name).await?;
-    audit.emit(
-        actor
-            .event("consumer.deleted")
-            .consumer(name)
-            .detail("deleted_keys", keys.clone()),
-    );
+    audit
+        .record(
+            actor
+                .event("consumer.deleted")
+                .consumer(name)
+                .detail("deleted_keys", keys.clone()),
+        )
+        .await;
     Ok(keys)
 }

@@ -70,6 +70,9 @@ pub struct RequestCx {
     pub upstream_time: Option<Duration>,
     /// The proxy: the response came from the upstream (not the gateway).
     pub from_upstream: bool,
+    /// `[audit] sync` events this request emitted: it is answered once
+    /// they are written.
+    pub audit_waits: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RequestCx {
@@ -97,6 +100,7 @@ impl RequestCx {
             rate_limit_headers: None,
             upstream_time: None,
             from_upstream: false,
+            audit_waits: Vec::new(),
         }
     }
 

@@ -279,6 +279,9 @@ impl Pipeline {
         for stage in &self.response {
             stage.response(cx, &mut response);
         }
+        if !cx.audit_waits.is_empty() {
+            crate::audit::wait_durable(std::mem::take(&mut cx.audit_waits)).await;
+        }
         response
     }
 

@@ -134,13 +134,28 @@ impl Store {
         Ok(chained)
     }
 
-    /// Whether an event with this ID is already stored (spill replay).
-    pub async fn audit_event_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM audit_events WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .is_some())
+    /// Which of these event IDs are stored already (spill replay), by the
+    /// index on `id`: one query per [`ROWS_PER_INSERT`] IDs.
+    pub async fn audit_existing_ids(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in ids.chunks(ROWS_PER_INSERT) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id FROM audit_events WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                found.insert(row.try_get::<String, _>("id")?);
+            }
+        }
+        Ok(found)
     }
 
     /// Events after `seq`, oldest first.

@@ -7,6 +7,7 @@ pub mod clamav;
 pub mod h2;
 pub mod jwt;
 pub mod oidc;
+pub mod private_pg;
 pub mod tls;
 pub mod ws;
 
@@ -456,6 +457,14 @@ pub fn edit(text: &str, change: impl FnOnce(&mut toml::Table)) -> String {
 }
 
 /// A public catch-all route to `app`.
+/// A route at `/api` to the upstream `app` that needs an API key.
+pub const KEY_ROUTE: &str = r#"
+[[routes]]
+path = "/api"
+upstream = "app"
+auth = ["api_key"]
+"#;
+
 pub const PUBLIC_ROOT: &str = r#"
 [[routes]]
 path = "/"
@@ -670,12 +679,16 @@ impl Binary {
             readers.push(std::thread::spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    {
+                        let mut s = sink.lock().unwrap();
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                    // After the line is in the output, which a test may
+                    // read as soon as `spawn` returns.
                     if line.contains("portcullis is listening") {
                         let _ = tx.send(line.clone());
                     }
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
                 }
             }));
         }

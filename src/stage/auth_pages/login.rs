@@ -83,7 +83,8 @@ impl AuthPagesStage {
             .to_string();
         let csrf = form_value(&form, "csrf").unwrap_or_default();
         if binding.is_empty() || !self.keys.check_form_token("login", binding.as_bytes(), &csrf) {
-            self.audit_event(cx, "login.failure", Severity::Warning, None, Some("csrf"));
+            self.audit_event(cx, "login.failure", Severity::Warning, None, Some("csrf"))
+                .await;
             return Ok(self.login_form(
                 &return_to,
                 Some("The sign-in form expired; try again."),
@@ -93,7 +94,8 @@ impl AuthPagesStage {
         let username = form_value(&form, "username").unwrap_or_default();
         let password = form_value(&form, "password").unwrap_or_default();
         if let Some(retry_after) = self.login_limited(cx, &username) {
-            self.audit_event(cx, "login.failure", Severity::Warning, None, Some("limited"));
+            self.audit_event(cx, "login.failure", Severity::Warning, None, Some("limited"))
+                .await;
             let mut response = self.login_form(
                 &return_to,
                 Some("Too many sign-in attempts; wait a minute and try again."),
@@ -139,7 +141,8 @@ impl AuthPagesStage {
                     Severity::Warning,
                     Some(&username),
                     Some("disabled"),
-                );
+                )
+                .await;
                 return Ok(self.login_form(&return_to, Some(WRONG), StatusCode::UNAUTHORIZED));
             }
             (Some(r), Verdict::RightUpgrade(new_hash)) => {
@@ -147,7 +150,8 @@ impl AuthPagesStage {
                     .upgrade_password_hash(&username, &r.password_hash, &new_hash)
                     .await
                     .map_err(unavailable)?;
-                self.audit_event(cx, "password.upgraded", Severity::Notice, Some(&username), None);
+                self.audit_event(cx, "password.upgraded", Severity::Notice, Some(&username), None)
+                    .await;
                 r
             }
             (Some(r), Verdict::Right) => r,
@@ -160,7 +164,8 @@ impl AuthPagesStage {
                 // The user name is named only if it exists: a mistyped
                 // password in the user-name field must not reach the log.
                 let user = known.as_ref().map(|_| username.as_str());
-                self.audit_event(cx, "login.failure", Severity::Warning, user, Some(reason));
+                self.audit_event(cx, "login.failure", Severity::Warning, user, Some(reason))
+                    .await;
                 return Ok(self.login_form(&return_to, Some(WRONG), StatusCode::UNAUTHORIZED));
             }
         };
@@ -186,7 +191,8 @@ impl AuthPagesStage {
             return Ok(self.login_form(&return_to, Some(WRONG), StatusCode::UNAUTHORIZED));
         }
         let _ = store.record_login(&username).await;
-        self.audit_event(cx, "login.success", Severity::Info, Some(&username), None);
+        self.audit_event(cx, "login.success", Severity::Info, Some(&username), None)
+            .await;
         Ok(see_other(
             &return_to,
             vec![

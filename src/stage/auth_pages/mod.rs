@@ -335,7 +335,8 @@ impl AuthPagesStage {
             crate::audit::Severity::Info,
             user.as_deref(),
             None,
-        );
+        )
+        .await;
         Ok(see_other("/", vec![self.clear_cookie(&self.config.cookie_name)]))
     }
 
@@ -378,7 +379,9 @@ impl AuthPagesStage {
         Ok(response)
     }
 
-    fn audit_event(
+    /// Records a login-page event; a `sync` kind (`login.failure` by
+    /// default) is written before the page is answered.
+    async fn audit_event(
         &self,
         cx: &RequestCx,
         kind: &str,
@@ -393,7 +396,7 @@ impl AuthPagesStage {
         if let Some(reason) = reason {
             event = event.detail("reason", reason);
         }
-        self.audit.emit(event);
+        self.audit.record(event).await;
     }
 }
 

@@ -461,7 +461,11 @@ impl AuthnStage {
         if let Some(id) = key_id {
             event = event.detail("key_id", id);
         }
-        self.audit.emit(event);
+        // A `sync` kind (the default): the refusal is answered once the
+        // event is written (see `Pipeline::run`).
+        if let Some(wait) = self.audit.emit_waitable(event) {
+            cx.audit_waits.push(wait);
+        }
         self.metrics.failure(method, refusal.reason);
         if let Some(location) = login {
             return GatewayError::LoginRequired { location };
