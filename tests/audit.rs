@@ -375,3 +375,46 @@ async fn the_gateway_and_the_cli_write_one_chain_together() {
     assert_eq!(out.lines().count(), 65);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_goes_unready_only_when_the_spill_file_fails_too() {
+    use sqlx::Connection;
+    let upstream = TestUpstream::start().await;
+    let dir = scratch_dir();
+    let text = edit(
+        &config_with_store("production", &upstream.url(), None, KEY_ROUTE),
+        |doc| {
+            let spill = dir.join("no-such-folder").join("spill.jsonl");
+            set(doc, "audit", "spill_file", spill.display().to_string());
+        },
+    );
+    let gw = start_gateway(&text).await;
+    let readyz = format!("http://{}/readyz", gw.admin_addr());
+    assert_eq!(client().get(&readyz).send().await.unwrap().status(), 200);
+
+    let db_url = string_at(&text, "store.url");
+    let mut locker = sqlx::SqliteConnection::connect(&db_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
+    refused(&gw, 3, "unspillable").await;
+    let resp = client().get(&readyz).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "events can be neither stored nor spilled");
+    let store = json(resp).await["checks"]["store"].clone();
+    assert_eq!(store["status"], "unavailable", "{store}");
+    let text = metrics_text(gw.admin_addr()).await;
+    assert!(metric(&text, "portcullis_audit_dropped_total") >= 3.0, "{text}");
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+    // The next events reach the store, and the drop is reported there.
+    refused(&gw, 1, "after").await;
+    wait_until_async(
+        "the store to take events again",
+        Duration::from_secs(10),
+        async || {
+            client().get(&readyz).send().await.unwrap().status() == 200
+                && !audit_events(&gw, Some("audit.dropped")).await.is_empty()
+        },
+    )
+    .await;
+    gw.shutdown().await;
+}

@@ -228,20 +228,29 @@ pub struct AuditCounters {
     overflow_cap: usize,
     /// Events in the spill file now.
     spill_pending: AtomicU64,
-    /// Whether the last write to the spill file worked (`/readyz` goes
-    /// unready when it did not: an event could then be lost).
+    /// Whether the last batch reached the store or the spill file
+    /// (`/readyz` goes unready when it reached neither: events are lost).
     spill_writable: std::sync::atomic::AtomicBool,
+    /// `portcullis_audit_dropped_total`, beside `dropped`.
+    dropped_metric: prometheus::IntCounter,
 }
 
 impl AuditCounters {
-    pub(crate) fn new(overflow_cap: usize) -> AuditCounters {
+    pub(crate) fn new(overflow_cap: usize, dropped_metric: prometheus::IntCounter) -> AuditCounters {
         AuditCounters {
+            dropped_metric,
             dropped: AtomicU64::new(0),
             overflow: std::sync::Mutex::new(Vec::new()),
             overflow_cap,
             spill_pending: AtomicU64::new(0),
             spill_writable: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Counts `n` events lost.
+    pub(crate) fn lose(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.dropped_metric.inc_by(n);
     }
 
     fn overflow(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
@@ -263,6 +272,10 @@ impl AuditCounters {
         std::mem::take(&mut *self.overflow())
     }
 
+    pub(crate) fn set_spill_pending(&self, pending: u64) {
+        self.spill_pending.store(pending, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_spill_state(&self, pending: u64, writable: bool) {
         self.spill_pending.store(pending, Ordering::Relaxed);
         self.spill_writable.store(writable, Ordering::Relaxed);
@@ -277,8 +290,7 @@ impl Inner {
             Command::Flush(_) => true,
         };
         if !held {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            self.dropped_metric.inc();
+            self.counters.lose(1);
         }
     }
 }
@@ -288,7 +300,7 @@ impl Inner {
 pub struct AuditHealth {
     /// Events waiting in the spill file for the store.
     pub spill_pending: u64,
-    /// Whether the spill file could be written the last time it was tried.
+    /// Whether the last batch reached the store or the spill file.
     pub spill_writable: bool,
 }
 
@@ -303,7 +315,6 @@ struct Inner {
     counters: Arc<AuditCounters>,
     success_sample: f64,
     sync: SyncKinds,
-    dropped_metric: prometheus::IntCounter,
 }
 
 impl Audit {

@@ -96,10 +96,9 @@ pub fn start(
     metrics: &Metrics,
 ) -> (Audit, AuditTask) {
     let (queue, receiver) = mpsc::channel(config.queue.max(1));
-    let counters = Arc::new(AuditCounters::new(config.queue.max(1)));
     let dropped_metric = IntCounter::new(
         "portcullis_audit_dropped_total",
-        "Audit events that could be neither queued nor held in the overflow for the spill file, and were lost.",
+        "Audit events lost: neither queued nor held in the overflow for the spill file, or neither stored nor spilled.",
     )
     .expect("metric definitions are valid");
     let written = IntCounterVec::new(
@@ -116,6 +115,7 @@ pub fn start(
     )
     .expect("metric definitions are valid");
     metrics.register(Box::new(dropped_metric.clone()));
+    let counters = Arc::new(AuditCounters::new(config.queue.max(1), dropped_metric));
     metrics.register(Box::new(written.clone()));
     metrics.register(Box::new(spill_pending.clone()));
     let metrics = WriterMetrics {
@@ -166,7 +166,6 @@ pub fn start(
             counters,
             success_sample: config.auth_success_sample,
             sync: super::SyncKinds::new(&config.sync),
-            dropped_metric,
         })),
     };
     (
@@ -286,6 +285,8 @@ impl Intake {
             match hand_to_store(to_store, batch.clone()).await {
                 Ok(n) => {
                     self.metrics.wrote("store", n);
+                    // Events are safe again, even if the spill file is not.
+                    self.counters.set_spill_state(self.spill.pending(), true);
                     return;
                 }
                 Err(why) => {
@@ -308,7 +309,7 @@ impl Intake {
                 self.counters.set_spill_state(self.spill.pending(), true);
             }
             Err(error) => {
-                self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                self.counters.lose(n as u64);
                 self.counters.set_spill_state(self.spill.pending(), false);
                 self.warn(&format!(
                     "audit spill file cannot be written either; {n} events lost: {error}"
@@ -427,30 +428,21 @@ impl StoreTask {
 
     /// Replays the spill until it is empty or the store fails.
     async fn replay(&mut self) {
-        let mut total = 0;
-        loop {
-            let step = self.spill.replay_some(&self.store).await;
-            if !matches!(step, Err(ReplayError::File(_))) {
-                self.metrics.store_available.set(i64::from(step.is_ok()));
-            }
-            match step {
-                Ok(0) => break,
-                Ok(n) => total += n,
-                Err(error) => {
-                    tracing::debug!(%error, "audit store still unavailable");
-                    break;
-                }
-            }
+        let step = self.spill.replay(&self.store).await;
+        if !matches!(step, Err(ReplayError::File(_))) {
+            self.metrics.store_available.set(i64::from(step.is_ok()));
         }
-        self.metrics.spill_pending.set(self.spill.pending() as i64);
-        self.counters.set_spill_state(self.spill.pending(), true);
-        if total > 0 {
-            tracing::info!(
-                events = total,
+        match &step {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                events = n,
                 pending = self.spill.pending(),
                 "audit store is back; replayed spilled events in order"
-            );
+            ),
+            Err(error) => tracing::debug!(%error, "audit store still unavailable"),
         }
+        self.metrics.spill_pending.set(self.spill.pending() as i64);
+        self.counters.set_spill_pending(self.spill.pending());
     }
 
     async fn apply_retention(&mut self) {
@@ -558,6 +550,9 @@ struct SpillState {
 
 /// How many spilled events one replay step reads and writes.
 const REPLAY_CHUNK: usize = 1024;
+/// How many replayed events the spill file is cut after (rewritten without
+/// them); a crash before the cut replays them again, deduplicated.
+const REWRITE_EVERY: usize = 65_536;
 
 impl Spill {
     fn open(path: PathBuf) -> Spill {
@@ -613,24 +608,32 @@ impl Spill {
         Ok(())
     }
 
-    /// The first `limit` lines, parsed (`None` for a line that is not an
-    /// event, which is dropped with a warning). When there are none, the
-    /// spill is over: batches go to the store again.
-    fn read_front(&self, limit: usize) -> std::io::Result<Vec<Option<Event>>> {
+    /// Up to `limit` lines from byte `offset`, parsed (`None` for a line
+    /// that is not an event, which is dropped with a warning), and the
+    /// offset after them. At the end of an empty file the spill is over:
+    /// batches go to the store again.
+    fn read_from(&self, offset: u64, limit: usize) -> std::io::Result<(Vec<Option<Event>>, u64)> {
         let mut state = self.state();
-        let file = match File::open(&self.path) {
-            Ok(file) => Some(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let mut file = match File::open(&self.path) {
+            Ok(file) => BufReader::new(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                state.pending = 0;
+                state.spilling = false;
+                return Ok((Vec::new(), 0));
+            }
             Err(e) => return Err(e),
         };
+        file.seek(SeekFrom::Start(offset))?;
         let mut out = Vec::new();
-        let Some(file) = file else {
-            state.pending = 0;
-            state.spilling = false;
-            return Ok(out);
-        };
-        for line in BufReader::new(file).lines() {
-            let line = line?;
+        let mut at = offset;
+        let mut line = String::new();
+        while out.len() < limit {
+            line.clear();
+            let n = file.read_line(&mut line)?;
+            if n == 0 || !line.ends_with('\n') {
+                break; // the end, or a line still being written
+            }
+            at += n as u64;
             if line.trim().is_empty() {
                 continue;
             }
@@ -639,63 +642,92 @@ impl Spill {
                 tracing::warn!(path = %self.path.display(), "a spilled audit line is not an event; dropped");
             }
             out.push(event);
-            if out.len() >= limit {
-                break;
-            }
         }
-        if out.is_empty() {
+        if out.is_empty() && offset == 0 {
             state.pending = 0;
             state.spilling = false;
         }
-        Ok(out)
+        Ok((out, at))
     }
 
-    /// Removes the first `n` lines: the rest is written to a new file,
-    /// fsynced, renamed over the old one, and the directory fsynced, so a
-    /// crash leaves either file whole. Returns how many lines remain; with
-    /// none left, batches go to the store again.
-    fn remove_front(&self, n: usize) -> std::io::Result<u64> {
+    /// Removes everything before byte `offset` (replayed): the rest is
+    /// written to a new file, fsynced, renamed over the old one, and the
+    /// directory fsynced, so a crash leaves either file whole. With nothing
+    /// left, batches go to the store again.
+    fn remove_before(&self, offset: u64) -> std::io::Result<()> {
         let mut state = self.state();
-        let text = std::fs::read_to_string(&self.path)?;
-        let rest: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).skip(n).collect();
+        let mut old = File::open(&self.path)?;
+        old.seek(SeekFrom::Start(offset))?;
+        let mut rest = Vec::new();
+        old.read_to_end(&mut rest)?;
         let tmp = self.path.with_extension("replay.tmp");
         {
             let mut file = File::create(&tmp)?;
-            for line in &rest {
-                file.write_all(line.as_bytes())?;
-                file.write_all(b"\n")?;
-            }
+            file.write_all(&rest)?;
             file.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
         sync_dir(&self.path)?;
-        state.pending = rest.len() as u64;
-        state.spilling = !rest.is_empty();
-        Ok(state.pending)
+        state.pending = rest
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .count() as u64;
+        state.spilling = state.pending > 0;
+        Ok(())
     }
 
-    /// Writes up to [`REPLAY_CHUNK`] spilled events to the store in order,
-    /// skipping those stored already (a crash between a commit and the
-    /// file's rewrite, or a batch the store committed after its deadline),
-    /// then removes them from the file. Returns how many were done.
-    async fn replay_some(self: &Arc<Self>, store: &Store) -> Result<usize, ReplayError> {
-        let spill = self.clone();
-        let front = blocking(move || spill.read_front(REPLAY_CHUNK)).await?;
-        if front.is_empty() {
-            return Ok(0);
+    /// Replays the spill from the front into the store in order,
+    /// [`REPLAY_CHUNK`] events per step, skipping those stored already (a
+    /// crash between a commit and the file's rewrite, or a batch the store
+    /// committed after its deadline). The file is cut every
+    /// [`REWRITE_EVERY`] events and at the end, so a long backlog is not
+    /// rewritten once per step. Returns how many events were done.
+    async fn replay(self: &Arc<Self>, store: &Store) -> Result<usize, ReplayError> {
+        let mut offset = 0;
+        let mut since_cut = 0;
+        let mut total = 0;
+        let outcome = loop {
+            let spill = self.clone();
+            let (front, next) = match blocking(move || spill.read_from(offset, REPLAY_CHUNK)).await {
+                Ok(read) => read,
+                Err(e) => break Err(e.into()),
+            };
+            if front.is_empty() {
+                break Ok(());
+            }
+            if let Err(e) = store_fresh(store, front.iter().flatten().cloned().collect()).await {
+                break Err(e);
+            }
+            offset = next;
+            since_cut += front.len();
+            total += front.len();
+            if since_cut >= REWRITE_EVERY {
+                let spill = self.clone();
+                let cut = offset;
+                if let Err(e) = blocking(move || spill.remove_before(cut)).await {
+                    break Err(e.into());
+                }
+                offset = 0;
+                since_cut = 0;
+            }
+        };
+        if offset > 0 {
+            let spill = self.clone();
+            blocking(move || spill.remove_before(offset)).await?;
         }
-        let events: Vec<Event> = front.iter().flatten().cloned().collect();
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let stored = store.audit_existing_ids(&ids).await?;
-        let fresh: Vec<Event> = events.into_iter().filter(|e| !stored.contains(&e.id)).collect();
-        for batch in fresh.chunks(BATCH) {
-            store.append_audit(batch.to_vec()).await?;
-        }
-        let done = front.len();
-        let spill = self.clone();
-        blocking(move || spill.remove_front(done)).await?;
-        Ok(done)
+        outcome.map(|()| total)
     }
+}
+
+/// Stores those of `events` that are not stored yet, in order.
+async fn store_fresh(store: &Store, events: Vec<Event>) -> Result<(), ReplayError> {
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let stored = store.audit_existing_ids(&ids).await?;
+    let fresh: Vec<Event> = events.into_iter().filter(|e| !stored.contains(&e.id)).collect();
+    for batch in fresh.chunks(BATCH) {
+        store.append_audit(batch.to_vec()).await?;
+    }
+    Ok(())
 }
 
 /// Why a replay step stopped.

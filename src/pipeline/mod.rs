@@ -280,7 +280,9 @@ impl Pipeline {
             stage.response(cx, &mut response);
         }
         if !cx.audit_waits.is_empty() {
-            crate::audit::wait_durable(std::mem::take(&mut cx.audit_waits)).await;
+            // Boxed: rare (refusals), and inline it would enlarge every
+            // request's future.
+            Box::pin(crate::audit::wait_durable(std::mem::take(&mut cx.audit_waits))).await;
         }
         response
     }
