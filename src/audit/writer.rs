@@ -265,21 +265,7 @@ impl Intake {
     }
 
     async fn write(&mut self, batch: Vec<Event>) {
-        if let Some(path) = self.file.clone() {
-            let events = batch.clone();
-            match blocking(move || append_file(&path, events)).await {
-                Ok(n) => self.metrics.wrote("file", n),
-                Err(error) => {
-                    let path = self
-                        .file
-                        .as_deref()
-                        .unwrap_or(Path::new(""))
-                        .display()
-                        .to_string();
-                    self.warn(&format!("audit file {path} cannot be written: {error}"));
-                }
-            }
-        }
+        self.append_to_file(&batch).await;
         let Some(to_store) = &self.to_store else { return };
         if !self.spill.is_spilling() {
             match hand_to_store(to_store, batch.clone()).await {
@@ -295,6 +281,17 @@ impl Intake {
             }
         }
         self.spill_batch(batch).await;
+    }
+
+    /// Appends to the JSON-lines file sink, if there is one.
+    async fn append_to_file(&mut self, events: &[Event]) {
+        let Some(path) = self.file.clone() else { return };
+        let shown = path.display().to_string();
+        let events = events.to_vec();
+        match blocking(move || append_file(&path, events)).await {
+            Ok(n) => self.metrics.wrote("file", n),
+            Err(error) => self.warn(&format!("audit file {shown} cannot be written: {error}")),
+        }
     }
 
     /// Appends to the spill file (fsynced); from now on every batch goes
@@ -328,12 +325,7 @@ impl Intake {
             events = overflow.len(),
             "the audit queue was full; events went to the spill file"
         );
-        if let Some(path) = self.file.clone() {
-            let events = overflow.clone();
-            if let Ok(n) = blocking(move || append_file(&path, events)).await {
-                self.metrics.wrote("file", n);
-            }
-        }
+        self.append_to_file(&overflow).await;
         if self.to_store.is_some() {
             self.spill_batch(overflow).await;
         }
