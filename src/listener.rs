@@ -16,28 +16,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::{Body, Incoming};
-use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::connection::tap::{Tapped, WireLog};
-use crate::connection::{Connection, Timeouts, close_when_idle};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::connection::drive::{self, ConnectionService, Drain, Ended, HttpBuilder, ReadReady, ResponseBody};
+use crate::connection::tap::WireLog;
+use crate::connection::{Connection, Timeouts};
 
 /// Where connections come from.
 pub trait Listener: Send + 'static {
     /// What `accept` returns.
     type Stream: Send + 'static;
     /// What HTTP runs over.
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Io: ReadReady + AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     fn local_addr(&self) -> io::Result<SocketAddr>;
 
@@ -111,34 +106,32 @@ pub struct ConnectionLimits {
     pub framing_records: bool,
 }
 
-/// An HTTP/1.1 and HTTP/2 builder with the gateway's settings. hyper's own
+/// HTTP/1.1 and HTTP/2 builders with the gateway's settings. hyper's own
 /// HTTP/1 header timeout is off: the connection watchdog times heads from
 /// their first byte instead.
-pub fn http_builder(max_head: usize, max_headers: usize) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+pub fn http_builder(max_head: usize, max_headers: usize) -> HttpBuilder {
+    let mut http1 = http1::Builder::new();
     // One buffer per write: hyper's default hands a response's head and its
     // body to the kernel as separate iovecs, which costs more in the kernel
     // than copying a typical API response into the head's buffer (about
     // 3% of throughput on the benchmark; docs/benchmarks.md).
-    builder
-        .http1()
+    http1
         .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(max_head.max(8192))
         .max_headers(max_headers);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(max_head as u32)
         .max_concurrent_streams(256);
-    builder
+    HttpBuilder { http1, http2 }
 }
 
 /// A request head the HTTP layer itself refused (a bare 400 or 431 before
 /// a request existed), so that it can still be logged and counted.
-pub fn refused_head_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
-    let error = error.downcast_ref::<hyper::Error>()?;
+pub fn refused_head_status(error: &hyper::Error) -> Option<u16> {
     if error.is_parse_too_large() {
         Some(431)
     } else if error.is_parse() {
@@ -155,23 +148,21 @@ pub fn refused_head_status(error: &(dyn std::error::Error + 'static)) -> Option<
 pub async fn serve<L, F, S, B>(
     mut listener: L,
     limits: ConnectionLimits,
-    builder: auto::Builder<TokioExecutor>,
+    builder: HttpBuilder,
     make_service: F,
     refused: impl Fn(&Connection, u16) + Clone + Send + 'static,
     mut shutdown: watch::Receiver<bool>,
     open: IntGauge,
+    parked: Option<IntGauge>,
 ) where
     L: Listener,
     F: Fn(Arc<Connection>) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let listener_addr = listener.local_addr().ok();
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a sender; the drain waits for the last to go.
+    let (open_conns, mut all_closed) = mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let builder = Arc::new(builder);
     loop {
@@ -191,7 +182,9 @@ pub async fn serve<L, F, S, B>(
             },
             _ = shutdown.changed() => break,
         };
-        let establish = listener.establish(stream);
+        // Boxed: a TLS handshake's state is large, and an idle
+        // connection's task should not keep room for it.
+        let establish = Box::pin(listener.establish(stream));
         let conn = Arc::new(if limits.framing_records {
             Connection::new(peer)
         } else {
@@ -199,39 +192,49 @@ pub async fn serve<L, F, S, B>(
         });
         let service = make_service(conn.clone());
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut drain = Drain::new(shutdown.clone(), open_conns.clone());
         let refused = refused.clone();
         let slot = ListenerSlot::new(permit, open.clone());
+        let parked = parked.clone();
         tokio::spawn(async move {
-            if let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await {
-                if let Some(info) = L::describe(&io) {
-                    conn.set_tls(info);
-                }
-                let io = TokioIo::new(Tapped::new(io, conn.clone()));
-                let connection = builder.serve_connection_with_upgrades(io, service);
-                if let Some(Err(error)) =
-                    close_when_idle(watcher.watch(connection), &conn, limits.timeouts).await
-                    && let Some(status) = refused_head_status(&*error)
-                {
-                    refused(&conn, status);
-                }
-                // A WebSocket carries on over the socket after HTTP is done
-                // with it; the connection keeps the slot until it closes.
-                if conn.is_upgraded() {
-                    conn.hold(Box::new(slot));
-                }
+            let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await else {
+                return;
+            };
+            if let Some(info) = L::describe(&io) {
+                conn.set_tls(info);
+            }
+            let ended = drive::serve(
+                io,
+                service,
+                &builder,
+                &conn,
+                limits.timeouts,
+                &mut drain,
+                parked.as_ref(),
+            )
+            .await;
+            if let Ended::Served(Err(error)) = ended
+                && let Some(status) = refused_head_status(&error)
+            {
+                refused(&conn, status);
+            }
+            // A WebSocket carries on over the socket after HTTP is done
+            // with it; the connection keeps the slot until it closes.
+            if conn.is_upgraded() {
+                conn.hold(Box::new(slot));
             }
         });
     }
     // Stop accepting at once: new connections are refused while the open
     // ones drain.
     drop(listener);
-    let open_now = graceful.count();
+    let open_now = open_conns.strong_count() - 1;
+    drop(open_conns);
     if open_now > 0 {
         tracing::info!(connections = open_now, listener = ?listener_addr, "draining in-flight requests");
     }
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(listener = ?listener_addr, "all connections closed"),
+        _ = all_closed.recv() => tracing::info!(listener = ?listener_addr, "all connections closed"),
         _ = tokio::time::sleep(limits.drain) => tracing::warn!(listener = ?listener_addr, "drain timeout reached; closing remaining connections"),
     }
 }

@@ -10,8 +10,28 @@ use clap::Parser;
 /// proxied request (header values, channels, buffers) cheaper than glibc
 /// malloc: about 2.5x fewer instructions spent allocating per request (see
 /// docs/benchmarks.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`. A background thread hands freed
+/// pages back to the kernel about a second after they were freed (by
+/// default only an allocation does, ten seconds later), so the memory of
+/// connections that closed leaves the process even when nothing else
+/// happens (docs/benchmarks.md, "Memory per connection").
+#[cfg(feature = "jemalloc")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// A C string pointer jemalloc reads as `const char *malloc_conf`.
+#[cfg(feature = "jemalloc")]
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points to a static string that is never written.
+#[cfg(feature = "jemalloc")]
+unsafe impl Sync for MallocConf {}
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Targets whose reachability gauge exists (kept across reloads).
     known_targets: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub connections_open: IntGauge,
+    /// Public listener connections parked between requests.
+    pub connections_parked: IntGauge,
     pub admin_connections_open: IntGauge,
     /// 1 while the store answers (its last ping or audit write worked).
     store_available: IntGauge,
@@ -294,6 +296,11 @@ impl Metrics {
             "Open client connections on the public listener.",
         )
         .expect("metric definitions are valid");
+        let connections_parked = IntGauge::new(
+            "portcullis_connections_parked",
+            "Open HTTP/1 connections on the public listener parked between requests: idle, with their HTTP buffers freed.",
+        )
+        .expect("metric definitions are valid");
         let admin_connections_open = IntGauge::new(
             "portcullis_admin_connections_open",
             "Open connections on the admin listener.",
@@ -351,6 +358,7 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(target_healthy.clone()),
             Box::new(connections_open.clone()),
+            Box::new(connections_parked.clone()),
             Box::new(admin_connections_open.clone()),
             Box::new(config_reloads.clone()),
         ] {
@@ -370,6 +378,7 @@ impl Metrics {
             target_healthy,
             known_targets: Default::default(),
             connections_open,
+            connections_parked,
             admin_connections_open,
             store_available,
             config_reloads,

@@ -384,6 +384,7 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watc
     let server = shared.policy.load().server.clone();
     let builder = listener::http_builder(server.max_head, server.max_headers);
     let open = shared.metrics.connections_open.clone();
+    let parked = Some(shared.metrics.connections_parked.clone());
     let unrouted = shared.metrics.unrouted.clone();
     let access_log = shared.policy.load().access_log;
     let refused = move |connection: &Connection, status: u16| {
@@ -407,9 +408,24 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watc
     match tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener { tcp: listener, tls };
-            listener::serve(listener, limits, builder, service, refused, shutdown, open).await
+            listener::serve(
+                listener, limits, builder, service, refused, shutdown, open, parked,
+            )
+            .await
         }
-        None => listener::serve(Plain(listener), limits, builder, service, refused, shutdown, open).await,
+        None => {
+            listener::serve(
+                Plain(listener),
+                limits,
+                builder,
+                service,
+                refused,
+                shutdown,
+                open,
+                parked,
+            )
+            .await
+        }
     }
 }
 
@@ -421,8 +437,28 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let pipeline = shared.policy.load().pipeline.clone();
+    let http2 = req.version() == http::Version::HTTP_2;
     let mut exchange = Exchange::begin(pipeline, connection, &req);
     let (pipeline, cx) = exchange.parts();
-    let response = pipeline.run(cx, req.map(GatewayBody::Streamed)).await;
+    let mut response = pipeline.run(cx, req.map(GatewayBody::Streamed)).await;
+    if http2 {
+        own_header_values(response.headers_mut());
+    }
     Ok(exchange.respond(response))
+}
+
+/// Gives every header value storage of its own. A value hyper parsed from
+/// an upstream response is a view of that upstream connection's read buffer,
+/// and an HTTP/2 client connection keeps the values it indexes in its HPACK
+/// table for as long as it lives: each idle HTTP/2 client would hold a whole
+/// 8 KiB upstream buffer (docs/benchmarks.md, "Memory per connection").
+/// HTTP/1 writes the head out and drops it, so only HTTP/2 pays this copy.
+fn own_header_values(headers: &mut http::HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut owned) = http::HeaderValue::from_bytes(value.as_bytes()) {
+            owned.set_sensitive(sensitive);
+            *value = owned;
+        }
+    }
 }

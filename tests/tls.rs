@@ -30,9 +30,9 @@ fn paths(cert: &std::path::Path, key: &std::path::Path) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn https_serves_http1_and_h2_with_hsts_and_forwarded_proto() {
-    let upstream = TestUpstream::start().await;
+/// A gateway serving `api.test` over TLS with a certificate from a fresh
+/// test CA (returned, for clients that trust it).
+async fn api_test_gateway(upstream: &TestUpstream) -> (TestCa, portcullis::Gateway) {
     let dir = scratch_dir();
     let ca = TestCa::new("Test CA");
     let (cert, key) = ca.server(&["api.test"]).write(&dir, "api");
@@ -41,6 +41,13 @@ async fn https_serves_http1_and_h2_with_hsts_and_forwarded_proto() {
         &format!("{{ {} }}", paths(&cert, &key)),
     ))
     .await;
+    (ca, gw)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_serves_http1_and_h2_with_hsts_and_forwarded_proto() {
+    let upstream = TestUpstream::start().await;
+    let (ca, gw) = api_test_gateway(&upstream).await;
     let addr = gw.public_addr();
 
     let h2 = ca.client_for("api.test", addr).build().unwrap();
@@ -485,5 +492,38 @@ auth = ["none"]
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    gw.shutdown().await;
+}
+
+/// An idle HTTP/1.1 connection over TLS is parked like a plain one (its
+/// TLS session stays, hyper's buffers go) and its next request is served on
+/// the same connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_tls_connection_is_parked_and_serves_its_next_request() {
+    let upstream = TestUpstream::start().await;
+    let (ca, gw) = api_test_gateway(&upstream).await;
+    let addr = gw.public_addr();
+    let h1 = ca.client_for("api.test", addr).http1_only().build().unwrap();
+    let gauges = async || {
+        let text = metrics_text(gw.admin_addr()).await;
+        (
+            metric(&text, "portcullis_connections_open"),
+            metric(&text, "portcullis_connections_parked"),
+        )
+    };
+    for round in 0..3 {
+        let resp = h1
+            .get(format!("https://api.test:{}/r{round}", addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(upstream.last().target, format!("/r{round}"));
+        wait_until_async("the connection parked", Duration::from_secs(10), async || {
+            gauges().await == (1.0, 1.0)
+        })
+        .await;
+    }
+    assert_eq!(upstream.count(), 3);
     gw.shutdown().await;
 }

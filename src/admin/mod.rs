@@ -136,6 +136,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
         |_: &Connection, _| {},
         shutdown,
         open,
+        None,
     )
     .await;
 }

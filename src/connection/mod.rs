@@ -1,6 +1,7 @@
 //! What is known about one client connection, shared by its requests: the
 //! peer, what the framing tap saw on the wire ([`tap`]), and the timing the
-//! connection's watchdog ([`close_when_idle`]) enforces.
+//! connection's watchdog enforces; [`drive`] serves the connection under it
+//! and parks it while it is idle.
 //!
 //! The watchdog closes a connection that
 //! - sends no request within the header read timeout of opening (a silent
@@ -22,6 +23,7 @@
 //! begins waiting for the next head, so it would end an idle keep-alive
 //! connection after the header timeout instead of the idle timeout.
 
+pub mod drive;
 pub mod tap;
 
 use std::net::SocketAddr;
@@ -36,6 +38,12 @@ use tap::WireLog;
 
 /// No time recorded.
 const NEVER: u64 = u64::MAX;
+
+/// How long an HTTP/1 connection with nothing in flight waits for its next
+/// request before it is parked, its buffers freed (see [`drive`]): far longer
+/// than the gap between back-to-back requests, shorter than a person's or a
+/// poller's pause.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// The timeouts a connection's watchdog enforces.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +78,12 @@ pub struct Connection {
     /// The connection switched protocols (a WebSocket): the socket lives
     /// on after HTTP is done with it.
     upgraded: AtomicBool,
+    /// hyper waits for the next request head: the tap saw its last read
+    /// find nothing, at a message boundary, with nothing left to write.
+    awaiting_head: AtomicBool,
+    /// hyper's side is being shut down to park the connection: the tap
+    /// keeps the socket open.
+    parking: AtomicBool,
     /// What must live as long as the connection once HTTP is done with it
     /// (the listener's slot under `max_connections`).
     held: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
@@ -102,6 +116,8 @@ impl Connection {
             io_events: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NEVER),
             upgraded: AtomicBool::new(false),
+            awaiting_head: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
             held: std::sync::Mutex::new(None),
             tls: std::sync::OnceLock::new(),
         }
@@ -182,6 +198,55 @@ impl Connection {
     /// The head is complete, or the tap stopped following the connection.
     pub fn head_finished(&self) {
         self.head_started_ms.store(NEVER, Ordering::Relaxed);
+    }
+
+    /// The tap saw hyper wait for a request head (true), or read or fail
+    /// to write (false).
+    pub(crate) fn set_awaiting_head(&self, awaiting: bool) {
+        self.awaiting_head.store(awaiting, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
+    }
+
+    /// When the first request head must have been read by.
+    pub fn first_head_deadline(&self, timeouts: Timeouts) -> Instant {
+        self.opened + timeouts.header_read
+    }
+
+    /// Since when the connection has waited for its next request, with
+    /// nothing in flight and nothing left to write; `None` if it is busy.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight() > 0 || !self.awaiting_head.load(Ordering::Relaxed) || self.is_upgraded() {
+            return None;
+        }
+        match self.last_request_ms.load(Ordering::Relaxed) {
+            NEVER => None,
+            ms => Some(self.at(ms)),
+        }
+    }
+
+    /// Whether an HTTP/1 connection has been idle for [`PARK_AFTER`].
+    pub fn may_park(&self) -> bool {
+        self.idle_since()
+            .is_some_and(|since| since + PARK_AFTER <= Instant::now())
+    }
+
+    /// When the watchdog should look next, or `None` when a deadline passed;
+    /// with `parking`, no later than when an idle connection may be parked.
+    pub fn next_check(&self, timeouts: Timeouts, progress: &mut Progress, parking: bool) -> Option<Instant> {
+        match self.idleness(timeouts, progress) {
+            Idleness::Expired => None,
+            Idleness::CheckAt(at) => match self.idle_since() {
+                Some(since) if parking => Some(at.min(since + PARK_AFTER)),
+                _ => Some(at),
+            },
+        }
     }
 
     /// Bytes moved on the socket (the tap calls this on every read and
@@ -287,28 +352,6 @@ impl<B: Body + Unpin> Body for InFlightBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Drives a connection until it ends or its watchdog finds it idle or slow
-/// (see the module docs); dropping the connection future closes it. Returns
-/// the connection's own result, or `None` when the watchdog closed it.
-pub async fn close_when_idle<F: std::future::Future>(
-    connection: F,
-    watched: &Connection,
-    timeouts: Timeouts,
-) -> Option<F::Output> {
-    tokio::pin!(connection);
-    let mut progress = Progress::new();
-    let mut check_at = tokio::time::Instant::now() + timeouts.header_read.min(timeouts.idle);
-    loop {
-        tokio::select! {
-            output = &mut connection => return Some(output),
-            _ = tokio::time::sleep_until(check_at) => match watched.idleness(timeouts, &mut progress) {
-                Idleness::Expired => return None,
-                Idleness::CheckAt(at) => check_at = at.into(),
-            },
-        }
     }
 }
 

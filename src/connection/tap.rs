@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Connection;
@@ -215,6 +216,11 @@ fn trailers_end(buf: &[u8]) -> Option<usize> {
 }
 
 impl Tracker {
+    /// Between messages: what comes next is a new request head.
+    fn at_boundary(&self) -> bool {
+        matches!(&self.state, State::Head(buf) if buf.is_empty())
+    }
+
     /// Stops following the connection.
     fn switch_off(&mut self, conn: &Connection) {
         self.state = State::Off;
@@ -344,11 +350,16 @@ impl Tracker {
     }
 }
 
-/// A client connection with the tap on its read side.
+/// A client connection with the tap on its read side. It also tells the
+/// connection when hyper waits for a request head (for parking, see
+/// [`super::drive`]).
 pub struct Tapped<T> {
     inner: T,
     tracker: Tracker,
     conn: Arc<Connection>,
+    /// Bytes read (and tracked) already, to be read again first: the first
+    /// bytes of a connection, or what hyper had read ahead when parked.
+    unread: Bytes,
 }
 
 impl<T> Tapped<T> {
@@ -357,21 +368,48 @@ impl<T> Tapped<T> {
             inner,
             tracker: Tracker::default(),
             conn,
+            unread: Bytes::new(),
         }
+    }
+
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    /// Puts `bytes` (read through this tap) back, to be read next.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tapped<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            // Emptied, it lets go of the buffer it was a view of.
+            this.unread = if n == this.unread.len() {
+                Bytes::new()
+            } else {
+                this.unread.slice(n..)
+            };
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &poll {
-            let read = &buf.filled()[before..];
-            if !read.is_empty() {
-                this.note_io();
+        match &poll {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    this.note_io();
+                }
+                this.tracker.feed(read, &this.conn);
+                this.conn.set_awaiting_head(false);
             }
-            this.tracker.feed(read, &this.conn);
+            Poll::Pending => this.conn.set_awaiting_head(this.tracker.at_boundary()),
+            Poll::Ready(Err(_)) => this.conn.set_awaiting_head(false),
         }
         poll
     }
@@ -384,8 +422,11 @@ impl<T> Tapped<T> {
     }
 
     fn wrote(&self, poll: &Poll<io::Result<usize>>) {
-        if matches!(poll, Poll::Ready(Ok(n)) if *n > 0) {
-            self.note_io();
+        match poll {
+            Poll::Ready(Ok(n)) if *n > 0 => self.note_io(),
+            // Output is backed up: not idle.
+            Poll::Pending => self.conn.set_awaiting_head(false),
+            _ => {}
         }
     }
 }
@@ -399,11 +440,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tapped<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        if poll.is_pending() {
+            this.conn.set_awaiting_head(false);
+        }
+        poll
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.conn.is_parking() {
+            // hyper is done with the connection, the socket is not.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
