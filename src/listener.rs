@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::connection::drive::{self, ConnectionService, Drain, Ended, HttpBuilder, ReadReady, ResponseBody};
+use crate::connection::drive::{self, ConnectionService, Drain, Ended, HttpBuilder, ResponseBody};
 use crate::connection::tap::WireLog;
 use crate::connection::{Connection, Timeouts};
 
@@ -32,7 +32,7 @@ pub trait Listener: Send + 'static {
     /// What `accept` returns.
     type Stream: Send + 'static;
     /// What HTTP runs over.
-    type Io: ReadReady + AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     fn local_addr(&self) -> io::Result<SocketAddr>;
 

@@ -335,14 +335,6 @@ pub struct TlsInfo {
     pub client: Option<crate::x509::Names>,
 }
 
-/// A parked TLS connection waits on its socket: hyper read until the TLS
-/// stream had nothing more, so no decrypted byte is left waiting in rustls.
-impl crate::connection::drive::ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
-    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
-    }
-}
-
 /// A TLS listener: `accept` takes the TCP connection, `establish` runs the
 /// handshake in the connection's own task.
 pub struct TlsListener {

@@ -11,8 +11,8 @@
 //! once the watchdog finds the connection idle ([`Connection::may_park`]:
 //! nothing in flight, hyper waiting for the next head, the last request
 //! ended [`PARK_AFTER`] ago or more). A parked connection keeps only
-//! its socket, the framing tap and the service; when the socket becomes
-//! readable a new hyper connection is started on it. Back-to-back requests
+//! its socket, the framing tap and the service; when bytes arrive a new
+//! hyper connection is started on it and reads them first. Back-to-back requests
 //! (a benchmark, a busy pooled client) never park, so the request path pays
 //! nothing for this; a client that pauses longer pays one set of buffer
 //! allocations per pause. HTTP/2 connections are not parked: their HPACK
@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -31,7 +31,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::tap::Tapped;
 use super::{Connection, Idleness, PARK_AFTER, Progress, Timeouts};
@@ -47,18 +47,6 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct HttpBuilder {
     pub http1: http1::Builder,
     pub http2: http2::Builder<TokioExecutor>,
-}
-
-/// A connection the socket can say is readable without a read (a parked
-/// connection waits on this, holding no buffer).
-pub trait ReadReady {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-}
-
-impl ReadReady for tokio::net::TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        tokio::net::TcpStream::poll_read_ready(self, cx)
-    }
 }
 
 /// A service hyper can run a client connection's requests through.
@@ -143,16 +131,20 @@ pub async fn serve<I, S, B>(
     parked: Option<&IntGauge>,
 ) -> Ended
 where
-    I: ReadReady + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ConnectionService<B>,
     B: ResponseBody,
 {
     let mut io = Tapped::new(io, conn.clone());
     let first = tokio::time::timeout_at(conn.first_head_deadline(timeouts).into(), first_bytes(&mut io));
-    let speaks_h2 = match first.await {
-        Ok(Ok(Some(speaks_h2))) => speaks_h2,
-        // Closed, broken or silent before its first bytes.
-        _ => return Ended::Closed,
+    let speaks_h2 = tokio::select! {
+        first = first => match first {
+            Ok(Ok(Some(speaks_h2))) => speaks_h2,
+            // Closed, broken or silent before its first bytes.
+            _ => return Ended::Closed,
+        },
+        // Nothing asked yet: nothing to finish.
+        _ = drain.waiter() => return Ended::Closed,
     };
     if speaks_h2 {
         let mut http = Box::pin(builder.http2.serve_connection(TokioIo::new(io), service));
@@ -198,7 +190,7 @@ async fn serve_http1<I, S, B>(
     parked: Option<&IntGauge>,
 ) -> Ended
 where
-    I: ReadReady + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ConnectionService<B>,
     B: ResponseBody,
 {
@@ -238,43 +230,59 @@ where
         }
         // Even empty, it is a view of hyper's read buffer, and holds it.
         drop(parts.read_buf);
-        if !park(&mut io, conn, timeouts, drain, parked).await {
-            // A TLS close_notify or a TCP FIN, bounded like the drain.
-            let _ = tokio::time::timeout(timeouts.header_read, io.shutdown()).await;
-            return Ended::Closed;
+        match park(&mut io, conn, timeouts, drain, parked).await {
+            Some(arrived) => io.unread(arrived),
+            None => {
+                // A TLS close_notify or a TCP FIN, bounded like the drain.
+                let _ = tokio::time::timeout(timeouts.header_read, io.shutdown()).await;
+                return Ended::Closed;
+            }
         }
     }
 }
 
-/// Waits, holding no buffer, until a parked connection has bytes to read
-/// (true) or should close: its idle timeout passed, the client closed, or
-/// the gateway is draining (false).
-async fn park<I: ReadReady>(
+/// How many bytes a parked connection reads when it wakes, on the stack of
+/// one poll (never in the task's state): what arrived first, handed to the
+/// next hyper connection.
+const WAKE_READ: usize = 2048;
+
+/// Waits, holding no buffer, until a parked connection has received bytes
+/// (returned, to be read again by the next hyper connection), or should
+/// close: its idle timeout passed, the client closed, or the gateway is
+/// draining (`None`).
+///
+/// It waits for bytes, not for readability: over TLS the socket can be
+/// readable with no request byte in it (part of a record, a key update),
+/// and a hyper connection started then would be idle before it had served
+/// anything, when hyper cannot end it quietly.
+async fn park<I: AsyncRead + Unpin>(
     io: &mut Tapped<I>,
     conn: &Connection,
     timeouts: Timeouts,
     drain: &Drain,
     parked: Option<&IntGauge>,
-) -> bool {
+) -> Option<Bytes> {
     let _counted = parked.map(Parked::new);
     let mut progress = Progress::new();
-    // Borrowed mutably, so the future is `Send` without the stream being `Sync`.
-    let readable = std::future::poll_fn(move |cx| io.inner().poll_read_ready(cx));
-    tokio::pin!(readable);
-    let resumed = loop {
+    let arrived = std::future::poll_fn(move |cx| {
+        let mut buf = [0u8; WAKE_READ];
+        let mut read = ReadBuf::new(&mut buf);
+        Pin::new(&mut *io)
+            .poll_read(cx, &mut read)
+            .map_ok(|()| Bytes::copy_from_slice(read.filled()))
+    });
+    tokio::pin!(arrived);
+    loop {
         let check_at = match conn.idleness(timeouts, &mut progress) {
-            Idleness::Expired => break false,
+            Idleness::Expired => return None,
             Idleness::CheckAt(at) => at,
         };
         tokio::select! {
-            ready = &mut readable => break ready.is_ok(),
+            bytes = &mut arrived => return bytes.ok().filter(|b| !b.is_empty()),
             _ = tokio::time::sleep_until(check_at.into()) => {}
-            _ = drain.waiter(), if !drain.started() => break false,
+            _ = drain.waiter(), if !drain.started() => return None,
         }
-    };
-    // Until the next hyper connection has read, nothing says it is idle.
-    conn.set_awaiting_head(false);
-    resumed
+    }
 }
 
 /// Drives a hyper connection until it ends, the watchdog finds it idle or
