@@ -372,10 +372,6 @@ impl<T> Tapped<T> {
         }
     }
 
-    pub fn inner(&self) -> &T {
-        &self.inner
-    }
-
     /// Puts `bytes` (read through this tap) back, to be read next.
     pub fn unread(&mut self, bytes: Bytes) {
         debug_assert!(self.unread.is_empty());
