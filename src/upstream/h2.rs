@@ -83,6 +83,25 @@ where
     Ok(sender)
 }
 
+/// Whether a request failed because the target refused its stream before
+/// processing it, so that it may be sent again on a new connection (RFC
+/// 9113 §6.8, §8.7): REFUSED_STREAM, or the target's graceful GOAWAY
+/// (NO_ERROR), which h2 reports only to streams above its last stream ID
+/// and to streams opened after it arrived. A GOAWAY with an error code is
+/// not taken as proof: h2 reports it to every open stream, processed or not.
+pub fn unprocessed(error: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let graceful_go_away = h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
+            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.is_remote() && (graceful_go_away || refused);
+        }
+        cause = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

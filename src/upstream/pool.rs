@@ -243,8 +243,14 @@ impl Lease {
 
 impl Lease {
     /// Sends `req` as a new stream on an HTTP/2 connection; one that closed
-    /// before taking it (`shared`: found in the pool) is replaced by a new
-    /// connection once.
+    /// or is going away before taking it (`shared`: found in the pool) is
+    /// replaced by a new connection once.
+    ///
+    /// A target closing gracefully sends GOAWAY; a request that races it
+    /// fails inside hyper with the request consumed, though the target never
+    /// processed it (RFC 9113 §6.8, and REFUSED_STREAM in §8.7). So a shared
+    /// connection's request keeps a copy to send again when its body is
+    /// empty or in memory: one header-map clone, on HTTP/2 targets only.
     async fn send_h2(
         self,
         mut sender: http2::SendRequest<GatewayBody>,
@@ -252,11 +258,15 @@ impl Lease {
         shared: bool,
     ) -> Result<Response<UpstreamBody>, Failed> {
         super::h2::prepare(&mut req, self.pool.endpoint.tls.is_some());
+        let spare = if shared { super::retry::copy_of(&req) } else { None };
         match sender.try_send_request(req).await {
             Ok(response) => Ok(stream(response, None, self)),
-            Err(mut error) => match error.take_message() {
+            Err(mut error) => match error
+                .take_message()
+                .or_else(|| spare.filter(|_| super::h2::unprocessed(error.error())))
+            {
                 Some(req) if shared => {
-                    self.pool.forget_closed_h2();
+                    self.pool.forget_shared_h2();
                     Box::pin(self.send_on_new_connection(req)).await
                 }
                 unsent => Err(Failed {
@@ -408,12 +418,12 @@ impl TargetPool {
         }
     }
 
-    /// Drops the shared HTTP/2 connection if it has closed.
-    fn forget_closed_h2(&self) {
-        let mut slot = self.h2_slot();
-        if slot.as_ref().is_some_and(http2::SendRequest::is_closed) {
-            *slot = None;
-        }
+    /// Drops the shared HTTP/2 connection after it refused a new stream
+    /// (closed, or going away). If a racing request has put a new one in
+    /// its place, that one is dropped from the slot too: it keeps serving
+    /// its own streams, and the next request opens and shares another.
+    fn forget_shared_h2(&self) {
+        *self.h2_slot() = None;
     }
 
     /// Takes back a connection whose exchange is complete, if it can serve

@@ -60,14 +60,19 @@ impl RetryPolicy {
         if self.attempts == 0 || !(non_idempotent_ok || is_idempotent(req.method())) {
             return None;
         }
-        let body = replayable(req.body())?;
-        let mut copy = Request::new(body);
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        Some(copy)
+        copy_of(req)
     }
+}
+
+/// A copy of `req` to send again, when its body is empty or whole in memory.
+pub fn copy_of(req: &Request<GatewayBody>) -> Option<Request<GatewayBody>> {
+    let body = replayable(req.body())?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE.
