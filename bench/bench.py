@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Throughput and latency of portcullis against nginx, on one machine.
+"""Throughput and latency of portcullis against nginx and other reverse
+proxies, on one machine.
 
 Started by bench/run.sh, which builds the binary; see docs/benchmarks.md.
-Python 3.11 standard library only.
+Python 3.11 standard library only (matplotlib, when installed, draws the chart).
 
 One run starts these servers in a private temp directory, all on loopback:
 
   upstream    nginx answering every request with a fixed 200 "ok\\n"
   nginx       nginx as a reverse proxy to the upstream (the reference), with
-              a second server terminating TLS 1.3 (target nginx_tls)
+              a second server terminating TLS 1.3 (target nginx_tls) and a
+              third writing an access log (target nginx_logged)
+  peers       other reverse proxies to the same upstream, the [peer.*]
+              tables of the scenario file (HAProxy, Envoy, Traefik, Caddy);
+              one that is not installed is not started, and its scenarios
+              are listed as skipped
   portcullis  the gateway: public, API-key and rate-limited routes to the
               upstream (bench/portcullis.toml, SQLite store in the temp dir)
   portcullis_redis
@@ -21,18 +27,23 @@ One run starts these servers in a private temp directory, all on loopback:
 (the portcullis instances are the [instance.*] tables of the scenario file),
 then, for each round, runs wrk once per scenario in bench/scenarios.toml
 (order rotated every round), reads the CPU time the proxy under test used
-from /proc, and prints the medians as a markdown table.
+from /proc, prints the medians as a markdown table and draws them as a chart
+(<results>/<stamp>.png). With --syscalls, extra runs count the system calls
+(strace -c) and context switches per request of some scenarios' proxies.
 
 CPU placement (2-core default): the upstream and wrk share --load-cpu (0);
-each proxy under test gets --proxy-cpu (1) to itself, so both proxies are
-compared on exactly one core. A benchmark, not a test: nothing here passes
-or fails on the numbers.
+each proxy under test gets --proxy-cpu (1) to itself, so all proxies are
+compared on exactly one core. nginx and the peers run one worker (or thread)
+per CPU in --proxy-cpu ({proxy_workers} in the templates), portcullis
+--tokio-workers: --proxy-cpu 0,1 --tokio-workers 2 compares two workers each.
+A benchmark, not a test: nothing here passes or fails on the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import http.client
 import json
 import os
@@ -59,11 +70,16 @@ BENCH_PASSWORD = "bench-password-not-secret"
 sys.path.insert(0, str(BENCH_DIR))
 import tokens  # noqa: E402  (bench/tokens.py: the JWT scenarios' tokens)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-NGINX_TARGETS = ("upstream", "nginx", "nginx_tls")
-# Which server process answers on a target's port (nginx_tls is the nginx
-# proxy's second, TLS, server).
-SERVER_OF_TARGET = {"nginx_tls": "nginx"}
+NGINX_TARGETS = ("upstream", "nginx", "nginx_tls", "nginx_logged")
+# Which server process answers on a target's port (nginx_tls and
+# nginx_logged are the nginx proxy's second, TLS, and third, logged, servers).
+SERVER_OF_TARGET = {"nginx_tls": "nginx", "nginx_logged": "nginx"}
+# Servers whose first process only supervises the workers that do the work
+# (nginx's master): --syscalls traces the workers.
+MASTER_WORKER = ("upstream", "nginx")
 SERVICES = ("redis",)
+# Chart colours by scenario group (scenario key `group`).
+GROUP_COLOURS = {"proxies": "tab:blue", "features": "tab:orange", "direct": "tab:gray"}
 
 
 def log(msg: str) -> None:
@@ -89,6 +105,11 @@ class Scenario:
     expect_status: int = 200
     # A file in bench/ sent as a POST body (application/json); GET without.
     body_file: str | None = None
+    # Chart colour: "proxies", or by default "direct" (upstream) / "features".
+    group: str | None = None
+
+    def chart_group(self) -> str:
+        return self.group or ("direct" if self.target == "upstream" else "features")
 
 
 @dataclass
@@ -109,6 +130,64 @@ class Instance:
     needs: list[str] = field(default_factory=list)
     # The public listener speaks TLS (the template sets [server.tls]).
     tls: bool = False
+
+
+@dataclass
+class Peer:
+    """Another reverse proxy (HAProxy, Envoy, ...): a scenario target."""
+
+    name: str
+    executable: list[str]
+    config: list[str]
+    argv: list[str]
+    version: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    version_match: str | None = None
+
+
+def find_executable(peer: Peer) -> tuple[str | None, list[str]]:
+    """The first candidate that is an executable file (bare names on PATH),
+    and the candidates tried. BENCH_<NAME> in the environment replaces the
+    list, to point at another build or to test the skipped path."""
+    override = os.environ.get(f"BENCH_{peer.name.upper()}")
+    candidates = [override] if override else peer.executable
+    for c in candidates:
+        if "/" not in c:
+            found = shutil.which(c)
+            if found:
+                return found, candidates
+            continue
+        for path in sorted(glob.glob(os.path.expanduser(c))):
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path, candidates
+    return None, candidates
+
+
+def load_peers(path: Path, data: dict, taken: set[str]) -> dict[str, Peer]:
+    peers = {}
+    for name, raw in data.get("peer", {}).items():
+        where = f"{path}: peer {name!r}"
+        unknown = set(raw) - {"executable", "config", "argv", "env", "version", "version_match"}
+        missing = {"executable", "config", "argv", "version"} - set(raw)
+        if unknown or missing:
+            sys.exit(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        if name in taken or name == "none" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            sys.exit(f"{where}: the name must be an identifier other than none, nginx's "
+                     f"targets and the instances")
+        # A single executable or template may be written as a string.
+        raw = {**raw, **{k: [raw[k]] for k in ("executable", "config") if isinstance(raw[k], str)}}
+        peer = Peer(name=name, **raw)
+        peer.env = {k: str(v) for k, v in peer.env.items()}
+        for template in peer.config:
+            if not (BENCH_DIR / template).is_file():
+                sys.exit(f"{where}: no template bench/{template}")
+        if peer.version_match:
+            try:
+                re.compile(peer.version_match)
+            except re.error as e:
+                sys.exit(f"{where}: bad version_match: {e}")
+        peers[name] = peer
+    return peers
 
 
 def load_instances(path: Path, data: dict) -> dict[str, Instance]:
@@ -138,11 +217,13 @@ def load_instances(path: Path, data: dict) -> dict[str, Instance]:
 def load_scenarios(path: Path, only: list[str] | None):
     data = tomllib.loads(path.read_text())
     instances = load_instances(path, data)
-    targets = (*NGINX_TARGETS, *instances)
-    cpu_owners = ("none", "nginx", *instances)
+    peers = load_peers(path, data, {*NGINX_TARGETS, *instances})
+    targets = (*NGINX_TARGETS, *instances, *peers)
+    cpu_owners = ("none", "nginx", *instances, *peers)
     scenarios = []
     for raw in data.get("scenario", []):
-        unknown = set(raw) - {"name", "target", "path", "headers", "cpu", "expect_status", "body_file"}
+        unknown = set(raw) - {"name", "target", "path", "headers", "cpu", "expect_status", "body_file",
+                              "group"}
         if unknown:
             sys.exit(f"{path}: scenario {raw.get('name')!r}: unknown keys {sorted(unknown)}")
         s = Scenario(**raw)
@@ -173,7 +254,8 @@ def load_scenarios(path: Path, only: list[str] | None):
     portcullis_env = {k: str(v) for k, v in data.get("portcullis", {}).get("env", {}).items()}
     used = {s.target for s in scenarios} | {s.cpu for s in scenarios}
     instances = {k: v for k, v in instances.items() if k in used}
-    return scenarios, comparisons, portcullis_env, instances
+    peers = {k: v for k, v in peers.items() if k in used}
+    return scenarios, comparisons, portcullis_env, instances, peers
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -186,6 +268,18 @@ def expand(text: str, env: dict[str, str]) -> str:
         return env[name]
 
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, text)
+
+
+def cpu_list(spec: str) -> set[int]:
+    """The CPUs a taskset -c list names ("1", "0,1", "0-3", "0-7:2")."""
+    cpus = set()
+    for part in spec.split(","):
+        span, _, stride = part.strip().partition(":")
+        lo, _, hi = span.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1, int(stride or 1)))
+    if not cpus:
+        raise ValueError(spec)
+    return cpus
 
 
 # --------------------------------------------------------------------------
@@ -411,6 +505,52 @@ def thread_count(pid: int) -> int:
         return 0
 
 
+def task_statuses(pids: list[int]) -> list[str]:
+    """/proc/<pid>/task/<tid>/status of every thread of these processes (a
+    thread that exits meanwhile is left out)."""
+    out = []
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                out.append(Path(f"/proc/{pid}/task/{tid}/status").read_text())
+            except OSError:
+                pass
+    return out
+
+
+def status_field(status: str, name: str) -> int:
+    m = re.search(rf"^{name}:\s+(\d+)", status, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def ctx_switches(pids: list[int]) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches, summed over all threads:
+    a voluntary one is a thread going to sleep, waiting for work (a wake-up
+    follows), an involuntary one a thread preempted."""
+    statuses = task_statuses(pids)
+    return (sum(status_field(s, "voluntary_ctxt_switches") for s in statuses),
+            sum(status_field(s, "nonvoluntary_ctxt_switches") for s in statuses))
+
+
+def all_traced(pids: list[int]) -> bool:
+    statuses = task_statuses(pids)
+    return bool(statuses) and all(status_field(s, "TracerPid") for s in statuses)
+
+
+def parse_strace_summary(text: str) -> dict[str, int]:
+    """Calls per system call from `strace -c -U name,calls,errors`."""
+    calls = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit() and parts[0] not in ("total", "syscall"):
+            calls[parts[0]] = int(parts[1])
+    return calls
+
+
 # --------------------------------------------------------------------------
 # wrk
 
@@ -449,7 +589,7 @@ def parse_wrk(out: str) -> dict:
 
 
 class Bench:
-    def __init__(self, args, scenarios, comparisons, portcullis_env, instances):
+    def __init__(self, args, scenarios, comparisons, portcullis_env, instances, peers):
         self.args = args
         self.all_scenarios = scenarios
         self.scenarios = list(scenarios)  # the ones measured (minus skipped)
@@ -457,6 +597,10 @@ class Bench:
         self.comparisons = comparisons
         self.portcullis_env = portcullis_env
         self.instances: dict[str, Instance] = instances
+        self.peers: dict[str, Peer] = peers
+        self.peer_versions: dict[str, str] = {}  # started peers only
+        # One worker (thread, process) per CPU the proxies may use.
+        self.proxy_workers = len(cpu_list(args.proxy_cpu))
         # e.g. BENCH_API_KEY, made at start; the JWTs of the JWT scenarios.
         self.generated_env: dict[str, str] = tokens.bench_tokens()
         self.services: dict[str, dict] = {}  # "redis" -> {"problem", "pid", "version", ...}
@@ -467,9 +611,8 @@ class Bench:
 
     # -- servers ----------------------------------------------------------
 
-    def render(self, template: str, out_name: str) -> Path:
-        text = (BENCH_DIR / template).read_text()
-        values = {
+    def template_values(self) -> dict[str, str | int]:
+        return {
             "prefix": str(self.tmp),
             # Unique per run, e.g. for the Redis key prefix of the shared Redis.
             "run_id": self.tmp.name,
@@ -481,12 +624,19 @@ class Bench:
             # The TLS scenarios' certificate and key (make_certificate).
             "tls_cert": str(self.tmp / "tls" / "cert.pem"),
             "tls_key": str(self.tmp / "tls" / "key.pem"),
+            # Workers, threads or GOMAXPROCS of each proxy: one per proxy CPU.
+            "proxy_workers": self.proxy_workers,
             **{f"{k}_port": v for k, v in self.ports.items()},
         }
+
+    def fill(self, text: str, where: str, **extra) -> str:
         try:
-            text = text.format(**values)
+            return text.format(**self.template_values(), **extra)
         except (KeyError, IndexError, ValueError) as e:
-            sys.exit(f"bench/{template}: bad placeholder {e} (literal braces must be doubled)")
+            sys.exit(f"{where}: bad placeholder {e} (literal braces must be doubled)")
+
+    def render(self, template: str, out_name: str) -> Path:
+        text = self.fill((BENCH_DIR / template).read_text(), f"bench/{template}")
         path = self.tmp / out_name
         path.write_text(text)
         return path
@@ -574,6 +724,23 @@ class Bench:
         argv = ["taskset", "-c", self.args.proxy_cpu, self.args.bin, "serve", "--config", str(conf)]
         return Server(inst.name, argv, self.tmp / f"{inst.name}.log", env=env)
 
+    def peer_version(self, peer: Peer, exe: str) -> str:
+        text = tool_version([exe, *peer.version], first_line=False)
+        m = re.search(peer.version_match, text) if peer.version_match else None
+        if m:
+            return f"{peer.name} {m.group(1) if m.groups() else m.group(0)}"
+        return f"{peer.name}: {text.splitlines()[0] if text else 'unknown version'}"
+
+    def start_peer(self, peer: Peer, exe: str) -> Server:
+        """Renders the peer's templates to the temp dir (same file names) and
+        starts it on the proxy CPUs, like the nginx proxy."""
+        confs = [self.render(template, Path(template).name) for template in peer.config]
+        where = f"{self.args.scenarios}: peer {peer.name!r}"
+        argv = [self.fill(x, where, config=confs[0]) for x in peer.argv]
+        env = {**os.environ, **{k: self.fill(v, where, config=confs[0]) for k, v in peer.env.items()}}
+        argv = ["taskset", "-c", self.args.proxy_cpu, exe, *argv]
+        return Server(peer.name, argv, self.tmp / f"{peer.name}.log", env=env)
+
     def probe_services(self) -> None:
         needed = {svc for inst in self.instances.values() for svc in inst.needs}
         if "redis" in needed:
@@ -618,7 +785,8 @@ class Bench:
 
     def start(self) -> None:
         a = self.args
-        names = list(NGINX_TARGETS) + [x for n in self.instances for x in (n, f"{n}_admin")]
+        names = (list(NGINX_TARGETS) + [x for n in self.instances for x in (n, f"{n}_admin")]
+                 + list(self.peers))
         self.ports = dict(zip(names, free_ports(len(names))))
         self.probe_services()
         for name, inst in self.instances.items():
@@ -626,6 +794,14 @@ class Bench:
                 problem = self.services[svc]["problem"]
                 if problem:
                     self.skip_instance(name, problem)
+        executables = {}
+        for name, peer in self.peers.items():
+            exe, tried = find_executable(peer)
+            if exe:
+                executables[name] = exe
+            else:
+                log(f"{name}: not found (tried {', '.join(tried)}); its scenarios are skipped")
+                self.skip_instance(name, f"{name} not installed")
         needed = {s.target for s in self.scenarios} | {s.cpu for s in self.scenarios} | {"upstream"}
         # Always: the nginx proxy's config names it even when only its plain server is loaded.
         self.make_certificate()
@@ -634,9 +810,15 @@ class Bench:
         status = wait_http(self.ports["upstream"], self.servers["upstream"])
         if status != 200:
             raise RuntimeError(f"the upstream answered {status}")
-        if needed & {"nginx", "nginx_tls"}:
+        if any(SERVER_OF_TARGET.get(t, t) == "nginx" for t in needed):
             self.servers["nginx"] = self.start_nginx("nginx", "nginx-proxy.conf", a.proxy_cpu)
             wait_http(self.ports["nginx"], self.servers["nginx"])
+        for name, peer in self.peers.items():
+            if name in needed:
+                self.peer_versions[name] = self.peer_version(peer, executables[name])
+                self.servers[name] = self.start_peer(peer, executables[name])
+                self.wait_routes(name)
+                log(f"{name}: {executables[name]} ({self.peer_versions[name]}) up")
         for name, inst in self.instances.items():
             if name in needed:
                 self.servers[name] = self.start_portcullis(inst)
@@ -665,6 +847,14 @@ class Bench:
             )
         if not self.scenarios:
             raise RuntimeError("every selected scenario was skipped: " + "; ".join(self.skipped.values()))
+
+    def wait_routes(self, name: str, timeout: float = 20.0) -> None:
+        """Until the proxy answers 200 on /, or the timeout (the scenario
+        check then reports the status): Traefik listens before its file
+        provider has loaded the routes, and answers 404 until then."""
+        deadline = time.monotonic() + timeout
+        while wait_http(self.ports[name], self.servers[name]) != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def header_env(self) -> dict[str, str]:
         return {**os.environ, **self.portcullis_env, **self.generated_env}
@@ -882,6 +1072,128 @@ class Bench:
         )
         return path
 
+    # -- system calls and wake-ups -----------------------------------------
+
+    def worker_pids(self, server: str) -> list[int]:
+        """The processes that serve requests: nginx's workers, not their
+        master (which only supervises them); otherwise the whole tree."""
+        tree = process_tree(self.servers[server].pid)
+        if server in MASTER_WORKER and len(tree) > 1:
+            return tree[1:]
+        return tree
+
+    def wakeups(self, s: Scenario, pids: list[int]) -> dict:
+        """One run without strace (ptrace stops would add switches of their
+        own): the proxy's context switches per request."""
+        vol0, invol0 = ctx_switches(pids)
+        res = self.run_once(s, self.args.duration)
+        vol1, invol1 = ctx_switches(pids)
+        n = res["requests"] or 0
+        return {"requests": n, "rps": res["rps"],
+                "voluntary_per_req": (vol1 - vol0) / n if n else None,
+                "involuntary_per_req": (invol1 - invol0) / n if n else None}
+
+    def strace_run(self, s: Scenario, pids: list[int], strace: str) -> tuple[dict, str]:
+        """One run with strace -c attached to every thread of the proxy's
+        processes (-f follows the threads of each -p process; naming the
+        threads too makes strace fail on the ones it already has). strace
+        slows the proxy several times over: only counts per request mean
+        anything here, not throughput."""
+        out = self.tmp / f"strace-{s.name}.txt"
+        argv = [strace, "-c", "-f", "-q", "-S", "calls", "-U", "name,calls,errors", "-o", str(out)]
+        for pid in pids:
+            argv += ["-p", str(pid)]
+        rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        res = None
+        try:
+            # Load only once every thread is traced, so no request goes uncounted.
+            deadline = time.monotonic() + 10
+            while not all_traced(pids) and rec.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if all_traced(pids):
+                res = self.run_once(s, self.args.duration)
+        finally:
+            # SIGINT: strace detaches from the proxy and writes the summary.
+            if rec.poll() is None:
+                rec.send_signal(signal.SIGINT)
+            try:
+                _, err = rec.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                rec.kill()
+                _, err = rec.communicate()
+        if res is None:
+            raise RuntimeError(f"strace did not attach to every thread of {s.cpu} {pids}: {err.strip()}")
+        text = out.read_text() if out.exists() else ""
+        calls = parse_strace_summary(text)
+        if not calls:
+            raise RuntimeError(f"strace counted nothing for {s.name}:\n{text}")
+        return {"requests": res["requests"] or 0, "rps": res["rps"], "calls": calls}, text
+
+    def syscalls(self, names: list[str], out_dir: Path, stamp: str) -> tuple[str, list[dict]]:
+        """Per scenario, two extra unmeasured runs of --duration s: context
+        switches from /proc, then system calls under strace. Returns the
+        markdown table and its rows."""
+        strace = shutil.which(self.args.strace)
+        if not strace:
+            log(f"--syscalls: {self.args.strace} not found; skipped")
+            return "", []
+        rows = []
+        for name in names:
+            s = next((x for x in self.scenarios if x.name == name), None)
+            if s is None:
+                log(f"--syscalls {name}: not measured ({self.skipped.get(name, 'not selected')}); skipped")
+                continue
+            pids = self.worker_pids(s.cpu)
+            log(f"--syscalls {name}: context switches of {s.cpu} {pids}, {self.args.duration}s run")
+            wake = self.wakeups(s, pids)
+            log(f"--syscalls {name}: strace -c -f on {s.cpu} {pids}, {self.args.duration}s run")
+            traced, text = self.strace_run(s, pids, strace)
+            raw = out_dir / f"{stamp}-strace-{name}.txt"
+            raw.write_text(
+                f"strace -c -f -p <{s.cpu} worker pids {pids}>, {self.args.duration} s of wrk load: "
+                f"{traced['requests']} requests ({traced['rps']:.0f} req/s under strace)\n\n{text}"
+            )
+            n = traced["requests"]
+            total = sum(traced["calls"].values())
+            top = sorted(traced["calls"].items(), key=lambda kv: -kv[1])[:6]
+            rows.append({
+                "scenario": name, "pids": pids, "raw": str(raw),
+                "strace_requests": n, "syscalls_per_req": total / n if n else None,
+                "top": [(call, count / n if n else None) for call, count in top],
+                "calls": traced["calls"],
+                "wakeup_requests": wake["requests"],
+                "voluntary_per_req": wake["voluntary_per_req"],
+                "involuntary_per_req": wake["involuntary_per_req"],
+            })
+        if not rows:
+            return "", rows
+        lines = [
+            "### System calls and wake-ups per request",
+            "",
+            "| scenario | requests (strace / ctx run) | syscalls per request | top system calls per request "
+            "| voluntary ctx switches per request | involuntary per request |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for r in rows:
+            top = ", ".join(f"{call} {fmt(per, '{:.2f}')}" for call, per in r["top"])
+            lines.append(
+                f"| {r['scenario']} | {r['strace_requests']} / {r['wakeup_requests']} "
+                f"| {fmt(r['syscalls_per_req'], '{:.2f}')} | {top} "
+                f"| {fmt(r['voluntary_per_req'], '{:.3f}')} | {fmt(r['involuntary_per_req'], '{:.3f}')} |"
+            )
+        lines += [
+            "",
+            f"System calls: `strace -c -f` attached to the proxy's worker processes (all threads; for nginx "
+            f"the workers, not the master) for one extra {self.args.duration} s wrk run; strace slows the "
+            "proxy several times over, so only the counts per request mean anything, and calls made while "
+            "idle (before wrk starts, after it stops) are counted too. Context switches: "
+            "voluntary_ctxt_switches and nonvoluntary_ctxt_switches summed over /proc/<pid>/task/*/status, "
+            f"before and after another {self.args.duration} s run without strace; a voluntary switch is a "
+            "thread going to sleep for want of work, so each is one wake-up. Raw strace summaries: "
+            + ", ".join(Path(r["raw"]).name for r in rows) + ".",
+        ]
+        return "\n".join(lines) + "\n", rows
+
 
 # --------------------------------------------------------------------------
 # Report
@@ -906,13 +1218,16 @@ def machine_info() -> dict:
     }
 
 
-def tool_version(argv: list[str]) -> str:
+def tool_version(argv: list[str], first_line: bool = True) -> str:
+    """What `argv` prints (stdout, then stderr): its first line, or all of it."""
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    text = (p.stdout + p.stderr).strip().splitlines()
-    return text[0] if text else "unknown"
+    text = (p.stdout + p.stderr).strip()
+    if not first_line:
+        return text
+    return text.splitlines()[0] if text else "unknown"
 
 
 def summarise(bench: Bench, runs: list[dict]) -> dict:
@@ -964,15 +1279,25 @@ def report(bench: Bench, runs: list[dict], meta: dict) -> str:
     summary = summarise(bench, runs)
     m = meta["machine"]
     measured = {s.name for s in bench.scenarios}
+    shared = cpu_list(a.load_cpu) & cpu_list(a.proxy_cpu)
+    alone = "" if shared else "alone "
+    n = bench.proxy_workers
+    workers = f"{n} worker" + ("s" if n > 1 else "")
+    peers = ""
+    if bench.peer_versions:
+        # The peers' templates follow the same count.
+        peers = (f"; {', '.join(bench.peer_versions)}: {n} worker thread" + ("s" if n > 1 else "")
+                 + " (nbthread, --concurrency, GOMAXPROCS)")
     lines = [
         f"## portcullis benchmark, {meta['started']}",
         "",
         f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['kernel']}",
         f"- portcullis: {meta['portcullis']}; {meta['nginx']}; {meta['wrk']}",
+        *([f"- Peers: {', '.join(meta['peers'].values())}"] if meta.get("peers") else []),
         f"- Load: wrk -t{a.threads} -c{a.connections} (keep-alive), {a.duration} s per run, "
         f"{a.rounds} interleaved rounds after a {a.warmup} s warm-up per scenario; medians shown",
-        f"- CPUs: upstream nginx + wrk on CPU {a.load_cpu}; each proxy alone on CPU {a.proxy_cpu} "
-        f"(nginx: 1 worker; portcullis: TOKIO_WORKER_THREADS={a.tokio_workers or 'unset'}, "
+        f"- CPUs: upstream nginx + wrk on CPU {a.load_cpu}; each proxy {alone}on CPU {a.proxy_cpu} "
+        f"(nginx: {workers}{peers}; portcullis: TOKIO_WORKER_THREADS={a.tokio_workers or 'unset'}, "
         f"{threads_text(meta.get('portcullis_threads', {}))}; only the scenario's proxy is loaded)",
         f"- Command: `{meta['command']}`",
         "",
@@ -1048,6 +1373,56 @@ def report(bench: Bench, runs: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_chart(bench: Bench, runs: list[dict], meta: dict, path: Path) -> bool:
+    """Two bar panels, one bar per measured scenario: throughput and p99
+    (medians, min-max over the rounds as error bars). False without
+    matplotlib, which is optional."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed: straight to a PNG
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError:
+        log("matplotlib not installed; no chart")
+        return False
+    summary = summarise(bench, runs)
+    scenarios = bench.scenarios
+    ys = list(range(len(scenarios)))
+    colours = [GROUP_COLOURS.get(s.chart_group(), "tab:purple") for s in scenarios]
+    fig, panels = plt.subplots(1, 2, sharey=True, figsize=(13, 1.6 + 0.36 * len(scenarios)))
+    for ax, (key, lo, hi, label, spec) in zip(panels, (
+        ("rps", "rps_min", "rps_max", "requests per second (median; min - max)", "{:,.0f}"),
+        ("p99_ms", "p99_min", "p99_max", "p99 latency, ms (median; min - max)", "{:.2f}"),
+    )):
+        rows = [summary[s.name] for s in scenarios]
+        med = [r[key] for r in rows]
+        err = [[m - r[lo] for m, r in zip(med, rows)], [r[hi] - m for m, r in zip(med, rows)]]
+        ax.barh(ys, med, xerr=err, color=colours, capsize=3, error_kw={"elinewidth": 1})
+        # The median written past the end of its error bar.
+        for y, m, r in zip(ys, med, rows):
+            ax.text(r[hi], y, "  " + spec.format(m), va="center", fontsize=8)
+        ax.set_xlim(0, max(r[hi] for r in rows) * 1.2 or 1)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    panels[0].set_yticks(ys, [s.name for s in scenarios])
+    panels[0].invert_yaxis()  # the scenario file's order, top to bottom
+    labels = {"proxies": "the same route through each proxy", "features": "feature scenarios",
+              "direct": "upstream, no proxy"}
+    groups = dict.fromkeys(s.chart_group() for s in scenarios)
+    # Below the panels, where it cannot hide a bar.
+    fig.legend(handles=[Patch(color=GROUP_COLOURS.get(g, "tab:purple"), label=labels.get(g, g))
+                        for g in groups], loc="lower center", ncol=len(groups), fontsize=8, frameon=False)
+    m, a = meta["machine"], bench.args
+    fig.suptitle(f"portcullis benchmark, {meta['started']}: {m['cpu_model']}, {m['cores']} cores\n"
+                 f"wrk -c{a.connections} on CPU {a.load_cpu}, each proxy on CPU {a.proxy_cpu}, "
+                 f"{a.rounds} round{'s' if a.rounds > 1 else ''} of {a.duration} s", fontsize=10)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 # --------------------------------------------------------------------------
 
 
@@ -1081,6 +1456,14 @@ def main() -> int:
     p.add_argument("--only", help="comma-separated scenario names to run")
     p.add_argument("--perf", metavar="SCENARIO",
                    help="after the rounds, profile one more run of SCENARIO with perf record")
+    p.add_argument("--syscalls", metavar="SCENARIO[,SCENARIO...]",
+                   help="after the rounds, count each scenario's proxy's system calls (strace -c) and "
+                        "context switches per request, in two extra runs of --duration s each")
+    p.add_argument("--strace", default=shutil.which("strace") or "/usr/bin/strace",
+                   help="strace binary (for --syscalls)")
+    p.add_argument("--chart", type=Path, metavar="PATH",
+                   help="also write the chart to PATH (e.g. docs/benchmarks.png); it always goes to "
+                        "<results>/<stamp>.png when matplotlib is installed")
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results",
                    help="where the markdown table and raw JSON go (default bench/results)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
@@ -1095,9 +1478,18 @@ def main() -> int:
     a = p.parse_args()
 
     only = [x.strip() for x in a.only.split(",")] if a.only else None
-    scenarios, comparisons, portcullis_env, instances = load_scenarios(a.scenarios, only)
+    scenarios, comparisons, portcullis_env, instances, peers = load_scenarios(a.scenarios, only)
     if not scenarios:
         sys.exit("no scenarios selected")
+    syscall_names = [x.strip() for x in a.syscalls.split(",")] if a.syscalls else []
+    bad = [x for x in syscall_names if not any(s.name == x and s.cpu != "none" for s in scenarios)]
+    if bad:
+        sys.exit(f"--syscalls: {bad} are not selected scenarios with a proxy (cpu) to trace")
+    for flag, spec in (("--load-cpu", a.load_cpu), ("--proxy-cpu", a.proxy_cpu)):
+        try:
+            cpu_list(spec)
+        except ValueError:
+            sys.exit(f"{flag} {spec!r}: not a CPU list such as 1, 0,1 or 0-3")
     if instances and not a.bin:
         sys.exit("no portcullis binary: pass --bin or set PORTCULLIS_BIN (bench/run.sh builds one)")
     for tool in ("taskset", a.nginx, a.wrk):
@@ -1117,6 +1509,11 @@ def main() -> int:
         "command": os.environ.get("BENCH_COMMAND") or " ".join([sys.argv[0], *sys.argv[1:]]),
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
     }
+    workers = len(cpu_list(a.proxy_cpu))
+    if instances and a.tokio_workers not in (0, workers):
+        # The other proxies get one worker per proxy CPU; portcullis only what it is told.
+        log(f"note: {workers} proxy CPUs but --tokio-workers {a.tokio_workers}; "
+            f"pass --tokio-workers {workers} to give portcullis as many workers as the other proxies")
     if (os.cpu_count() or 1) < 2 and a.load_cpu != a.proxy_cpu:
         log("warning: fewer than 2 CPUs; pass --load-cpu/--proxy-cpu to match this machine")
     # Each measured run also samples the machine for a second beforehand.
@@ -1124,7 +1521,7 @@ def main() -> int:
     log(f"{len(scenarios)} scenarios x {a.rounds} rounds x {a.duration}s (+ warm-up): about {total}s"
         f" (plus up to {a.noise_budget}s waiting for a quiet machine)")
 
-    bench = Bench(a, scenarios, comparisons, portcullis_env, instances)
+    bench = Bench(a, scenarios, comparisons, portcullis_env, instances, peers)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -1138,14 +1535,28 @@ def main() -> int:
         }
         meta["skipped"] = bench.skipped
         meta["services"] = bench.services
+        meta["peers"] = bench.peer_versions
+        meta["proxy_workers"] = bench.proxy_workers
         log(f"servers up in {bench.tmp}: ports {bench.ports}")
         runs = bench.run()
         meta["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
         a.results.mkdir(parents=True, exist_ok=True)
         text = report(bench, runs, meta)
+        png = a.results / f"{stamp}.png"
+        if write_chart(bench, runs, meta, png):
+            text += f"\n![throughput and p99 per scenario]({png.name})\n"
+            log(f"chart: {png}")
+            if a.chart:
+                a.chart.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, a.chart)
+                log(f"chart copied to {a.chart}")
         perf_path = bench.profile(a.perf, a.results, stamp) if a.perf else None
         if perf_path:
             text += f"\nperf profile of one extra {a.perf} run: {perf_path}\n"
+        if syscall_names:
+            table, meta["syscalls"] = bench.syscalls(syscall_names, a.results, stamp)
+            if table:
+                text += "\n" + table
         md = a.results / f"{stamp}.md"
         md.write_text(text)
         (a.results / f"{stamp}.json").write_text(

@@ -3,6 +3,7 @@
 # callgrind (repeatable, unlike wall-clock numbers on a shared VM).
 #
 #   bench/callgrind.sh BIN public|key|dead|jwt-rs256|jwt-es256|session|post|validated [SECONDS]
+#   bench/callgrind.sh nginx nginx-proxy [SECONDS]   # the reference: nginx as the proxy
 #   (dead: the public route to an upstream whose second target is dead)
 #   (post, validated: the 2 KiB JSON body bench/body-2k.json POSTed to a
 #   route without and with validation against bench/body-2k.schema.json)
@@ -13,6 +14,9 @@
 # route up with instrumentation off, then counts instructions while wrk
 # (-t1 -c16) loads the route for SECONDS (default 20), and prints the total
 # divided by the requests wrk made. Needs nginx, wrk, valgrind, curl.
+# `nginx-proxy` counts nginx itself instead (one process, master_process
+# off, proxying to the same upstream with a keep-alive pool, no access log:
+# the bench/nginx-proxy.conf settings), so both figures come from one tool.
 set -euo pipefail
 BIN=$1; ROUTE=$2; SECONDS_OF_LOAD=${3:-20}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,13 +35,27 @@ trap cleanup EXIT
 sed -e "s#{portcullis_port}#18182#; s#{portcullis_admin_port}#18183#; s#{prefix}#$D#; s#{upstream_port}#18181#" \
     -e "s#{jwt_keys}#$here/../tests/fixtures/jwt#g" -e "s#{bench_dir}#$here#g" -e "s/{{/{/g; s/}}/}/g" \
     "$here/portcullis.toml" > "$D/portcullis.toml"
-export BENCH_SESSION_KEY=bench-session-key-Zq7Wm2Xp9Lk4Rt8Vb3Nc6Yh1
-"$BIN" consumers create bench --config "$D/portcullis.toml" >/dev/null
-echo bench-password-not-secret | "$BIN" users create bench --password-stdin --config "$D/portcullis.toml" >/dev/null
-KEY=$("$BIN" keys create --consumer bench --json --config "$D/portcullis.toml" \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$D/callgrind.out" \
-    "$BIN" serve --config "$D/portcullis.toml" > "$D/portcullis.log" 2>&1 & VALGRIND=$!
+if [ "$ROUTE" = nginx-proxy ]; then
+  cat > "$D/proxy.conf" <<NG
+worker_processes 1; daemon off; master_process off; pid $D/proxy.pid; error_log $D/proxy-error.log;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $D; proxy_temp_path $D; fastcgi_temp_path $D;
+  uwsgi_temp_path $D; scgi_temp_path $D; keepalive_requests 10000000;
+  upstream backend { server 127.0.0.1:18181; keepalive 128; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:18182; location / { proxy_pass http://backend; proxy_http_version 1.1;
+    proxy_set_header Connection ""; } } }
+NG
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$D/callgrind.out" \
+      nginx -c "$D/proxy.conf" -p "$D" > "$D/portcullis.log" 2>&1 & VALGRIND=$!
+else
+  export BENCH_SESSION_KEY=bench-session-key-Zq7Wm2Xp9Lk4Rt8Vb3Nc6Yh1
+  "$BIN" consumers create bench --config "$D/portcullis.toml" >/dev/null
+  echo bench-password-not-secret | "$BIN" users create bench --password-stdin --config "$D/portcullis.toml" >/dev/null
+  KEY=$("$BIN" keys create --consumer bench --json --config "$D/portcullis.toml" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$D/callgrind.out" \
+      "$BIN" serve --config "$D/portcullis.toml" > "$D/portcullis.log" 2>&1 & VALGRIND=$!
+fi
 for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:18182/ && break; sleep 0.5; done
 URL=http://127.0.0.1:18182/; HEADER=(); CURL=(); WRK=()
 case "$ROUTE" in

@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# Benchmark portcullis against nginx on this machine; see docs/benchmarks.md.
+# Benchmark portcullis against nginx and other reverse proxies on this machine;
+# see docs/benchmarks.md.
 #
 #   bench/run.sh                      # build (release) and run the default comparison
 #   bench/run.sh --rounds 3 --duration 5
 #   PORTCULLIS_BIN=/path/to/portcullis bench/run.sh   # skip the build
+#   bench/run.sh --chart docs/benchmarks.png          # also copy the chart there
+#   bench/run.sh --syscalls nginx-proxy,portcullis    # + system calls and wake-ups per request
 #   bench/run.sh --help               # every option (also settable as BENCH_* env vars)
+#
+# Two-core mode: every proxy runs one worker (thread) per CPU in --proxy-cpu:
+# nginx's worker_processes, HAProxy's nbthread, Envoy's --concurrency and the
+# Go proxies' GOMAXPROCS follow it; portcullis's workers are --tokio-workers.
+# So, on a 2-core machine, both cores for every process and two workers each:
+#
+#   bench/run.sh --proxy-cpu 0,1 --load-cpu 0,1 --tokio-workers 2 --only nginx-proxy,portcullis
+#
+# (wrk and the upstream then share the cores with the proxy: compare proxies
+# within one such run, not with the default one-core numbers.)
 #
 # Needs: cargo (unless PORTCULLIS_BIN is set), python3 >= 3.11, nginx, wrk, taskset.
 # Optional: a running Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379) for the
 # Redis rate-limit scenario; without one that scenario is listed as skipped.
+# Optional peers ([peer.*] in bench/scenarios.toml), each skipped when not installed:
+# haproxy and caddy (Debian packages), envoy and traefik (.ci/forward-auth-tools.sh
+# installs them under ~/.cache/portcullis-tools); BENCH_HAPROXY, BENCH_ENVOY,
+# BENCH_TRAEFIK, BENCH_CADDY point at other executables. Optional: matplotlib for
+# the chart (<results>/<stamp>.png), strace for --syscalls.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -283,16 +283,27 @@ impl HeaderSet {
         if from_upstream && let Some(cookies) = &self.cookies {
             cookies.apply(h);
         }
+        // Grown once, and each header hashed once (an entry, not a lookup
+        // then an insert): this runs on every response.
+        h.reserve(self.headers.len() + 1);
         for (name, value) in &self.headers {
-            if self.force || !h.contains_key(name) {
-                h.insert(name.clone(), value.clone());
-            }
+            self.set(h, name, value);
         }
-        if https
-            && let Some(hsts) = &self.hsts
-            && (self.force || !h.contains_key(header::STRICT_TRANSPORT_SECURITY))
-        {
-            h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        if https && let Some(hsts) = &self.hsts {
+            self.set(h, &header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
+    }
+
+    /// Sets `name` unless the upstream did, or always when forced.
+    fn set(&self, h: &mut http::HeaderMap, name: &HeaderName, value: &HeaderValue) {
+        match h.entry(name) {
+            http::header::Entry::Vacant(slot) => {
+                slot.insert(value.clone());
+            }
+            http::header::Entry::Occupied(mut slot) if self.force => {
+                slot.insert(value.clone());
+            }
+            http::header::Entry::Occupied(_) => {}
         }
     }
 }
