@@ -4,6 +4,7 @@
 #
 #   bench/callgrind.sh BIN public|key|dead|jwt-rs256|jwt-es256|session|post|validated [SECONDS]
 #   bench/callgrind.sh nginx nginx-proxy [SECONDS]   # the reference: nginx as the proxy
+#   (logged: the public route with [log] access_log = true, lines to a file)
 #   (dead: the public route to an upstream whose second target is dead)
 #   (post, validated: the 2 KiB JSON body bench/body-2k.json POSTed to a
 #   route without and with validation against bench/body-2k.schema.json)
@@ -35,6 +36,7 @@ trap cleanup EXIT
 sed -e "s#{portcullis_port}#18182#; s#{portcullis_admin_port}#18183#; s#{prefix}#$D#; s#{upstream_port}#18181#" \
     -e "s#{jwt_keys}#$here/../tests/fixtures/jwt#g" -e "s#{bench_dir}#$here#g" -e "s/{{/{/g; s/}}/}/g" \
     "$here/portcullis.toml" > "$D/portcullis.toml"
+if [ "$ROUTE" = logged ]; then sed -i 's/^access_log = false/access_log = true/' "$D/portcullis.toml"; fi
 if [ "$ROUTE" = nginx-proxy ]; then
   cat > "$D/proxy.conf" <<NG
 worker_processes 1; daemon off; master_process off; pid $D/proxy.pid; error_log $D/proxy-error.log;

@@ -7,6 +7,8 @@
 //! The line never carries the query string, a header value, a cookie or a
 //! key: only the normalised path and facts the gateway decided.
 
+mod line;
+
 use std::sync::Arc;
 
 use crate::compile::CompileCx;
@@ -47,19 +49,28 @@ impl Stage for AccessLogStage {
             return;
         }
         let path = cx.rewritten_path.as_deref().unwrap_or(done.uri.path());
-        tracing::info!(
-            target: "access",
-            request_id = cx.request_id(),
-            client_ip = %cx.client_ip,
-            method = done.method.as_str(),
-            route = route.map(|r| &*r.id),
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        let line = line::AccessLine {
+            request_id: cx.request_id(),
+            client_ip: cx.client_ip,
+            method: done.method.as_str(),
+            route: route.map(|r| &*r.id),
             path,
-            status = done.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = cx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-            bytes_sent = done.bytes_sent,
-            completed = done.completed,
-            consumer = cx.principal.as_ref().map(|p| p.name()),
-        );
+            status: done.status,
+            duration: elapsed,
+            upstream: cx.upstream_time,
+            bytes_sent: done.bytes_sent,
+            completed: done.completed,
+            consumer: cx.principal.as_ref().map(|p| p.name()),
+        };
+        line::emit(&line, |bytes| {
+            if !crate::logging::write_line(bytes) {
+                // No log writer of ours (the gateway embedded in another
+                // program): the line goes to its `tracing` subscriber.
+                tracing::info!(target: "access", "{}", String::from_utf8_lossy(bytes).trim_end());
+            }
+        });
     }
 }
