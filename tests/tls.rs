@@ -267,7 +267,12 @@ async fn sighup_reloads_the_binarys_certificates_under_load() {
     let (done, failed) = running.await.unwrap();
     assert!(done >= 20, "the load ran: {done}");
     assert_eq!(failed, 0, "{failed} of {done} requests failed across the reload");
-    assert!(bin.output().contains("TLS certificates reloaded"));
+    // Log lines reach stdout in batches (up to 10 ms late), so wait for it.
+    assert!(
+        bin.wait_for_output("TLS certificates reloaded", Duration::from_secs(5)),
+        "{}",
+        bin.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
