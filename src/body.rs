@@ -19,6 +19,9 @@ pub enum BodyError {
     /// hyper's error, so the cause can be found by walking the chain.
     #[error("the body failed: {0}")]
     Hyper(#[from] hyper::Error),
+    /// An upstream's HTTP/1.1 response body failed (cut short, malformed).
+    #[error("the upstream body failed: {0}")]
+    Upstream(#[from] crate::upstream::h1::H1Error),
     /// A client body went past its route's size limit; the bytes past the
     /// limit were never passed on.
     #[error("the request body is larger than {limit} bytes")]
@@ -287,7 +290,7 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
             GatewayBody::Limited(body) => body.poll_frame(cx),
-            GatewayBody::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            GatewayBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Empty => Poll::Ready(None),
         }

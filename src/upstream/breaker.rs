@@ -253,11 +253,11 @@ mod tests {
 
     #[test]
     fn one_trial_after_the_cool_down_and_it_decides() {
-        let (b, s) = (breaker(), settings(30));
+        let (b, s) = (breaker(), settings(300));
         for _ in 0..3 {
             b.failed(Admission::Closed, &s);
         }
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(400));
         assert_eq!(b.admit(&s), Admission::Trial);
         assert_eq!(b.state(), State::HalfOpen);
         assert!(
@@ -267,12 +267,12 @@ mod tests {
         // The trial fails: open again, for twice as long.
         b.failed(Admission::Trial, &s);
         assert_eq!(b.state(), State::Open);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(400));
         assert!(
             matches!(b.admit(&s), Admission::Refused { .. }),
-            "60 ms this time"
+            "600 ms this time"
         );
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(b.admit(&s), Admission::Trial);
         b.succeeded(Admission::Trial);
         assert_eq!(b.state(), State::Closed);

@@ -24,6 +24,7 @@ pub mod balance;
 pub mod breaker;
 pub mod config;
 pub mod connect;
+pub mod h1;
 pub mod h2;
 pub mod health;
 pub mod hop_by_hop;
@@ -668,7 +669,7 @@ impl Upstream {
 
 /// The first [`MASKED_BODY_LOG_LIMIT`] bytes of a body (the rest is never
 /// read; the connection is closed rather than pooled).
-async fn first_bytes(mut body: UpstreamBody) -> Result<Vec<u8>, hyper::Error> {
+async fn first_bytes(mut body: UpstreamBody) -> Result<Vec<u8>, BodyError> {
     let mut start = Vec::new();
     while start.len() < MASKED_BODY_LOG_LIMIT {
         let Some(frame) = body.frame().await else { break };
@@ -739,36 +740,46 @@ fn parse_target(text: &str) -> Result<ParsedTarget, String> {
     })
 }
 
-/// The limit a client body went past, if that is why the exchange failed.
-fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+/// The client body's own error in `error`'s chain, if there is one. Our
+/// HTTP/1.1 client holds it boxed (a `Box<BodyError>` in the chain, which
+/// does not downcast to `BodyError`), hyper wraps it as a source.
+fn client_body_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
     let mut source = Some(error);
     while let Some(e) = source {
-        if let Some(BodyError::TooLarge { limit }) = e.downcast_ref::<BodyError>() {
-            return Some(*limit);
+        if let Some(h1::H1Error::ClientBody(body)) = e.downcast_ref::<h1::H1Error>() {
+            return Some(body);
+        }
+        if let Some(body) = e.downcast_ref::<BodyError>() {
+            return Some(body);
         }
         source = e.source();
     }
     None
 }
 
+/// The limit a client body went past, if that is why the exchange failed.
+fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    match client_body_error(error) {
+        Some(BodyError::TooLarge { limit }) => Some(*limit),
+        _ => None,
+    }
+}
+
 /// Whether the client's body missed its pace.
 fn body_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if matches!(e.downcast_ref::<BodyError>(), Some(BodyError::TooSlow)) {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    matches!(client_body_error(error), Some(BodyError::TooSlow))
 }
 
 /// Whether an upstream request failed because the client's own body did:
-/// hyper reports that as a user-body error wrapping the inbound one.
+/// our HTTP/1.1 client says so, hyper's (HTTP/2) reports a user-body error
+/// wrapping the inbound one.
 fn caused_by_client_body(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut saw_user_body = false;
     let mut source = Some(error);
     while let Some(e) = source {
+        if matches!(e.downcast_ref::<h1::H1Error>(), Some(h1::H1Error::ClientBody(_))) {
+            return true;
+        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_user() {
                 saw_user_body = true;

@@ -1,16 +1,13 @@
 //! Keep-alive HTTP/1.1 connections to one upstream target, each driven by
 //! the request that is using it.
 //!
-//! hyper-util's legacy `Client` runs every upstream connection as a task of
-//! its own and hands each request to it over a channel (and the response
-//! back over another), which costs two task wake-ups per request. Here the
-//! connection future is polled by whoever uses the connection: the request's
-//! own task while it waits for the response head, then the response body
-//! (polled by the same client-connection task) until the body ends. A
-//! connection goes back to the pool only when its response body ended and
-//! hyper says it is ready for the next request; in every other case (the
-//! client went away mid-body, an error, the upstream asked to close) it is
-//! dropped, which closes it.
+//! A connection ([`super::h1::H1Conn`]) has no task of its own: the
+//! request's task writes the request and reads the response head, then the
+//! response body (polled by the same client-connection task) reads on until
+//! the body ends. A connection goes back to the pool only when its response
+//! body ended cleanly and the upstream did not ask to close; in every other
+//! case (the client went away mid-body, an error, bytes past the response)
+//! it is dropped, which closes it.
 //!
 //! Nobody polls an idle connection, so an upstream closing one is noticed
 //! when it is next checked out (its EOF is already waiting) or by the reaper
@@ -21,20 +18,19 @@
 //! closes it; the leases cap requests in flight just the same.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use super::connect::{Address, Endpoint, UpstreamStream};
-use crate::body::GatewayBody;
+use super::connect::{Address, Endpoint};
+use super::h1::{BodyState, Failure, H1Conn, H1Error, Head, Upload};
+use crate::body::{BodyError, GatewayBody};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
 
 /// Pool settings, from `[[upstreams]]`.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +55,9 @@ pub struct Failed {
 pub enum SendError {
     Connect(std::io::Error),
     ConnectTimeout,
-    /// hyper's error for the exchange (its source chain says more).
+    /// The HTTP/1.1 exchange failed (its source chain says more).
+    Http1(H1Error),
+    /// hyper's error for an HTTP/2 exchange (its source chain says more).
     Http(hyper::Error),
 }
 
@@ -68,7 +66,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(_) => f.write_str("cannot connect"),
             SendError::ConnectTimeout => f.write_str("connect timed out"),
-            SendError::Http(_) => f.write_str("HTTP exchange failed"),
+            SendError::Http1(_) | SendError::Http(_) => f.write_str("HTTP exchange failed"),
         }
     }
 }
@@ -78,66 +76,20 @@ impl std::error::Error for SendError {
         match self {
             SendError::Connect(e) => Some(e),
             SendError::ConnectTimeout => None,
+            SendError::Http1(e) => Some(e),
             SendError::Http(e) => Some(e),
         }
     }
 }
 
-type Connection = http1::Connection<TokioIo<UpstreamStream>, GatewayBody>;
-
-/// One upstream connection: hyper's request handle and the connection
-/// future that does its I/O. Boxed so that handing it between the pool, a
-/// request and a response body moves a pointer, not hyper's state.
-pub struct Conn {
-    sender: http1::SendRequest<GatewayBody>,
-    conn: Connection,
-}
-
-/// A context whose waker does nothing, for polling what only this task can
-/// move forward (see `round_trip`), so that hyper does not wake a task that
-/// is running anyway.
-fn quiet() -> Context<'static> {
-    Context::from_waker(Waker::noop())
-}
-
-impl Conn {
-    /// Drives the connection's I/O, leaving `cx`'s waker to be woken when
-    /// there is more to do. `Ready` means the connection is finished (closed
-    /// or failed) and must be dropped.
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.conn).poll(cx).map(Self::ended)
-    }
-
-    /// Drives the connection's I/O without leaving a waker anywhere, so
-    /// that the next request sent on an idle connection does not wake the
-    /// task that used it last. Exempt from tokio's cooperative budget, whose
-    /// forced `Pending` would otherwise wake nobody.
-    fn poll_quietly(&mut self) -> Poll<()> {
-        let mut io = tokio::task::unconstrained(&mut self.conn);
-        Pin::new(&mut io).poll(&mut quiet()).map(Self::ended)
-    }
-
-    fn ended(result: hyper::Result<()>) {
-        if let Err(error) = result {
-            tracing::debug!(%error, "upstream connection ended with an error");
-        }
-    }
-
-    /// Whether the connection can take another request now. The poll lets
-    /// hyper see an EOF that arrived while it was idle.
-    fn reusable(&mut self) -> bool {
-        self.poll_quietly().is_pending() && self.sender.is_ready()
-    }
-}
-
 /// A new connection to a target, in the version it speaks.
 enum Connected {
-    Http1(Box<Conn>),
+    Http1(Box<H1Conn>),
     H2(http2::SendRequest<GatewayBody>),
 }
 
 struct Idle {
-    conn: Box<Conn>,
+    conn: Box<H1Conn>,
     since: Instant,
 }
 
@@ -152,7 +104,6 @@ struct IdleList {
 pub struct TargetPool {
     endpoint: Endpoint,
     limits: Limits,
-    builder: http1::Builder,
     idle: Mutex<IdleList>,
     /// The shared HTTP/2 connection, once the target was found to speak it.
     h2: Mutex<Option<http2::SendRequest<GatewayBody>>>,
@@ -179,13 +130,13 @@ impl Lease {
     /// Sends `req` on a pooled or new connection and returns the response
     /// head; the body streams from the connection as it is polled, and
     /// keeps the lease until it ends.
-    pub async fn send(self, req: Request<GatewayBody>) -> Result<Response<UpstreamBody>, Failed> {
+    pub async fn send(self, mut req: Request<GatewayBody>) -> Result<Response<UpstreamBody>, Failed> {
         if self.pool.endpoint.may_speak_h2()
             && let Some(sender) = self.pool.shared_h2()
         {
             return Box::pin(self.send_h2(sender, req, true)).await;
         }
-        let (conn, reused) = match self.pool.checkout() {
+        let (mut conn, reused) = match self.pool.checkout() {
             Some(conn) => (conn, true),
             // Boxed, as is the retry below: both are rare, and inline they
             // would make every request's future larger and costlier to move.
@@ -200,29 +151,26 @@ impl Lease {
                 }
             },
         };
-        let mut slot = Some(conn);
-        match round_trip(&mut slot, req).await {
-            Ok(response) => Ok(stream(response, slot, self)),
-            Err(mut error) => match error.take_message() {
-                // The upstream closed the pooled connection just before it
-                // was used (checkout saw no EOF yet). The request was never
-                // written, so sending it again on a new connection is safe.
-                Some(req) if reused => Box::pin(self.send_on_new_connection(req)).await,
-                unsent => Err(Failed {
-                    error: SendError::Http(error.into_error()),
-                    unsent,
-                }),
-            },
+        match conn.send(&mut req).await {
+            Ok(head) => Ok(self.respond(head, conn)),
+            // The upstream closed the pooled connection just before it was
+            // used (checkout saw no EOF yet). The request was never written,
+            // so sending it again on a new connection is safe.
+            Err(failure) if reused && !failure.written => {
+                drop(conn);
+                Box::pin(self.send_on_new_connection(req)).await
+            }
+            Err(failure) => Err(failed(failure, req)),
         }
     }
 
     async fn send_on_new_connection(
         self,
-        req: Request<GatewayBody>,
+        mut req: Request<GatewayBody>,
     ) -> Result<Response<UpstreamBody>, Failed> {
         tracing::debug!("pooled upstream connection was closed; retrying on a new one");
-        let mut slot = match self.pool.connect().await {
-            Ok(Connected::Http1(conn)) => Some(conn),
+        let mut conn = match self.pool.connect().await {
+            Ok(Connected::Http1(conn)) => conn,
             Ok(Connected::H2(sender)) => return self.send_h2(sender, req, false).await,
             Err(error) => {
                 return Err(Failed {
@@ -231,13 +179,38 @@ impl Lease {
                 });
             }
         };
-        match round_trip(&mut slot, req).await {
-            Ok(response) => Ok(stream(response, slot, self)),
-            Err(mut error) => Err(Failed {
-                unsent: error.take_message(),
-                error: SendError::Http(error.into_error()),
-            }),
+        match conn.send(&mut req).await {
+            Ok(head) => Ok(self.respond(head, conn)),
+            Err(failure) => Err(failed(failure, req)),
         }
+    }
+
+    /// The response whose body reads on from `conn` and holds the lease.
+    fn respond(self, head: Head, conn: Box<H1Conn>) -> Response<UpstreamBody> {
+        let Head {
+            response,
+            body,
+            keep_alive,
+            upload,
+        } = head;
+        response.map(|()| UpstreamBody {
+            inner: Inner::Http1 {
+                conn: Some(conn),
+                state: body,
+                keep_alive,
+                upload,
+            },
+            lease: self,
+        })
+    }
+}
+
+/// What a failed HTTP/1.1 exchange gives back: the request, if none of it
+/// was written.
+fn failed(failure: Failure, req: Request<GatewayBody>) -> Failed {
+    Failed {
+        unsent: (!failure.written).then_some(req),
+        error: SendError::Http1(failure.error),
     }
 }
 
@@ -260,7 +233,10 @@ impl Lease {
         super::h2::prepare(&mut req, self.pool.endpoint.tls.is_some());
         let spare = if shared { super::retry::copy_of(&req) } else { None };
         match sender.try_send_request(req).await {
-            Ok(response) => Ok(stream(response, None, self)),
+            Ok(response) => Ok(response.map(|body| UpstreamBody {
+                inner: Inner::H2(body),
+                lease: self,
+            })),
             Err(mut error) => match error
                 .take_message()
                 .or_else(|| spare.filter(|_| super::h2::unprocessed(error.error())))
@@ -289,7 +265,6 @@ impl TargetPool {
         TargetPool {
             endpoint,
             limits,
-            builder: http1::Builder::new(),
             idle: Mutex::new(IdleList::default()),
             h2: Mutex::new(None),
             permits: tokio::sync::Semaphore::new(limits.max_connections),
@@ -352,7 +327,7 @@ impl TargetPool {
 
     /// The most recently used idle connection that is still open and within
     /// the idle timeout. Others found on the way are closed.
-    fn checkout(&self) -> Option<Box<Conn>> {
+    fn checkout(&self) -> Option<Box<H1Conn>> {
         let now = Instant::now();
         loop {
             // The guard is dropped at the end of this statement, so a stale
@@ -383,12 +358,7 @@ impl TargetPool {
             self.share_h2(&sender);
             return Ok(Connected::H2(sender));
         }
-        let (sender, conn) = self
-            .builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Http)?;
-        Ok(Connected::Http1(Box::new(Conn { sender, conn })))
+        Ok(Connected::Http1(Box::new(H1Conn::new(stream))))
     }
 
     fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<GatewayBody>>> {
@@ -426,10 +396,10 @@ impl TargetPool {
         *self.h2_slot() = None;
     }
 
-    /// Takes back a connection whose exchange is complete, if it can serve
-    /// another request; otherwise drops (closes) it.
-    fn release(self: &Arc<Self>, mut conn: Box<Conn>) {
-        if self.limits.max_idle == 0 || self.limits.idle_timeout.is_zero() || !conn.reusable() {
+    /// Takes back a connection whose exchange is complete and clean (an EOF
+    /// that comes later is seen at checkout); otherwise drops (closes) it.
+    fn release(self: &Arc<Self>, conn: Box<H1Conn>) {
+        if self.limits.max_idle == 0 || self.limits.idle_timeout.is_zero() {
             return;
         }
         // Without a runtime (shutting down) nobody could reap it.
@@ -478,16 +448,6 @@ impl TargetPool {
     }
 }
 
-/// The response with a body that drives the connection in `slot`, if it
-/// is still open, and holds the lease.
-fn stream(response: Response<Incoming>, slot: Option<Box<Conn>>, lease: Lease) -> Response<UpstreamBody> {
-    response.map(|body| UpstreamBody {
-        body,
-        conn: slot,
-        lease,
-    })
-}
-
 /// Runs while a pool has idle connections, and stops with the pool.
 async fn reap(pool: Weak<TargetPool>) {
     let Some(period) = pool
@@ -505,105 +465,137 @@ async fn reap(pool: Weak<TargetPool>) {
     }
 }
 
-/// Sends `req` on the connection in `slot` and drives the connection until
-/// the response head arrives. If the connection finishes first it is
-/// dropped (leaving `slot` empty), which gives back a request it never
-/// started writing inside the error.
-async fn round_trip(
-    slot: &mut Option<Box<Conn>>,
-    req: Request<GatewayBody>,
-) -> Result<Response<Incoming>, TrySendError<Request<GatewayBody>>> {
-    let conn = slot.as_mut().expect("round_trip needs a connection");
-    // Only the connection polled below (or dropping it) can complete the
-    // response, both in this task, so the response is polled without a
-    // waker: hyper would otherwise wake this task while it is running.
-    let mut response = pin!(tokio::task::unconstrained(conn.sender.try_send_request(req)));
-    poll_fn(|cx| {
-        poll_conn(slot, cx);
-        match response.as_mut().poll(&mut quiet()) {
-            Poll::Ready(result) => Poll::Ready(result),
-            // Not expected once the connection is gone, but never hang on it.
-            Poll::Pending if slot.is_none() => response.as_mut().poll(cx),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// Polls the connection in `slot` and drops it if it finished.
-fn poll_conn(slot: &mut Option<Box<Conn>>, cx: &mut Context<'_>) {
-    if let Some(conn) = slot.as_mut()
-        && conn.poll_io(cx).is_ready()
-    {
-        *slot = None;
-    }
-}
-
-/// A response body streamed from an upstream connection, which it drives
-/// until the body ends and then returns to the pool.
+/// A response body streamed from an upstream connection: read on from
+/// the HTTP/1.1 connection, which goes back to the pool when the body ends,
+/// or a stream of the shared HTTP/2 connection.
 pub struct UpstreamBody {
-    body: Incoming,
-    /// Present until the body ends (then pooled) or the connection finishes.
-    conn: Option<Box<Conn>>,
+    inner: Inner,
     lease: Lease,
 }
 
+enum Inner {
+    Http1 {
+        /// Present until the body ends (then pooled) or fails.
+        conn: Option<Box<H1Conn>>,
+        state: BodyState,
+        keep_alive: bool,
+        /// The rest of the request body, when the response head came first.
+        upload: Option<Box<Upload>>,
+    },
+    H2(Incoming),
+}
+
 impl UpstreamBody {
+    /// The exchange is over: the connection goes back to the pool if it
+    /// may, and the lease is given back.
     fn finish(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Inner::Http1 {
+            conn,
+            keep_alive,
+            upload,
+            ..
+        } = &mut self.inner
+            && let Some(conn) = conn.take()
+            && *keep_alive
+            && upload.is_none()
+            && conn.clean()
+        {
             self.lease.pool.release(conn);
         }
         self.lease.release();
     }
-}
 
-impl UpstreamBody {
-    fn finish_at_end(&mut self, frame: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) {
-        match frame {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.finish(),
-            _ => {}
+    fn poll_http1(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Inner::Http1 {
+            conn, state, upload, ..
+        } = &mut self.inner
+        else {
+            unreachable!("poll_http1 on an HTTP/2 body");
+        };
+        let Some(connection) = conn else {
+            return Poll::Ready(None);
+        };
+        if let Some(body) = upload {
+            match connection.poll_upload(body, cx) {
+                Poll::Ready(Ok(())) => *upload = None,
+                // The upstream stopped reading, or closed its side: its
+                // answer is still read; the connection is not used again.
+                Poll::Ready(Err(H1Error::Io(_))) => {
+                    *upload = None;
+                    if let Inner::Http1 { keep_alive, .. } = &mut self.inner {
+                        *keep_alive = false;
+                    }
+                    return self.poll_http1(cx);
+                }
+                // The client's body broke: so does the exchange, as it would
+                // have without an early answer.
+                Poll::Ready(Err(error)) => {
+                    *conn = None;
+                    self.lease.release();
+                    return Poll::Ready(Some(Err(BodyError::Upstream(error))));
+                }
+                Poll::Pending => {}
+            }
+        }
+        match ready!(connection.poll_body(state, cx)) {
+            Some(Ok(data)) => {
+                if matches!(state, BodyState::Done) {
+                    self.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            None => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Some(Err(error)) => {
+                *conn = None;
+                self.lease.release();
+                Poll::Ready(Some(Err(BodyError::Upstream(error))))
+            }
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let Some(conn) = &mut this.conn else {
-            // HTTP/2, or the connection finished: `body` has its own waker.
-            let frame = Pin::new(&mut this.body).poll_frame(cx);
-            this.finish_at_end(&frame);
-            return frame;
+        let Inner::H2(body) = &mut this.inner else {
+            return this.poll_http1(cx);
         };
-        // Only the connection polled here feeds `body`, so `body` is polled
-        // without a waker while the connection is present, and first, since
-        // the connection often delivered the whole body with the head.
-        let mut frame = Pin::new(&mut this.body).poll_frame(&mut quiet());
-        if frame.is_pending() {
-            frame = if conn.poll_io(cx).is_ready() {
-                this.conn = None;
-                Pin::new(&mut this.body).poll_frame(cx)
-            } else {
-                Pin::new(&mut this.body).poll_frame(&mut quiet())
-            };
+        let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+        if frame.is_none() || body.is_end_stream() {
+            this.finish();
         }
-        this.finish_at_end(&frame);
-        frame
+        Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::Http1 { state, .. } => matches!(state, BodyState::Done),
+            Inner::H2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.inner {
+            Inner::Http1 {
+                state: BodyState::Fixed(n),
+                ..
+            } => SizeHint::with_exact(*n),
+            Inner::Http1 {
+                state: BodyState::Done,
+                ..
+            } => SizeHint::with_exact(0),
+            Inner::Http1 { .. } => SizeHint::default(),
+            Inner::H2(body) => body.size_hint(),
+        }
     }
 }
 
@@ -613,7 +605,7 @@ impl Drop for UpstreamBody {
         // `Content-Length: 0`), so that exchange completes here. A body
         // dropped before its end leaves the connection mid-response: it is
         // dropped with `self`, which closes it.
-        if self.body.is_end_stream() {
+        if self.is_end_stream() {
             self.finish();
         }
     }
@@ -621,9 +613,10 @@ impl Drop for UpstreamBody {
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let connection = matches!(&self.inner, Inner::Http1 { conn: Some(_), .. });
         f.debug_struct("UpstreamBody")
-            .field("end_stream", &self.body.is_end_stream())
-            .field("connection", &self.conn.is_some())
+            .field("end_stream", &self.is_end_stream())
+            .field("connection", &connection)
             .finish()
     }
 }
@@ -653,7 +646,7 @@ mod tests {
         ))
     }
 
-    async fn http1_connection(pool: &TargetPool) -> Box<Conn> {
+    async fn http1_connection(pool: &TargetPool) -> Box<H1Conn> {
         match pool.connect().await.unwrap() {
             Connected::Http1(conn) => conn,
             Connected::H2(_) => panic!("an HTTP/1.1 endpoint"),
@@ -693,11 +686,12 @@ mod tests {
     async fn a_closed_connection_gives_back_the_request_it_never_wrote() {
         let addr = closes_the_first_connection().await;
         let pool = pool(addr);
-        let mut slot = Some(http1_connection(&pool).await);
+        let mut conn = http1_connection(&pool).await;
         tokio::time::sleep(Duration::from_millis(50)).await; // the FIN arrives
-        let mut error = round_trip(&mut slot, get()).await.unwrap_err();
-        assert!(slot.is_none(), "the finished connection was dropped");
-        assert!(error.take_message().is_some(), "{:?}", error.into_error());
+        let mut req = get();
+        let failure = conn.send(&mut req).await.unwrap_err();
+        assert!(!failure.written, "{:?}", failure.error);
+        assert!(matches!(failure.error, H1Error::Closed), "{:?}", failure.error);
     }
 
     #[tokio::test]
