@@ -224,8 +224,9 @@ impl H1Conn {
         matches!(Pin::new(&mut probe).poll(&mut cx), Poll::Ready(Poll::Pending))
     }
 
-    /// Sends `req` and reads the response head. The request is left as it
-    /// was, body included, when [`Failure::written`] is false.
+    /// Sends `req` and reads the response head. The request's head is left
+    /// as it was, and so is a body in memory; [`Failure::written`] false
+    /// means the request is whole and none of it went out.
     pub async fn send(&mut self, req: &mut Request<GatewayBody>) -> Result<Head, Failure> {
         // An EOF that came in while the connection was idle fails it here,
         // before a byte is written, so the request can go elsewhere.
@@ -265,10 +266,17 @@ impl H1Conn {
         if body_left {
             // The head goes out with the body's first bytes (hyper's order):
             // a body that fails at once, or never starts, sends nothing
-            // upstream. The body is out of the request from here on, so the
-            // request can no longer be sent elsewhere.
-            *written = true;
-            let mut body = Box::new(Upload::new(std::mem::take(req.body_mut()), length));
+            // upstream. A body in memory stays in the request (a cheap
+            // copy), so it can be sent again; a streamed one is taken, and
+            // from here on the request cannot be sent elsewhere.
+            let body = match req.body() {
+                GatewayBody::Full(bytes) => GatewayBody::Full(bytes.clone()),
+                _ => {
+                    *written = true;
+                    std::mem::take(req.body_mut())
+                }
+            };
+            let mut body = Box::new(Upload::new(body, length));
             poll_fn(|cx| body.poll_next(cx)).await?;
             if body.pending.len() <= INLINE_BODY {
                 self.out.extend_from_slice(&body.pending);

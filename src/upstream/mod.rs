@@ -129,9 +129,9 @@ enum Attempt {
     Answered(Response<UpstreamBody>, Duration),
     /// A response with a status the retries name.
     RetryStatus(Response<UpstreamBody>, Duration),
-    /// No response head: the error, and the request when it was never
+    /// No response head: the error, and whether the request was never
     /// written (so any method may go to another target).
-    Failed(GatewayError, Option<Request<GatewayBody>>),
+    Failed(GatewayError, bool),
     TimedOut(GatewayError),
     /// Not the target's fault (the client's body broke): never retried.
     Fatal(GatewayError),
@@ -484,31 +484,27 @@ impl Upstream {
             if retries == 0 && self.mask_errors {
                 forwarding.credentials.add_from(req.headers());
             }
-            let spare = if retries < self.retry.attempts {
-                self.retry.spare(&req, forwarding.retry_non_idempotent)
-            } else {
-                None
-            };
-            let attempt = self.attempt(target, choice, req, forwarding.request_id).await;
+            // Whether the request may go again if this try may have reached
+            // the target: the request stays here (the pool sends it by
+            // reference and leaves a body in memory in it), so no copy is
+            // made for a retry that seldom comes.
+            let resendable =
+                retries < self.retry.attempts && self.retry.may_resend(&req, forwarding.retry_non_idempotent);
+            let attempt = self
+                .attempt(target, choice, &mut req, forwarding.request_id)
+                .await;
             let again = match &attempt {
-                Attempt::Answered(..) | Attempt::Fatal(_) => None,
-                Attempt::RetryStatus(..) => spare,
-                Attempt::TimedOut(_) => spare.filter(|_| self.retry.on_timeout),
-                Attempt::Failed(..) => spare,
-            };
-            let (again, attempt) = match attempt {
+                Attempt::Answered(..) | Attempt::Fatal(_) => false,
+                Attempt::RetryStatus(..) => resendable,
+                Attempt::TimedOut(_) => resendable && self.retry.on_timeout,
                 // Never written: the request itself can go again, whatever its method.
-                Attempt::Failed(error, Some(unsent)) => (Some(unsent), Attempt::Failed(error, None)),
-                other => (again, other),
+                Attempt::Failed(_, unsent) => *unsent || resendable,
             };
-            if let Some(next) = again
-                && retries < self.retry.attempts
-            {
+            if again && retries < self.retry.attempts {
                 if self.retry.withdraw() {
                     retries += 1;
                     self.metrics.record_retry(true);
                     tracing::debug!(request_id = forwarding.request_id, upstream = %self.name, backend = %target.label, "retrying on another target");
-                    req = next;
                     continue;
                 }
                 self.metrics.record_retry(false);
@@ -527,7 +523,7 @@ impl Upstream {
         &self,
         target: &Target,
         choice: Choice,
-        req: Request<GatewayBody>,
+        req: &mut Request<GatewayBody>,
         request_id: &str,
     ) -> Attempt {
         let sent = Instant::now();

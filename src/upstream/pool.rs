@@ -42,12 +42,12 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// A request that got no response head: why, and the request itself when
-/// it was never written (so it may go to another target).
+/// A request that got no response head: why, and whether none of it was
+/// written (so it may go to another target, whatever its method).
 #[derive(Debug)]
 pub struct Failed {
     pub error: SendError,
-    pub unsent: Option<Request<GatewayBody>>,
+    pub unsent: bool,
 }
 
 /// Why no response head came back.
@@ -130,7 +130,11 @@ impl Lease {
     /// Sends `req` on a pooled or new connection and returns the response
     /// head; the body streams from the connection as it is polled, and
     /// keeps the lease until it ends.
-    pub async fn send(self, mut req: Request<GatewayBody>) -> Result<Response<UpstreamBody>, Failed> {
+    ///
+    /// The request stays with the caller, so that it can be sent again: its
+    /// head is only read, and a body in memory stays in it (a streamed body
+    /// is taken). [`Failed::unsent`] says none of it was written.
+    pub async fn send(self, req: &mut Request<GatewayBody>) -> Result<Response<UpstreamBody>, Failed> {
         if self.pool.endpoint.may_speak_h2()
             && let Some(sender) = self.pool.shared_h2()
         {
@@ -143,15 +147,10 @@ impl Lease {
             None => match Box::pin(self.pool.connect()).await {
                 Ok(Connected::Http1(conn)) => (conn, false),
                 Ok(Connected::H2(sender)) => return Box::pin(self.send_h2(sender, req, false)).await,
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        unsent: Some(req),
-                    });
-                }
+                Err(error) => return Err(Failed { error, unsent: true }),
             },
         };
-        match conn.send(&mut req).await {
+        match conn.send(req).await {
             Ok(head) => Ok(self.respond(head, conn)),
             // The upstream closed the pooled connection just before it was
             // used (checkout saw no EOF yet). The request was never written,
@@ -160,28 +159,23 @@ impl Lease {
                 drop(conn);
                 Box::pin(self.send_on_new_connection(req)).await
             }
-            Err(failure) => Err(failed(failure, req)),
+            Err(failure) => Err(failed(failure)),
         }
     }
 
     async fn send_on_new_connection(
         self,
-        mut req: Request<GatewayBody>,
+        req: &mut Request<GatewayBody>,
     ) -> Result<Response<UpstreamBody>, Failed> {
         tracing::debug!("pooled upstream connection was closed; retrying on a new one");
         let mut conn = match self.pool.connect().await {
             Ok(Connected::Http1(conn)) => conn,
             Ok(Connected::H2(sender)) => return self.send_h2(sender, req, false).await,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(req),
-                });
-            }
+            Err(error) => return Err(Failed { error, unsent: true }),
         };
-        match conn.send(&mut req).await {
+        match conn.send(req).await {
             Ok(head) => Ok(self.respond(head, conn)),
-            Err(failure) => Err(failed(failure, req)),
+            Err(failure) => Err(failed(failure)),
         }
     }
 
@@ -203,54 +197,59 @@ impl Lease {
             lease: self,
         })
     }
-}
 
-/// What a failed HTTP/1.1 exchange gives back: the request, if none of it
-/// was written.
-fn failed(failure: Failure, req: Request<GatewayBody>) -> Failed {
-    Failed {
-        unsent: (!failure.written).then_some(req),
-        error: SendError::Http1(failure.error),
-    }
-}
-
-impl Lease {
     /// Sends `req` as a new stream on an HTTP/2 connection; one that closed
     /// or is going away before taking it (`shared`: found in the pool) is
     /// replaced by a new connection once.
     ///
-    /// A target closing gracefully sends GOAWAY; a request that races it
-    /// fails inside hyper with the request consumed, though the target never
-    /// processed it (RFC 9113 §6.8, and REFUSED_STREAM in §8.7). So a shared
-    /// connection's request keeps a copy to send again when its body is
-    /// empty or in memory: one header-map clone, on HTTP/2 targets only.
+    /// hyper's client takes the request, so one whose body is empty or in
+    /// memory is copied (one header-map clone, on HTTP/2 targets only) and
+    /// stays with the caller; any other is moved out, and put back if hyper
+    /// gives it back unsent. A target closing gracefully sends GOAWAY; a
+    /// request that races it fails inside hyper with the request consumed,
+    /// though the target never processed it (RFC 9113 §6.8, and
+    /// REFUSED_STREAM in §8.7): a copied request then counts as unsent.
     async fn send_h2(
         self,
         mut sender: http2::SendRequest<GatewayBody>,
-        mut req: Request<GatewayBody>,
+        req: &mut Request<GatewayBody>,
         shared: bool,
     ) -> Result<Response<UpstreamBody>, Failed> {
-        super::h2::prepare(&mut req, self.pool.endpoint.tls.is_some());
-        let spare = if shared { super::retry::copy_of(&req) } else { None };
-        match sender.try_send_request(req).await {
+        let copy = super::retry::copy_of(req);
+        let kept = copy.is_some();
+        let mut outgoing = copy.unwrap_or_else(|| std::mem::replace(req, Request::new(GatewayBody::Empty)));
+        super::h2::prepare(&mut outgoing, self.pool.endpoint.tls.is_some());
+        match sender.try_send_request(outgoing).await {
             Ok(response) => Ok(response.map(|body| UpstreamBody {
                 inner: Inner::H2(body),
                 lease: self,
             })),
-            Err(mut error) => match error
-                .take_message()
-                .or_else(|| spare.filter(|_| super::h2::unprocessed(error.error())))
-            {
-                Some(req) if shared => {
-                    self.pool.forget_shared_h2();
-                    Box::pin(self.send_on_new_connection(req)).await
+            Err(mut error) => {
+                let returned = error.take_message();
+                let unsent = returned.is_some() || (kept && super::h2::unprocessed(error.error()));
+                if let Some(back) = returned
+                    && !kept
+                {
+                    *req = back;
                 }
-                unsent => Err(Failed {
+                if unsent && shared {
+                    self.pool.forget_shared_h2();
+                    return Box::pin(self.send_on_new_connection(req)).await;
+                }
+                Err(Failed {
                     error: SendError::Http(error.into_error()),
                     unsent,
-                }),
-            },
+                })
+            }
         }
+    }
+}
+
+/// A failed HTTP/1.1 exchange as the caller sees it.
+fn failed(failure: Failure) -> Failed {
+    Failed {
+        unsent: !failure.written,
+        error: SendError::Http1(failure.error),
     }
 }
 
@@ -705,13 +704,13 @@ mod tests {
             since: Instant::now(),
         });
 
-        let response = pool.try_lease().unwrap().send(get()).await.unwrap();
+        let response = pool.try_lease().unwrap().send(&mut get()).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         // The body's end returned the new connection; the stale one is gone.
         assert_eq!(pool.idle_count(), 1);
-        let again = pool.try_lease().unwrap().send(get()).await.unwrap();
+        let again = pool.try_lease().unwrap().send(&mut get()).await.unwrap();
         assert_eq!(again.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(pool.idle_count(), 1);
         assert_eq!(pool.in_flight(), 0, "the ended bodies gave their leases back");

@@ -54,13 +54,12 @@ impl RetryPolicy {
         self.statuses.contains(&status)
     }
 
-    /// A copy of `req` to send again if the first try may have reached the
-    /// target, when the request may be sent twice.
-    pub fn spare(&self, req: &Request<GatewayBody>, non_idempotent_ok: bool) -> Option<Request<GatewayBody>> {
-        if self.attempts == 0 || !(non_idempotent_ok || is_idempotent(req.method())) {
-            return None;
-        }
-        copy_of(req)
+    /// Whether `req` may be sent again if the first try may have reached
+    /// the target: its method allows it and its body is empty or in memory.
+    pub fn may_resend(&self, req: &Request<GatewayBody>, non_idempotent_ok: bool) -> bool {
+        self.attempts > 0
+            && (non_idempotent_ok || is_idempotent(req.method()))
+            && replayable(req.body()).is_some()
     }
 }
 
@@ -153,18 +152,19 @@ mod tests {
     }
 
     #[test]
-    fn only_idempotent_requests_with_replayable_bodies_get_a_spare() {
+    fn only_idempotent_requests_with_replayable_bodies_may_be_resent() {
         let policy = RetryPolicy::new(&RetryConfig::default());
         let get = Request::get("/").body(GatewayBody::Empty).unwrap();
-        let spare = policy.spare(&get, false).expect("GET is idempotent");
-        assert_eq!(spare.method(), Method::GET);
+        assert!(policy.may_resend(&get, false), "GET is idempotent");
         let post = Request::post("/").body(GatewayBody::full("x")).unwrap();
-        assert!(policy.spare(&post, false).is_none());
-        assert!(policy.spare(&post, true).is_some(), "the route opted in");
+        assert!(!policy.may_resend(&post, false));
+        assert!(policy.may_resend(&post, true), "the route opted in");
+        let copy = copy_of(&post).expect("a body in memory is copied");
+        assert_eq!(copy.method(), Method::POST);
         let off = RetryPolicy::new(&RetryConfig {
             attempts: 0,
             ..RetryConfig::default()
         });
-        assert!(off.spare(&get, false).is_none());
+        assert!(!off.may_resend(&get, false));
     }
 }
