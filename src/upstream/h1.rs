@@ -37,7 +37,7 @@ use http_body::Body;
 use tokio::io::AsyncWrite;
 
 use super::connect::UpstreamStream;
-use crate::body::{BodyError, GatewayBody};
+use crate::body::GatewayBody;
 
 /// The largest response head read (nginx's `proxy_buffer_size` is 4 or 8 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -60,9 +60,11 @@ pub enum H1Error {
     Closed,
     #[error("the upstream's response is malformed: {0}")]
     Malformed(&'static str),
-    /// The client's body failed while it was being sent (its source says how).
+    /// The client's body failed while it was being sent: its source is the
+    /// `BodyError` (boxed as a trait object, so that walking the chain
+    /// finds it; the two error types contain each other).
     #[error("the request body failed")]
-    ClientBody(#[source] Box<BodyError>),
+    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the request body does not match its Content-Length")]
     BodyLength,
 }

@@ -736,34 +736,28 @@ fn parse_target(text: &str) -> Result<ParsedTarget, String> {
     })
 }
 
-/// The client body's own error in `error`'s chain, if there is one. Our
-/// HTTP/1.1 client holds it boxed (a `Box<BodyError>` in the chain, which
-/// does not downcast to `BodyError`), hyper wraps it as a source.
-fn client_body_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+/// The limit a client body went past, if that is why the exchange failed.
+fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
     let mut source = Some(error);
     while let Some(e) = source {
-        if let Some(h1::H1Error::ClientBody(body)) = e.downcast_ref::<h1::H1Error>() {
-            return Some(body);
-        }
-        if let Some(body) = e.downcast_ref::<BodyError>() {
-            return Some(body);
+        if let Some(BodyError::TooLarge { limit }) = e.downcast_ref::<BodyError>() {
+            return Some(*limit);
         }
         source = e.source();
     }
     None
 }
 
-/// The limit a client body went past, if that is why the exchange failed.
-fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
-    match client_body_error(error) {
-        Some(BodyError::TooLarge { limit }) => Some(*limit),
-        _ => None,
-    }
-}
-
 /// Whether the client's body missed its pace.
 fn body_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(client_body_error(error), Some(BodyError::TooSlow))
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if matches!(e.downcast_ref::<BodyError>(), Some(BodyError::TooSlow)) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether an upstream request failed because the client's own body did:

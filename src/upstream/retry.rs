@@ -57,9 +57,7 @@ impl RetryPolicy {
     /// Whether `req` may be sent again if the first try may have reached
     /// the target: its method allows it and its body is empty or in memory.
     pub fn may_resend(&self, req: &Request<GatewayBody>, non_idempotent_ok: bool) -> bool {
-        self.attempts > 0
-            && (non_idempotent_ok || is_idempotent(req.method()))
-            && replayable(req.body()).is_some()
+        self.attempts > 0 && (non_idempotent_ok || is_idempotent(req.method())) && is_replayable(req.body())
     }
 }
 
@@ -74,6 +72,16 @@ pub fn copy_of(req: &Request<GatewayBody>) -> Option<Request<GatewayBody>> {
     Some(copy)
 }
 
+/// Whether `body` is empty or whole in memory (what [`replayable`] copies).
+fn is_replayable(body: &GatewayBody) -> bool {
+    use http_body::Body;
+    match body {
+        GatewayBody::Empty | GatewayBody::Full(_) => true,
+        GatewayBody::Streamed(incoming) => incoming.is_end_stream(),
+        _ => false,
+    }
+}
+
 /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE.
 pub fn is_idempotent(method: &Method) -> bool {
     method.is_idempotent()
@@ -81,13 +89,10 @@ pub fn is_idempotent(method: &Method) -> bool {
 
 /// The same body again, when it is empty or whole in memory.
 fn replayable(body: &GatewayBody) -> Option<GatewayBody> {
-    use http_body::Body;
-    match body {
-        GatewayBody::Empty => Some(GatewayBody::Empty),
-        GatewayBody::Full(bytes) => Some(GatewayBody::Full(bytes.clone())),
-        GatewayBody::Streamed(incoming) if incoming.is_end_stream() => Some(GatewayBody::Empty),
-        _ => None,
-    }
+    is_replayable(body).then(|| match body {
+        GatewayBody::Full(bytes) => GatewayBody::Full(bytes.clone()),
+        _ => GatewayBody::Empty,
+    })
 }
 
 struct RetryBudget {
