@@ -233,7 +233,7 @@ impl AuthnStage {
             )));
         };
         let hash = keys::hash_secret(key.secret);
-        let id = key.id.to_string();
+        let id = key.id;
         if !api_keys.forward_key {
             api_keys.hide_key(req);
         }
@@ -242,8 +242,8 @@ impl AuthnStage {
                 "the key store is not available".into(),
             )));
         };
-        if let Some(entry) = cache.get_fresh(&id) {
-            return Verdict::Ready(self.decide(cx, auth, entry, hash, &id, false));
+        if let Some(entry) = cache.get_fresh(id) {
+            return Verdict::Ready(self.decide(cx, auth, entry, hash, id, false));
         }
         // Not in the cache: the lookup is charged to the client's failure
         // budget first, in one step, and refused without running once the
@@ -254,6 +254,8 @@ impl AuthnStage {
             return Verdict::Ready(Err(GatewayError::AuthFailuresLimited { retry_after_secs }));
         }
         let charged = self.failures.is_some();
+        // Owned only here: the cache hit above needs no copy of the ID.
+        let id = id.to_string();
         Verdict::Pending(Box::pin(async move {
             match cache.lookup(&id).await {
                 Ok(entry) => self.decide(cx, auth, entry, hash, &id, charged),
