@@ -2,7 +2,7 @@
 # User-space instructions per request of one portcullis binary, counted by
 # callgrind (repeatable, unlike wall-clock numbers on a shared VM).
 #
-#   bench/callgrind.sh BIN public|key|dead|jwt-rs256|jwt-es256|session|post|validated [SECONDS]
+#   bench/callgrind.sh BIN public|key|limited|dead|jwt-rs256|jwt-es256|session|post|validated [SECONDS]
 #   bench/callgrind.sh nginx nginx-proxy [SECONDS]   # the reference: nginx as the proxy
 #   (logged: the public route with [log] access_log = true, lines to a file)
 #   (dead: the public route to an upstream whose second target is dead)
@@ -69,6 +69,7 @@ case "$ROUTE" in
     WRK=(-s "$D/post.lua") ;;
   key) URL=http://127.0.0.1:18182/key; HEADER=(-H "X-API-Key: $KEY") ;;
   dead) URL=http://127.0.0.1:18182/dead/ ;;
+  limited) URL=http://127.0.0.1:18182/limited ;;
   session)
     COOKIE=$(python3 - <<'PY'
 import http.client, re, urllib.parse
