@@ -138,7 +138,7 @@ impl Lease {
         if self.pool.endpoint.may_speak_h2()
             && let Some(sender) = self.pool.shared_h2()
         {
-            return Box::pin(self.send_h2(sender, req, true)).await;
+            return Box::pin(self.send_h2(sender, req, H2Sender::Shared, UNSENT_RESENDS)).await;
         }
         let (mut conn, reused) = match self.pool.checkout() {
             Some(conn) => (conn, true),
@@ -146,7 +146,9 @@ impl Lease {
             // would make every request's future larger and costlier to move.
             None => match Box::pin(self.pool.connect()).await {
                 Ok(Connected::Http1(conn)) => (conn, false),
-                Ok(Connected::H2(sender)) => return Box::pin(self.send_h2(sender, req, false)).await,
+                Ok(Connected::H2(sender)) => {
+                    return Box::pin(self.send_h2(sender, req, H2Sender::New, UNSENT_RESENDS)).await;
+                }
                 Err(error) => return Err(Failed { error, unsent: true }),
             },
         };
@@ -157,20 +159,24 @@ impl Lease {
             // so sending it again on a new connection is safe.
             Err(failure) if reused && !failure.written => {
                 drop(conn);
-                Box::pin(self.send_on_new_connection(req)).await
+                Box::pin(self.send_on_new_connection(req, UNSENT_RESENDS)).await
             }
             Err(failure) => Err(failed(failure)),
         }
     }
 
+    /// Sends a request that was never processed again, on a connection of
+    /// its own; `resends` more such attempts may follow if that one refuses
+    /// it too.
     async fn send_on_new_connection(
         self,
         req: &mut Request<GatewayBody>,
+        resends: u8,
     ) -> Result<Response<UpstreamBody>, Failed> {
         tracing::debug!("pooled upstream connection was closed; retrying on a new one");
         let mut conn = match self.pool.connect().await {
             Ok(Connected::Http1(conn)) => conn,
-            Ok(Connected::H2(sender)) => return self.send_h2(sender, req, false).await,
+            Ok(Connected::H2(sender)) => return self.send_h2(sender, req, H2Sender::New, resends).await,
             Err(error) => return Err(Failed { error, unsent: true }),
         };
         match conn.send(req).await {
@@ -198,9 +204,11 @@ impl Lease {
         })
     }
 
-    /// Sends `req` as a new stream on an HTTP/2 connection; one that closed
-    /// or is going away before taking it (`shared`: found in the pool) is
-    /// replaced by a new connection once.
+    /// Sends `req` as a stream on `sender`. A stream the target refused
+    /// unprocessed (REFUSED_STREAM, or above a graceful GOAWAY's last stream
+    /// ID) is sent again on a new connection, up to `resends` times: a new
+    /// connection is shared at once, so requests that start together can all
+    /// land on one the target is already closing.
     ///
     /// hyper's client takes the request, so one whose body is empty or in
     /// memory is copied (one header-map clone, on HTTP/2 targets only) and
@@ -213,7 +221,8 @@ impl Lease {
         self,
         mut sender: http2::SendRequest<GatewayBody>,
         req: &mut Request<GatewayBody>,
-        shared: bool,
+        from: H2Sender,
+        resends: u8,
     ) -> Result<Response<UpstreamBody>, Failed> {
         let copy = super::retry::copy_of(req);
         let kept = copy.is_some();
@@ -232,9 +241,11 @@ impl Lease {
                 {
                     *req = back;
                 }
-                if unsent && shared {
-                    self.pool.forget_shared_h2();
-                    return Box::pin(self.send_on_new_connection(req)).await;
+                if unsent && resends > 0 {
+                    if from == H2Sender::Shared {
+                        self.pool.forget_shared_h2();
+                    }
+                    return Box::pin(self.send_on_new_connection(req, resends - 1)).await;
                 }
                 Err(Failed {
                     error: SendError::Http(error.into_error()),
@@ -243,6 +254,19 @@ impl Lease {
             }
         }
     }
+}
+
+/// How often a request the target never processed is sent again on a new
+/// connection (it is safe whatever the method: RFC 9113 §8.7). Bounded, so
+/// a target that refuses every stream costs a few connections, not a loop.
+const UNSENT_RESENDS: u8 = 2;
+
+/// Where an HTTP/2 sender came from: the pool's shared connection (to be
+/// forgotten if it refuses new streams), or one just opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum H2Sender {
+    Shared,
+    New,
 }
 
 /// A failed HTTP/1.1 exchange as the caller sees it.
