@@ -736,28 +736,30 @@ fn parse_target(text: &str) -> Result<ParsedTarget, String> {
     })
 }
 
-/// The limit a client body went past, if that is why the exchange failed.
-fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+/// The client body's own error in `error`'s chain, if there is one (our
+/// HTTP/1.1 client and hyper both hold it as a source).
+fn client_body_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
     let mut source = Some(error);
     while let Some(e) = source {
-        if let Some(BodyError::TooLarge { limit }) = e.downcast_ref::<BodyError>() {
-            return Some(*limit);
+        if let Some(body) = e.downcast_ref::<BodyError>() {
+            return Some(body);
         }
         source = e.source();
     }
     None
 }
 
+/// The limit a client body went past, if that is why the exchange failed.
+fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    match client_body_error(error) {
+        Some(BodyError::TooLarge { limit }) => Some(*limit),
+        _ => None,
+    }
+}
+
 /// Whether the client's body missed its pace.
 fn body_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if matches!(e.downcast_ref::<BodyError>(), Some(BodyError::TooSlow)) {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    matches!(client_body_error(error), Some(BodyError::TooSlow))
 }
 
 /// Whether an upstream request failed because the client's own body did:

@@ -173,7 +173,7 @@ impl Lease {
         req: &mut Request<GatewayBody>,
         resends: u8,
     ) -> Result<Response<UpstreamBody>, Failed> {
-        tracing::debug!("pooled upstream connection was closed; retrying on a new one");
+        tracing::debug!("the upstream did not take the request; sending it on a new connection");
         let mut conn = match self.pool.connect().await {
             Ok(Connected::Http1(conn)) => conn,
             Ok(Connected::H2(sender)) => return self.send_h2(sender, req, H2Sender::New, resends).await,
