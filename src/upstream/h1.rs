@@ -44,7 +44,8 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields a response head may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
 /// Fields a response head's map has room for beyond its own: the default
-/// security headers (nine), `X-Request-Id`, and a few a route adds.
+/// security headers (five, six with HSTS), `X-Request-Id`, and the five
+/// rate-limit headers.
 const RESPONSE_HEADROOM: usize = 16;
 /// How much room a read gets.
 const READ_SIZE: usize = 8 * 1024;
