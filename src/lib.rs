@@ -32,6 +32,7 @@ pub mod tls;
 pub mod upstream;
 pub mod users;
 pub mod websocket;
+pub mod worker;
 pub mod x509;
 
 pub use server::{Gateway, StartError};

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::connection::drive::{self, ConnectionService, Drain, Ended, HttpBuilder, ResponseBody};
 use crate::connection::tap::WireLog;
 use crate::connection::{Connection, Timeouts};
+use crate::worker::{OpenCount, Placed, Seat};
 
 /// Where connections come from.
 pub trait Listener: Send + 'static {
@@ -76,14 +77,21 @@ impl Listener for Plain {
 struct ListenerSlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     open: IntGauge,
+    /// Its place in its worker's count, when workers share the listener.
+    _worker: Option<OpenCount>,
 }
 
 impl ListenerSlot {
-    fn new(permit: tokio::sync::OwnedSemaphorePermit, open: IntGauge) -> ListenerSlot {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        open: IntGauge,
+        worker: Option<OpenCount>,
+    ) -> ListenerSlot {
         open.inc();
         ListenerSlot {
             _permit: permit,
             open,
+            _worker: worker,
         }
     }
 }
@@ -92,6 +100,33 @@ impl Drop for ListenerSlot {
     fn drop(&mut self) {
         self.open.dec();
     }
+}
+
+/// A listener's cap on open connections and its open-connections gauge,
+/// shared by every worker that accepts from it.
+#[derive(Clone)]
+pub struct ConnectionSlots {
+    permits: Arc<Semaphore>,
+    open: IntGauge,
+}
+
+impl ConnectionSlots {
+    pub fn new(max_connections: usize, open: IntGauge) -> ConnectionSlots {
+        ConnectionSlots {
+            permits: Arc::new(Semaphore::new(max_connections)),
+            open,
+        }
+    }
+}
+
+/// How one accept loop admits and counts its connections.
+pub struct Admission {
+    /// The listener's cap and open-connections gauge.
+    pub slots: ConnectionSlots,
+    /// Counts idle connections parked (the public listener).
+    pub parked: Option<IntGauge>,
+    /// This loop's worker, when several share the listener.
+    pub seat: Option<Seat>,
 }
 
 /// A listener's connection settings.
@@ -141,10 +176,20 @@ pub fn refused_head_status(error: &hyper::Error) -> Option<u16> {
     }
 }
 
+/// The next connection another worker handed over; never, without a seat.
+async fn handed_to(seat: Option<&mut Seat>) -> Option<Placed> {
+    match seat {
+        Some(seat) => seat.handed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts connections until `shutdown`, serving each with the service
-/// `make_service` makes for it; then drains. `refused` hears of every head
-/// the HTTP layer refused (see [`refused_head_status`]).
-#[allow(clippy::too_many_arguments)]
+/// `make_service` makes for it, each in a slot of `admission.slots` (whose
+/// cap `limits.max_connections` gave); then drains. With a seat, a
+/// connection goes to the least busy worker (see [`crate::worker`]).
+/// `refused` hears of every head the HTTP layer refused (see
+/// [`refused_head_status`]).
 pub async fn serve<L, F, S, B>(
     mut listener: L,
     limits: ConnectionLimits,
@@ -152,10 +197,9 @@ pub async fn serve<L, F, S, B>(
     make_service: F,
     refused: impl Fn(&Connection, u16) + Clone + Send + 'static,
     mut shutdown: watch::Receiver<bool>,
-    open: IntGauge,
-    parked: Option<IntGauge>,
+    admission: Admission,
 ) where
-    L: Listener,
+    L: Listener<Stream = TcpStream>,
     F: Fn(Arc<Connection>) -> S,
     S: ConnectionService<B>,
     B: ResponseBody,
@@ -163,16 +207,26 @@ pub async fn serve<L, F, S, B>(
     let listener_addr = listener.local_addr().ok();
     // Every connection holds a sender; the drain waits for the last to go.
     let (open_conns, mut all_closed) = mpsc::channel::<()>(1);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let builder = Arc::new(builder);
+    let Admission {
+        slots,
+        parked,
+        mut seat,
+    } = admission;
     loop {
         let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            permit = slots.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = shutdown.changed() => break,
         };
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, count) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => match &seat {
+                    Some(seat) => match seat.place(stream, peer) {
+                        Some(placed) => (placed.stream, placed.peer, Some(placed.count)),
+                        None => continue, // handed to another worker
+                    },
+                    None => (stream, peer, None),
+                },
                 Err(error) => {
                     // Usually out of file descriptors: pause instead of spinning.
                     tracing::warn!(%error, listener = ?listener_addr, "accept failed");
@@ -180,6 +234,7 @@ pub async fn serve<L, F, S, B>(
                     continue;
                 }
             },
+            Some(handed) = handed_to(seat.as_mut()) => (handed.stream, handed.peer, Some(handed.count)),
             _ = shutdown.changed() => break,
         };
         // Boxed: a TLS handshake's state is large, and an idle
@@ -194,7 +249,7 @@ pub async fn serve<L, F, S, B>(
         let builder = builder.clone();
         let mut drain = Drain::new(shutdown.clone(), open_conns.clone());
         let refused = refused.clone();
-        let slot = ListenerSlot::new(permit, open.clone());
+        let slot = ListenerSlot::new(permit, slots.open.clone(), count);
         let parked = parked.clone();
         tokio::spawn(async move {
             let Ok(Ok(io)) = tokio::time::timeout(limits.timeouts.header_read, establish).await else {

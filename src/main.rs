@@ -35,7 +35,10 @@ unsafe impl Sync for MallocConf {}
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The public listener's requests run on per-core workers of their own
+    // (`portcullis::worker`); this runtime has the rest: the admin
+    // listener, the audit writer, health checks, reloads, the commands.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("portcullis: cannot start the runtime: {e}");

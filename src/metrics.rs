@@ -33,6 +33,7 @@ pub struct Metrics {
     /// Public listener connections parked between requests.
     pub connections_parked: IntGauge,
     pub admin_connections_open: IntGauge,
+    worker_connections_open: IntGaugeVec,
     /// 1 while the store answers (its last ping or audit write worked).
     store_available: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -301,6 +302,14 @@ impl Metrics {
             "Open HTTP/1 connections on the public listener parked between requests: idle, with their HTTP buffers freed.",
         )
         .expect("metric definitions are valid");
+        let worker_connections_open = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_worker_connections_open",
+                "Open client connections on the public listener, by the worker serving them.",
+            ),
+            &["worker"],
+        )
+        .expect("metric definitions are valid");
         let admin_connections_open = IntGauge::new(
             "portcullis_admin_connections_open",
             "Open connections on the admin listener.",
@@ -360,6 +369,7 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connections_parked.clone()),
             Box::new(admin_connections_open.clone()),
+            Box::new(worker_connections_open.clone()),
             Box::new(config_reloads.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -380,6 +390,7 @@ impl Metrics {
             connections_open,
             connections_parked,
             admin_connections_open,
+            worker_connections_open,
             store_available,
             config_reloads,
             rate_limited,
@@ -468,6 +479,12 @@ impl Metrics {
             ejections: self.ejections.with_label_values(&[upstream, target]),
             healthy: self.target_healthy.with_label_values(&[upstream, target]),
         }
+    }
+
+    /// The open-connections gauge of public-listener worker `worker` (1, 2, …).
+    pub fn worker_connections_open(&self, worker: u16) -> IntGauge {
+        self.worker_connections_open
+            .with_label_values(&[&worker.to_string()])
     }
 
     /// The reachability gauge of one target: 1 until a connection to it

@@ -31,6 +31,8 @@ pub struct ServerPolicy {
     pub admin_listen: SocketAddr,
     pub public: ConnectionLimits,
     pub admin: ConnectionLimits,
+    /// `[server] workers`; `None` leaves it to [`crate::worker::count`].
+    pub workers: Option<std::num::NonZeroUsize>,
     /// The largest request head hyper buffers (our limits plus room, so a
     /// head that breaks them reaches the request-head stage).
     pub max_head: usize,
@@ -204,6 +206,14 @@ fn compile_server(cx: &mut CompileCx<'_>) -> Option<ServerPolicy> {
     if s.idle_timeout.0.is_zero() {
         cx.problems.at("server.idle_timeout", "must be more than zero");
     }
+    if let Some(workers) = s.workers
+        && workers.get() > crate::worker::MAX_WORKERS
+    {
+        cx.problems.at(
+            "server.workers",
+            format!("must be at most {}", crate::worker::MAX_WORKERS),
+        );
+    }
     if let (Some(a), Some(b)) = (listen, admin_listen)
         && a == b
         && a.port() != 0
@@ -253,6 +263,7 @@ fn compile_server(cx: &mut CompileCx<'_>) -> Option<ServerPolicy> {
         admin_listen: admin_listen?,
         public: limits(s.max_connections, true),
         admin: limits(s.admin_max_connections, false),
+        workers: s.workers,
         max_head,
         max_headers: (s.max_header_count * 2).max(100),
         tls,

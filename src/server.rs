@@ -25,7 +25,7 @@ use crate::body::GatewayBody;
 use crate::config::{ConfigErrors, LoadedConfig, Source, load};
 use crate::connection::Connection;
 use crate::keys::KeyCache;
-use crate::listener::{self, Plain};
+use crate::listener::{self, Admission, ConnectionSlots, Plain};
 use crate::metrics::Metrics;
 use crate::pipeline::{Exchange, LoggedBody};
 use crate::policy::{Policy, compile};
@@ -35,6 +35,7 @@ use crate::runtime::Runtime;
 use crate::sessions::SessionCache;
 use crate::stage::authn::jwt::JwksRegistry;
 use crate::store::{Store, StoreError};
+use crate::worker::{self, Workers};
 
 /// What every connection and the admin listener share.
 pub struct Shared {
@@ -70,7 +71,8 @@ pub struct Gateway {
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    public_task: JoinHandle<()>,
+    /// The public listener's per-core workers.
+    workers: Workers,
     admin_task: JoinHandle<()>,
     audit_task: AuditTask,
     /// Cache upkeep, limiter sweeps, Redis reconnects.
@@ -246,7 +248,7 @@ impl Gateway {
             .websockets
             .follow(move || weak.upgrade().map(|shared| shared.policy.load_full()));
         let (shutdown, signal) = watch::channel(false);
-        let public_task = tokio::spawn(serve_public(public, shared.clone(), signal.clone()));
+        let workers = start_workers(&shared, public, signal.clone())?;
         let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), signal));
         let summary = Summary::of(&shared.policy.load(), &loaded);
         tracing::info!(
@@ -267,7 +269,7 @@ impl Gateway {
             public_addr,
             admin_addr,
             shutdown,
-            public_task,
+            workers,
             admin_task,
             audit_task,
             background,
@@ -299,12 +301,12 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         let drain = self.shared.policy.load().server.public.drain;
         let websockets = self.shared.runtime.websockets.clone();
-        let (_, public, admin) = tokio::join!(
+        let (_, (), admin) = tokio::join!(
             websockets.close_all(drain),
-            &mut self.public_task,
+            self.workers.served(),
             &mut self.admin_task
         );
-        let _ = (public, admin);
+        let _ = admin;
         for task in self.background.drain(..) {
             task.abort();
         }
@@ -315,7 +317,41 @@ impl Gateway {
         if let Some(store) = &self.shared.runtime.store {
             store.close().await;
         }
+        self.workers.stop().await;
     }
+}
+
+/// Starts the public listener's workers (`[server] workers`), each with its
+/// own descriptor of `public` and its share of the connection cap.
+fn start_workers(
+    shared: &Arc<Shared>,
+    public: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Workers, StartError> {
+    let server = shared.policy.load().server.clone();
+    let failed = |source| StartError::Bind {
+        addr: server.listen,
+        source,
+    };
+    let public = public.into_std().map_err(failed)?;
+    let slots = ConnectionSlots::new(
+        server.public.max_connections,
+        shared.metrics.connections_open.clone(),
+    );
+    let metrics = shared.metrics.clone();
+    let shared = shared.clone();
+    let serve = move |listener, seat| {
+        let admission = Admission {
+            slots: slots.clone(),
+            parked: Some(shared.metrics.connections_parked.clone()),
+            seat: Some(seat),
+        };
+        serve_public(listener, shared.clone(), admission, shutdown.clone())
+    };
+    let open = (1..=worker::count(server.workers))
+        .map(|w| metrics.worker_connections_open(u16::try_from(w).unwrap_or(u16::MAX)))
+        .collect();
+    Workers::start(open, public, serve).map_err(failed)
 }
 
 impl Shared {
@@ -341,6 +377,7 @@ impl Shared {
                     || new.admin_listen != old.admin_listen
                     || new.public.max_connections != old.public.max_connections
                     || new.admin.max_connections != old.admin.max_connections
+                    || new.workers != old.workers
                     || new.public.timeouts.header_read != old.public.timeouts.header_read
                     || new.public.timeouts.idle != old.public.timeouts.idle
                     || new.max_head != old.max_head
@@ -380,11 +417,14 @@ impl Shared {
 }
 
 /// Serves routed traffic until shutdown, then drains.
-async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+async fn serve_public(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    admission: Admission,
+    shutdown: watch::Receiver<bool>,
+) {
     let server = shared.policy.load().server.clone();
     let builder = listener::http_builder(server.max_head, server.max_headers);
-    let open = shared.metrics.connections_open.clone();
-    let parked = Some(shared.metrics.connections_parked.clone());
     let unrouted = shared.metrics.unrouted.clone();
     let access_log = shared.policy.load().access_log;
     let refused = move |connection: &Connection, status: u16| {
@@ -408,10 +448,7 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watc
     match tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener { tcp: listener, tls };
-            listener::serve(
-                listener, limits, builder, service, refused, shutdown, open, parked,
-            )
-            .await
+            listener::serve(listener, limits, builder, service, refused, shutdown, admission).await
         }
         None => {
             listener::serve(
@@ -421,8 +458,7 @@ async fn serve_public(listener: TcpListener, shared: Arc<Shared>, shutdown: watc
                 service,
                 refused,
                 shutdown,
-                open,
-                parked,
+                admission,
             )
             .await
         }

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::connection::{Connection, InFlightBody};
-use crate::listener::{self, Plain};
+use crate::listener::{self, Admission, ConnectionSlots, Plain};
 use crate::server::Shared;
 use crate::upstream::Readiness;
 
@@ -135,8 +135,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
         service,
         |_: &Connection, _| {},
         shutdown,
-        open,
-        None,
+        Admission {
+            slots: ConnectionSlots::new(server.admin.max_connections, open),
+            parked: None,
+            seat: None,
+        },
     )
     .await;
 }

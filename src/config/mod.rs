@@ -115,6 +115,10 @@ pub struct ServerConfig {
     /// the kernel's backlog until one closes.
     #[serde(default = "ServerConfig::default_max_connections")]
     pub max_connections: usize,
+    /// Threads serving the public listener, each with its own runtime;
+    /// unset: one per CPU.
+    #[serde(default)]
+    pub workers: Option<std::num::NonZeroUsize>,
     /// Open connections on the admin listener.
     #[serde(default = "ServerConfig::default_admin_max_connections")]
     pub admin_max_connections: usize,
@@ -214,6 +218,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             max_connections: Self::default_max_connections(),
             admin_max_connections: Self::default_admin_max_connections(),
+            workers: None,
             header_read_timeout: Self::default_header_read_timeout(),
             idle_timeout: Self::default_idle_timeout(),
             max_uri_length: Self::default_max_uri_length(),

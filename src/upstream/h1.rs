@@ -207,6 +207,9 @@ pub struct H1Conn {
     buf: BytesMut,
     /// The request head (and a small body), reused from request to request.
     out: Vec<u8>,
+    /// The worker whose runtime the socket is registered with
+    /// ([`crate::worker::current`] when it was opened).
+    home: u16,
 }
 
 impl H1Conn {
@@ -215,7 +218,13 @@ impl H1Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            home: crate::worker::current(),
         }
+    }
+
+    /// See [`H1Conn::home`].
+    pub fn home(&self) -> u16 {
+        self.home
     }
 
     /// Whether an idle connection can take another request: nothing has

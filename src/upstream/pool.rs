@@ -349,13 +349,16 @@ impl TargetPool {
     }
 
     /// The most recently used idle connection that is still open and within
-    /// the idle timeout. Others found on the way are closed.
+    /// the idle timeout, preferring one this worker opened (its socket is
+    /// registered with this worker's runtime, so using it wakes no other
+    /// thread). Others found on the way are closed.
     fn checkout(&self) -> Option<Box<H1Conn>> {
         let now = Instant::now();
+        let worker = crate::worker::current();
         loop {
             // The guard is dropped at the end of this statement, so a stale
             // connection is closed without holding the lock.
-            let mut idle = self.idle_list().conns.pop_back()?;
+            let mut idle = take_for(&mut self.idle_list().conns, worker)?;
             if now.duration_since(idle.since) < self.limits.idle_timeout && idle.conn.reusable() {
                 return Some(idle.conn);
             }
@@ -468,6 +471,21 @@ impl TargetPool {
         drop(idle);
         drop(doomed);
         any_left
+    }
+}
+
+/// The most recently returned idle connection `worker` opened, else the
+/// most recently returned one. Looks at most `AFFINITY_SCAN` entries back.
+fn take_for(conns: &mut VecDeque<Idle>, worker: u16) -> Option<Idle> {
+    const AFFINITY_SCAN: usize = 16;
+    let own = conns
+        .iter()
+        .rev()
+        .take(AFFINITY_SCAN)
+        .position(|idle| idle.conn.home() == worker);
+    match own {
+        Some(from_back) => conns.remove(conns.len() - 1 - from_back),
+        None => conns.pop_back(),
     }
 }
 
@@ -674,6 +692,38 @@ mod tests {
             Connected::Http1(conn) => conn,
             Connected::H2(_) => panic!("an HTTP/1.1 endpoint"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_worker_takes_back_a_connection_it_opened_first() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = pool(upstream.local_addr().unwrap());
+        let mut opened = Vec::new();
+        for worker in [1, 2, 1] {
+            crate::worker::pretend_to_be(worker);
+            opened.push(http1_connection(&pool).await);
+        }
+        let mut idle: VecDeque<Idle> = opened
+            .into_iter()
+            .map(|conn| Idle {
+                conn,
+                since: Instant::now(),
+            })
+            .collect();
+        // Most recently returned last: 1, 2, 1.
+        assert_eq!(
+            take_for(&mut idle, 2).unwrap().conn.home(),
+            2,
+            "its own, not the newest"
+        );
+        assert_eq!(
+            take_for(&mut idle, 3).unwrap().conn.home(),
+            1,
+            "none of its own: the newest"
+        );
+        assert_eq!(take_for(&mut idle, 2).unwrap().conn.home(), 1);
+        assert!(take_for(&mut idle, 1).is_none());
+        crate::worker::pretend_to_be(0);
     }
 
     fn get() -> Request<GatewayBody> {
