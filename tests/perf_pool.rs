@@ -144,8 +144,11 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
 }
 
 /// The config with `pool` (keys and values) set on the upstream.
+/// One worker, so that every client connection shares one pool (each
+/// worker keeps its own, see `each_worker_reuses_its_own_connections`).
 fn pool_config(upstream: &RawUpstream, pool: &[(&str, toml::Value)]) -> String {
     edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        set(doc, "server", "workers", 1);
         for (key, value) in pool {
             set(doc, "upstreams.0", key, value.clone());
         }
@@ -177,6 +180,35 @@ async fn sequential_requests_reuse_one_connection() {
     }
     assert_eq!(upstream.accepted(), 1);
     assert_eq!(idle(&gw), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_worker_reuses_its_own_connections() {
+    let upstream = RawUpstream::start().await;
+    let text = edit(&pool_config(&upstream, &[]), |doc| {
+        set(doc, "server", "workers", 2)
+    });
+    let gw = start_gateway(&text).await;
+    // Six client connections opened one after another: the spread gives
+    // each worker some (one is never two ahead of the other).
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(TcpStream::connect(gw.public_addr()).await.unwrap());
+    }
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        for stream in &mut clients {
+            let answer = get_on(stream, "/id").await.expect("an answer");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            seen.insert(answer.rsplit("\r\n\r\n").next().unwrap().to_string());
+        }
+    }
+    // One request at a time: each worker opened one upstream connection
+    // and reused it, and never took the other worker's.
+    assert_eq!(upstream.accepted(), 2, "connections seen: {seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(idle(&gw), 2);
     gw.shutdown().await;
 }
 
@@ -284,7 +316,10 @@ async fn a_response_abandoned_mid_body_does_not_poison_the_pool() {
 #[tokio::test(flavor = "multi_thread")]
 async fn responses_without_a_body_return_their_connection() {
     let upstream = common::TestUpstream::start().await;
-    let gw = start_gateway(&config("development", &upstream.url(), PUBLIC_ROOT)).await;
+    let text = edit(&config("development", &upstream.url(), PUBLIC_ROOT), |doc| {
+        set(doc, "server", "workers", 1);
+    });
+    let gw = start_gateway(&text).await;
     for _ in 0..3 {
         let resp = client()
             .head(format!("http://{}/x", gw.public_addr()))

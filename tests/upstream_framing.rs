@@ -126,12 +126,14 @@ async fn serve(mut stream: TcpStream, id: usize) {
 }
 
 /// No retries and a breaker that never opens: each broken answer is seen
-/// once, as the client's own 502.
+/// once, as the client's own 502. One worker, so that every client
+/// connection shares one pool (each worker keeps its own).
 fn gateway_config(upstream: &ScriptedUpstream) -> String {
     let table = |text: &str| toml::Value::Table(text.parse().unwrap());
     edit(
         &config("development", &format!("http://{}", upstream.addr), PUBLIC_ROOT),
         |doc| {
+            set(doc, "server", "workers", 1);
             set(doc, "upstreams.0", "retries", table("attempts = 0"));
             set(doc, "upstreams.0", "passive_health", table("max_failures = 100"));
         },

@@ -93,11 +93,53 @@ struct Idle {
     since: Instant,
 }
 
+/// A target's idle connections, by the worker that opened them
+/// ([`H1Conn::home`]). A worker takes only its own: a connection's socket is
+/// registered with the runtime of the worker that opened it, and used from
+/// another worker every event on it would wake two threads (nginx's workers
+/// keep their keep-alive connections apart in the same way).
 #[derive(Default)]
 struct IdleList {
     /// Most recently returned last: taken from the back, expired from the front.
-    conns: VecDeque<Idle>,
+    by_worker: Vec<VecDeque<Idle>>,
+    len: usize,
     reaper_running: bool,
+}
+
+impl IdleList {
+    fn push(&mut self, idle: Idle) {
+        let home = usize::from(idle.conn.home());
+        if self.by_worker.len() <= home {
+            self.by_worker.resize_with(home + 1, VecDeque::new);
+        }
+        self.by_worker[home].push_back(idle);
+        self.len += 1;
+    }
+
+    /// The most recently returned connection `worker` opened.
+    fn take(&mut self, worker: u16) -> Option<Idle> {
+        let idle = self.by_worker.get_mut(usize::from(worker))?.pop_back()?;
+        self.len -= 1;
+        Some(idle)
+    }
+
+    /// Keeps the connections `keep` says yes to; returns the others.
+    fn retain(&mut self, mut keep: impl FnMut(&mut Idle) -> bool) -> Vec<Idle> {
+        let mut doomed = Vec::new();
+        for conns in &mut self.by_worker {
+            let mut kept = VecDeque::with_capacity(conns.len());
+            for mut entry in conns.drain(..) {
+                if keep(&mut entry) {
+                    kept.push_back(entry);
+                } else {
+                    doomed.push(entry);
+                }
+            }
+            *conns = kept;
+        }
+        self.len -= doomed.len();
+        doomed
+    }
 }
 
 /// The idle connections to one target.
@@ -345,20 +387,19 @@ impl TargetPool {
 
     /// How many connections are idle now (for tests and diagnostics).
     pub fn idle_count(&self) -> usize {
-        self.idle_list().conns.len()
+        self.idle_list().len
     }
 
-    /// The most recently used idle connection that is still open and within
-    /// the idle timeout, preferring one this worker opened (its socket is
-    /// registered with this worker's runtime, so using it wakes no other
-    /// thread). Others found on the way are closed.
+    /// The most recently used idle connection this worker opened that is
+    /// still open and within the idle timeout (see [`IdleList`]). Others
+    /// found on the way are closed.
     fn checkout(&self) -> Option<Box<H1Conn>> {
         let now = Instant::now();
         let worker = crate::worker::current();
         loop {
             // The guard is dropped at the end of this statement, so a stale
             // connection is closed without holding the lock.
-            let mut idle = take_for(&mut self.idle_list().conns, worker)?;
+            let mut idle = self.idle_list().take(worker)?;
             if now.duration_since(idle.since) < self.limits.idle_timeout && idle.conn.reusable() {
                 return Some(idle.conn);
             }
@@ -434,10 +475,10 @@ impl TargetPool {
         };
         let start_reaper = {
             let mut idle = self.idle_list();
-            if idle.conns.len() >= self.limits.max_idle {
+            if idle.len >= self.limits.max_idle {
                 false // `conn` is closed below, once the lock is released
             } else {
-                idle.conns.push_back(Idle {
+                idle.push(Idle {
                     conn,
                     since: Instant::now(),
                 });
@@ -453,39 +494,17 @@ impl TargetPool {
     /// returns whether any are left to watch.
     fn reap_once(&self) -> bool {
         let now = Instant::now();
-        let mut doomed = Vec::new();
         let mut idle = self.idle_list();
-        let mut kept = VecDeque::with_capacity(idle.conns.len());
-        for mut entry in idle.conns.drain(..) {
-            if now.duration_since(entry.since) < self.limits.idle_timeout && entry.conn.reusable() {
-                kept.push_back(entry);
-            } else {
-                doomed.push(entry);
-            }
-        }
-        idle.conns = kept;
-        let any_left = !idle.conns.is_empty();
+        let doomed = idle.retain(|entry| {
+            now.duration_since(entry.since) < self.limits.idle_timeout && entry.conn.reusable()
+        });
+        let any_left = idle.len > 0;
         if !any_left {
             idle.reaper_running = false;
         }
         drop(idle);
         drop(doomed);
         any_left
-    }
-}
-
-/// The most recently returned idle connection `worker` opened, else the
-/// most recently returned one. Looks at most `AFFINITY_SCAN` entries back.
-fn take_for(conns: &mut VecDeque<Idle>, worker: u16) -> Option<Idle> {
-    const AFFINITY_SCAN: usize = 16;
-    let own = conns
-        .iter()
-        .rev()
-        .take(AFFINITY_SCAN)
-        .position(|idle| idle.conn.home() == worker);
-    match own {
-        Some(from_back) => conns.remove(conns.len() - 1 - from_back),
-        None => conns.pop_back(),
     }
 }
 
@@ -695,7 +714,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_worker_takes_back_a_connection_it_opened_first() {
+    async fn a_worker_takes_back_only_the_connections_it_opened() {
         let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = pool(upstream.local_addr().unwrap());
         let mut opened = Vec::new();
@@ -703,26 +722,29 @@ mod tests {
             crate::worker::pretend_to_be(worker);
             opened.push(http1_connection(&pool).await);
         }
-        let mut idle: VecDeque<Idle> = opened
-            .into_iter()
-            .map(|conn| Idle {
-                conn,
-                since: Instant::now(),
-            })
-            .collect();
-        // Most recently returned last: 1, 2, 1.
+        let mut idle = IdleList::default();
+        let mut at = Vec::new();
+        for conn in opened {
+            let since = Instant::now();
+            at.push(since);
+            idle.push(Idle { conn, since });
+        }
+        assert_eq!(idle.len, 3);
+        assert!(idle.take(3).is_none(), "none of its own: it opens one");
+        let own = idle.take(2).unwrap();
         assert_eq!(
-            take_for(&mut idle, 2).unwrap().conn.home(),
-            2,
+            (own.conn.home(), own.since),
+            (2, at[1]),
             "its own, not the newest"
         );
+        assert!(idle.take(2).is_none());
         assert_eq!(
-            take_for(&mut idle, 3).unwrap().conn.home(),
-            1,
-            "none of its own: the newest"
+            idle.take(1).unwrap().since,
+            at[2],
+            "the most recently returned first"
         );
-        assert_eq!(take_for(&mut idle, 2).unwrap().conn.home(), 1);
-        assert!(take_for(&mut idle, 1).is_none());
+        assert_eq!(idle.take(1).unwrap().since, at[0]);
+        assert_eq!(idle.len, 0);
         crate::worker::pretend_to_be(0);
     }
 
@@ -773,7 +795,7 @@ mod tests {
         let pool = pool(addr);
         let stale = http1_connection(&pool).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        pool.idle_list().conns.push_back(Idle {
+        pool.idle_list().push(Idle {
             conn: stale,
             since: Instant::now(),
         });
