@@ -636,6 +636,13 @@ async fn story_4_chat_service_works_as_written() {
         .await
         .unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "bearer");
+    // `workers = 2`: both serve the public listener.
+    let metrics = metrics_text(story.bin.admin).await;
+    for worker in ["1", "2"] {
+        let gauge = format!("portcullis_worker_connections_open{{worker=\"{worker}\"}}");
+        assert!(metrics.contains(&gauge), "{gauge} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("portcullis_worker_connections_open{worker=\"3\"}"));
     let message = r#"{"text":"hello","conversation_id":"c-1"}"#;
     ws.send(Message::text(message)).await.unwrap();
     assert_eq!(next_text(&mut ws).await, message);
