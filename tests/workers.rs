@@ -53,6 +53,16 @@ async fn open_by_worker(admin: SocketAddr) -> Vec<(String, i64)> {
     open
 }
 
+/// The binary with `server` lines in its `[server]` table, in front of a
+/// test upstream (both, and the config's folder, live as long as the tuple).
+async fn serve(server: &str) -> (TestUpstream, tempfile::TempDir, Binary) {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &upstream.url(), server);
+    let bin = Binary::serve(&path, &[]);
+    (upstream, dir, bin)
+}
+
 /// Opens a connection and has one request answered on it; keeps it open.
 async fn connection_with_one_answer(public: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(public).await.unwrap();
@@ -63,10 +73,7 @@ async fn connection_with_one_answer(public: SocketAddr) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
-    let upstream = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &upstream.url(), "workers = 3");
-    let bin = Binary::serve(&path, &[]);
+    let (_upstream, _dir, bin) = serve("workers = 3").await;
     // All at once, as a load balancer's pool or wrk opens them: each
     // worker is woken for each, and whichever takes it must pass it on
     // when it is ahead.
@@ -100,10 +107,7 @@ async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_connection_cap_holds_across_the_workers() {
-    let upstream = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &upstream.url(), "workers = 2\nmax_connections = 4");
-    let bin = Binary::serve(&path, &[]);
+    let (_upstream, _dir, bin) = serve("workers = 2\nmax_connections = 4").await;
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(connection_with_one_answer(bin.public).await);
@@ -127,10 +131,7 @@ async fn the_connection_cap_holds_across_the_workers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_waits_for_the_requests_of_every_worker() {
-    let upstream = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &upstream.url(), "workers = 3");
-    let mut bin = Binary::serve(&path, &[]);
+    let (upstream, _dir, mut bin) = serve("workers = 3").await;
     // Six slow requests on six connections: every worker has some.
     let in_flight: Vec<_> = (0..6)
         .map(|_| {
